@@ -1,0 +1,26 @@
+"""Shared test fixtures: the path to the real third-party checkpoints and small helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES_DIR = REPO_ROOT.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """The folder of real third-party checkpoints (../shared/fixtures); skips the test where it is absent."""
+    if not FIXTURES_DIR.is_dir():
+        pytest.skip(f"real checkpoint fixtures not found at {FIXTURES_DIR} (../shared/fixtures is absent)")
+    return FIXTURES_DIR
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Every test starts from the same torch seed, so tests do not depend on their order."""
+    import torch
+
+    torch.manual_seed(0)
