@@ -1,0 +1,367 @@
+"""``create_model``: name + classes + weights -> a ready :class:`~transferkit.backbones.adapter.Adapter`.
+
+Steps: resolve the name (:mod:`.registry`) and the weights (:mod:`.weights`); build the network with
+``num_classes`` outputs — on the ``meta`` device when weights will be loaded, so no time goes into random
+initialisation that the checkpoint overwrites; decide what happens to the checkpoint's head (below); load
+with :func:`~transferkit.partial.load_partial` (``assign=True`` from an mmap'd file on the fast path);
+materialise and initialise only what the checkpoint did not cover (the new head, missing tensors); adapt
+the first convolution to ``in_chans``.
+
+Head policy, each decision written into ``adapter.load_report.notes``:
+
+* class names known on both sides (``class_names`` and ``pretrained_classes``, the checkpoint's
+  ``meta["class_names"]``, or torchvision's ``weights.meta["categories"]``): the same labels in the same
+  order -> the checkpoint head is **kept**; overlapping labels -> **head surgery** (those rows copied,
+  reordered, the rest fresh); no overlap -> **fresh**;
+* otherwise, when the checkpoint head's shape fits the new head, ``head=`` decides: ``"keep"``,
+  ``"fresh"``, or ``"auto"`` (the default) = keep, since a fitting head is most often the same model's
+  head being reloaded — pass ``head="fresh"`` to start a new task from a same-sized head;
+* a head that does not fit is never loaded (reported as skipped for shape).
+
+Families whose constructors cannot run on the meta device (torchvision RegNet) or that compute tensors
+no checkpoint holds (non-persistent buffers, e.g. timm's relative position indices) are built the normal
+way (:data:`SLOW_BUILD` and an automatic check); both paths give the same weights bit for bit.
+
+Example:
+    >>> m = create_model("resnet18", num_classes=4, weights=None)
+    >>> m.head.out_features, m.pretrained
+    (4, False)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from transferkit.backbones.adapter import Adapter
+from transferkit.backbones.channels import adapt_input_channels
+from transferkit.backbones.heads import (
+    HeadInfo,
+    copy_rows,
+    find_heads,
+    get_module,
+    match_labels,
+    new_head_like,
+    replace_with_info,
+    set_module,
+)
+from transferkit.backbones.preprocess import (
+    adapt_data_config,
+    data_config_for_timm,
+    data_config_for_torchvision,
+    default_data_config,
+)
+from transferkit.backbones.registry import BackboneSpec, resolve_backbone
+from transferkit.backbones.weights import TORCHVISION_WEIGHT_KWARGS, WeightsPlan, resolve_weights
+from transferkit.errors import ConfigError
+
+__all__ = ["create_model", "decide_head", "SLOW_BUILD", "HEAD_POLICIES"]
+
+logger = logging.getLogger(__name__)
+
+HEAD_POLICIES = ("auto", "keep", "fresh")
+
+#: name prefixes built the normal way even with weights (their constructors need real tensors)
+SLOW_BUILD: tuple[str, ...] = ("regnet_",)
+
+# torchvision builder name prefix -> class whose pretrained weights need extra constructor arguments
+_TV_CLASS_BY_PREFIX = {"vit_": "VisionTransformer", "maxvit": "MaxVit", "inception": "Inception3", "googlenet": "GoogLeNet"}
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    *,
+    weights: Any = "auto",
+    in_chans: int = 3,
+    class_names: Sequence[str] | None = None,
+    head: str = "auto",
+    rules: Any = (),
+    pretrained_classes: Sequence[str] | None = None,
+    head_name: str | None = None,
+    key: str | None = None,
+    fast: bool = True,
+    **kwargs: Any,
+) -> Adapter:
+    """Build an adapter: a pretrained backbone with a ``num_classes`` head.
+
+    Args:
+        name: ``"resnet50"`` (torchvision), ``"timm:convnext_atto"``, or ``"package.module:callable"``.
+        num_classes: outputs of the new head.
+        weights: ``"auto"``, ``"imagenet"``/``"DEFAULT"``, a torchvision weights name, a local checkpoint
+            path, or ``None`` (see :mod:`transferkit.backbones.weights`).
+        in_chans: input channels; the first convolution is adapted (``adapter.in_chans_strategy``).
+        class_names: labels of the new classes (enables head surgery by label).
+        head: what to do with a checkpoint head that fits when labels cannot decide: ``"auto"`` (keep),
+            ``"keep"`` or ``"fresh"``.
+        rules: rename rules for a local checkpoint (:class:`~transferkit.rename.Prefix`, ``Regex``,
+            callables, or ``"OLD=>NEW"`` strings), applied in the original network's key layout.
+        pretrained_classes: labels of the checkpoint's head, when the checkpoint does not carry them.
+        head_name: qualified name of the classifier in a user network the rules do not find.
+        key: where the state dict sits inside a checkpoint (``"state_dict"``, ``"models.model"``).
+        fast: build on the meta device when weights are loaded (set ``False`` to force the normal build).
+        **kwargs: passed to the network's builder (``image_size=`` for torchvision ViT, ``img_size=`` and
+            ``drop_rate=`` for timm, your factory's arguments).
+
+    Returns:
+        The :class:`~transferkit.backbones.adapter.Adapter`; ``.pretrained``, ``.weights``,
+        ``.load_report`` and ``.notes`` say what was loaded.
+
+    Raises:
+        ConfigError: unknown name, bad argument, missing local file.
+        LoadError: explicit pretrained weights not cached, a cache file failing its hash, nothing loaded.
+        CheckpointError: the checkpoint cannot be read.
+    """
+    _validate(num_classes, in_chans, class_names, head)
+    spec = resolve_backbone(name)
+    plan = resolve_weights(spec, weights)
+    build_kwargs = _build_kwargs(spec, plan, num_classes, kwargs)
+    state, ckpt_meta = _read_state(plan, key) if plan.pretrained else (None, {})
+    use_meta = fast and state is not None and not spec.name.startswith(SLOW_BUILD)
+    net = _build(spec, build_kwargs, meta=use_meta)
+    if use_meta and not _meta_safe(net):
+        logger.debug("%s computes tensors no checkpoint holds; building it the normal way", spec.full_name)
+        net, use_meta = _build(spec, build_kwargs, meta=False), False
+    info = _fit_head(net, num_classes, head_name)
+    report, notes, rows, head_src = None, list(plan.notes), {}, {}
+    if state is not None:
+        ckpt_classes = pretrained_classes or ckpt_meta.get("class_names") or plan.categories
+        report, notes2, rows, head_src = _load(
+            net, info, state, rules, class_names, ckpt_classes, head, plan, assign=use_meta, spec=spec
+        )
+        notes += notes2
+        if use_meta and not _materialize(net, info):
+            logger.debug("%s: tensors the checkpoint lacks cannot be initialised on meta; normal build", name)
+            net = _build(spec, build_kwargs, meta=False)
+            info = _fit_head(net, num_classes, head_name)
+            report, _, rows, head_src = _load(
+                net, info, state, rules, class_names, ckpt_classes, head, plan, assign=False, spec=spec
+            )
+        if rows:
+            _surgery(net, info, state, head_src, rows)
+    strategy = "none"
+    if in_chans != 3 or _first_conv_channels(net) != in_chans:
+        strategy, conv = adapt_input_channels(net, in_chans)
+        notes.append(f"input channels: first conv {conv} adapted to {in_chans} ({strategy})")
+    adapter = Adapter(
+        net,
+        num_classes,
+        name=spec.full_name,
+        class_names=class_names,
+        head_name=head_name,
+        data_config=adapt_data_config(_data_config(spec, plan, net, kwargs), in_chans),
+    )
+    adapter.in_chans_strategy = strategy
+    adapter.pretrained = plan.pretrained
+    adapter.weights = plan.description
+    adapter.notes = notes
+    if report is not None:
+        report.notes.extend(n for n in notes if n not in report.notes)
+        adapter.load_report = report
+    return adapter
+
+
+def _validate(num_classes: Any, in_chans: Any, class_names: Sequence[str] | None, head: str) -> None:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ConfigError(f"in_chans must be a positive int, got {in_chans!r}")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ConfigError(f"class_names has {len(class_names)} labels but num_classes is {num_classes}")
+    if head not in HEAD_POLICIES:
+        raise ConfigError(f"head must be one of {HEAD_POLICIES}, got {head!r}")
+
+
+def _build_kwargs(spec: BackboneSpec, plan: WeightsPlan, num_classes: int, user: dict[str, Any]) -> dict[str, Any]:
+    kw: dict[str, Any] = {"num_classes": num_classes}
+    if spec.source == "torchvision":
+        if spec.name in ("googlenet", "inception_v3"):
+            kw["init_weights"] = True  # explicit: silences torchvision's FutureWarning about the default
+        if plan.pretrained and plan.tv_weights is not None:
+            cls = next((c for p, c in _TV_CLASS_BY_PREFIX.items() if spec.name.startswith(p)), None)
+            if cls in TORCHVISION_WEIGHT_KWARGS:
+                kw.update(TORCHVISION_WEIGHT_KWARGS[cls](plan.tv_weights))
+    kw.update(user)
+    return kw
+
+
+def _build(spec: BackboneSpec, kwargs: dict[str, Any], meta: bool) -> nn.Module:
+    if not meta:
+        return spec.build(**kwargs)
+    with torch.device("meta"):
+        return spec.build(**kwargs)
+
+
+def _meta_safe(net: nn.Module) -> bool:
+    """False when the network holds tensors a checkpoint cannot restore (non-persistent buffers, plain
+    tensor attributes computed in ``__init__``)."""
+    for m in net.modules():
+        if m._non_persistent_buffers_set:
+            return False
+        if any(isinstance(v, Tensor) for v in vars(m).values()):
+            return False
+    return True
+
+
+def _fit_head(net: nn.Module, num_classes: int, head_name: str | None) -> HeadInfo:
+    info = find_heads(net, head_name)
+    head = get_module(net, info.main)
+    out = getattr(head, "out_features", None) or getattr(head, "out_channels", None)
+    if out != num_classes:  # user factories that do not take num_classes
+        replace_with_info(net, info, num_classes)
+        info = find_heads(net, head_name)
+    return info
+
+
+def _read_state(plan: WeightsPlan, key: str | None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    from transferkit.checkpoint import extract_state_dict, load_checkpoint
+
+    obj = load_checkpoint(plan.path, map_location="cpu")
+    meta = obj.get("meta", {}) if isinstance(obj, Mapping) else {}
+    state = extract_state_dict(obj, key)
+    return dict(state), dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def decide_head(
+    fits: bool,
+    class_names: Sequence[str] | None,
+    ckpt_classes: Sequence[str] | None,
+    policy: str = "auto",
+) -> tuple[str, dict[int, int], str]:
+    """What to do with the checkpoint's head: ``("keep" | "fresh" | "surgery", rows, reason)``.
+
+    Example:
+        >>> decide_head(True, ["a", "b"], ["a", "b"])[0], decide_head(False, ["b", "x"], ["a", "b"])[:2]
+        ('keep', ('surgery', {0: 1}))
+    """
+    if class_names is not None and ckpt_classes is not None:
+        rows = match_labels(class_names, ckpt_classes)
+        if fits and len(ckpt_classes) == len(class_names) and rows == {i: i for i in range(len(class_names))}:
+            return "keep", {}, "kept: the class names match the checkpoint's"
+        if rows:
+            return (
+                "surgery",
+                rows,
+                f"head surgery by label: {len(rows)} of {len(class_names)} classes found among the checkpoint's "
+                f"{len(ckpt_classes)}; their rows copied (reordered), the other {len(class_names) - len(rows)} fresh",
+            )
+        return "fresh", {}, "fresh: no class name is shared with the checkpoint's head"
+    if not fits:
+        return "fresh", {}, "fresh: the checkpoint's head does not fit the new head (skipped for shape)"
+    if policy == "fresh":
+        return "fresh", {}, "fresh: the checkpoint's head fits, but head='fresh' was asked for"
+    why = "head='keep'" if policy == "keep" else "head='auto' keeps a fitting head; pass head='fresh' to start anew"
+    return "keep", {}, f"kept: the checkpoint's head fits and class names are unknown ({why})"
+
+
+def _load(
+    net: nn.Module,
+    info: HeadInfo,
+    state: dict[str, Tensor],
+    rules: Any,
+    class_names: Sequence[str] | None,
+    ckpt_classes: Sequence[str] | None,
+    policy: str,
+    plan: WeightsPlan,
+    *,
+    assign: bool,
+    spec: BackboneSpec,
+) -> tuple[Any, list[str], dict[int, int], dict[str, str]]:
+    from transferkit.partial import load_partial
+    from transferkit.rename import apply_rules, clean_keys, normalize_rules
+
+    if spec.source == "timm" and plan.pretrained_cfg:
+        state = _timm_filter(state, net)
+    rules = normalize_rules(rules)
+    model_state = net.state_dict(keep_vars=True)
+    cleaned, _ = clean_keys(list(state), model_state, rules)
+    to_model = {orig: apply_rules(c, rules) for orig, c in cleaned.items()}
+    head_keys = {f"{p}.{t}" for p in (info.main, *info.aux) for t in ("weight", "bias")}
+    head_src = {new: orig for orig, new in to_model.items() if new in head_keys}
+    main_w = f"{info.main}.weight"
+    fits = main_w in head_src and tuple(state[head_src[main_w]].shape) == tuple(model_state[main_w].shape)
+    action, rows, reason = decide_head(fits, class_names, ckpt_classes, policy)
+    notes = [f"head: {reason}"]
+    logger.info("%s: head %s", spec.full_name, reason)
+    source = state if action == "keep" else {k: v for k, v in state.items() if k not in set(head_src.values())}
+    report = load_partial(net, source, rules=rules, assign=assign)
+    report.notes.extend(notes)
+    return report, notes, rows, head_src
+
+
+def _timm_filter(state: dict[str, Tensor], net: nn.Module) -> dict[str, Tensor]:
+    """Apply the model module's ``checkpoint_filter_fn`` (timm's own conversion of older layouts)."""
+    fn = getattr(sys.modules.get(type(net).__module__), "checkpoint_filter_fn", None)
+    if fn is None:
+        return state
+    try:
+        return dict(fn(state, net))
+    except Exception as exc:  # noqa: BLE001 - a filter that cannot run leaves the keys as they are
+        logger.debug("timm checkpoint_filter_fn of %s skipped: %s", type(net).__name__, exc)
+        return state
+
+
+def _materialize(net: nn.Module, info: HeadInfo) -> bool:
+    """Create and initialise what loading left on the meta device; False when something cannot be."""
+    for path in (info.main, *info.aux):
+        head = get_module(net, path)
+        if any(p.is_meta for p in head.parameters()):
+            out = head.weight.shape[0]
+            set_module(net, path, new_head_like(head, out, info.init, device="cpu"))
+    for name, mod in net.named_modules():
+        own = {**{f"p:{k}": v for k, v in mod._parameters.items()}, **{f"b:{k}": v for k, v in mod._buffers.items()}}
+        metas = [k for k, v in own.items() if v is not None and v.is_meta]
+        if not metas:
+            continue
+        if any(k.startswith("b:") for k in metas) and not isinstance(mod, nn.modules.batchnorm._NormBase):
+            return False  # a buffer only the constructor knows how to compute
+        reset = getattr(mod, "reset_parameters", None)
+        if any(k.startswith("p:") for k in metas) and not callable(reset):
+            return False
+        real = {k: v for k, v in own.items() if v is not None and not v.is_meta}
+        mod.to_empty(device="cpu", recurse=False)
+        if callable(reset):
+            reset()
+        elif isinstance(mod, nn.modules.batchnorm._NormBase):
+            mod.reset_running_stats()
+        for k, v in real.items():  # keep what the checkpoint gave
+            (mod._parameters if k.startswith("p:") else mod._buffers)[k[2:]] = v
+        logger.info("initialised %s (%s) that the checkpoint lacks", name or "<root>", ", ".join(k[2:] for k in metas))
+    return True
+
+
+def _surgery(net: nn.Module, info: HeadInfo, state: dict[str, Tensor], head_src: dict[str, str], rows: dict) -> None:
+    for path in (info.main, *info.aux):
+        src_w = head_src.get(f"{path}.weight")
+        if src_w is None:
+            continue
+        src_b = head_src.get(f"{path}.bias")
+        copy_rows(get_module(net, path), state[src_w], state[src_b] if src_b else None, rows)
+
+
+def _first_conv_channels(net: nn.Module) -> int:
+    from transferkit.backbones.channels import find_first_conv
+
+    try:
+        return get_module(net, find_first_conv(net)).in_channels
+    except ConfigError:
+        return 3
+
+
+def _data_config(spec: BackboneSpec, plan: WeightsPlan, net: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
+    if spec.source == "torchvision":
+        cfg = data_config_for_torchvision(spec.name, plan.tv_weights)
+    elif spec.source == "timm":
+        cfg = data_config_for_timm(net)
+    else:
+        cfg = default_data_config()
+    size = kwargs.get("img_size") or kwargs.get("image_size")
+    if isinstance(size, int):
+        cfg["input_size"] = (cfg["input_size"][0], size, size)
+        cfg["resize_size"] = int(size / cfg.get("crop_pct", 0.875))
+    return cfg

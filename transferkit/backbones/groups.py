@@ -1,0 +1,127 @@
+"""Layer groups: a network cut into ordered groups of parameters, from input to output.
+
+Freezing schedules and layer-wise learning rates build on these groups. Rules, by family:
+
+* torchvision ResNet (and ResNeXt, Wide ResNet): ``stem`` (conv1, bn1), ``layer1`` .. ``layer4``;
+* torchvision ViT: ``embed`` (patch projection, class token, position embedding), ``blocks.0`` ..
+  ``blocks.N-1``, ``norm`` (the final LayerNorm);
+* timm models: their own ``group_matcher(coarse=True)`` (the groups timm uses for layer decay), named
+  after the matcher's keys (``stem``, ``blocks.0``, ...);
+* anything else: the network's top-level children in registration order, with top-level containers
+  (``Sequential``, ``ModuleList``) opened one level (``features.0``, ``features.1``, ...).
+
+Parameters no rule claims land in ``neck`` and the classifier's parameters (main and auxiliary heads)
+always form the last group, ``head``. Every parameter is in exactly one group.
+
+Example:
+    >>> import torchvision
+    >>> net = torchvision.models.resnet18(num_classes=3)
+    >>> list(network_groups(net, ["fc"]))
+    ['stem', 'layer1', 'layer2', 'layer3', 'layer4', 'head']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+__all__ = ["network_groups", "GROUPERS"]
+
+Grouper = Callable[[nn.Module, list[str]], list[tuple[str, str]]]
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _resnet(net: nn.Module, names: list[str]) -> list[tuple[str, str]]:
+    rules = [("stem", "conv1"), ("stem", "bn1")] + [(f"layer{i}", f"layer{i}") for i in range(1, 5)]
+    return _by_prefix(names, rules)
+
+
+def _vit(net: nn.Module, names: list[str]) -> list[tuple[str, str]]:
+    rules = [("embed", "conv_proj"), ("embed", "class_token"), ("embed", "encoder.pos_embedding")]
+    rules += [(f"blocks.{i}", f"encoder.layers.{n}") for i, (n, _) in enumerate(net.encoder.layers.named_children())]
+    rules.append(("norm", "encoder.ln"))
+    return _by_prefix(names, rules)
+
+
+def _by_prefix(names: list[str], rules: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    out = []
+    for name in names:
+        group = next((g for g, prefix in rules if _under(name, prefix)), None)
+        if group is not None:
+            out.append((name, group))
+    return out
+
+
+def _default(net: nn.Module, names: list[str]) -> list[tuple[str, str]]:
+    rules: list[tuple[str, str]] = []
+    containers = nn.Sequential | nn.ModuleList | nn.ModuleDict
+    for child_name, child in net.named_children():
+        if isinstance(child, containers) and len(child) > 1:
+            rules += [(f"{child_name}.{n}", f"{child_name}.{n}") for n, _ in child.named_children()]
+        else:
+            rules.append((child_name, child_name))
+    direct = {n for n, _ in net.named_parameters(recurse=False)}
+    # parameters held by the network itself (tokens, embeddings) come before everything else
+    return [(n, "embed") for n in names if n in direct] + _by_prefix(names, rules)
+
+
+def _timm(net: nn.Module, names: list[str]) -> list[tuple[str, str]]:
+    matcher = net.group_matcher(coarse=True)
+    if not isinstance(matcher, dict):
+        from timm.models._manipulate import group_with_matcher
+
+        params = [(n, p) for n, p in net.named_parameters() if n in set(names)]
+        grouped = group_with_matcher(params, matcher)
+        return [(n, f"group.{gid}") for gid, members in sorted(grouped.items()) for n in members]
+    specs = []
+    for ordinal, (gname, spec) in enumerate(matcher.items()):
+        if spec is None:
+            continue
+        for regex, suffix in spec if isinstance(spec, list | tuple) else [(spec, None)]:
+            specs.append((re.compile(regex), ordinal, gname, suffix))
+    keyed = []
+    for name in names:
+        for regex, ordinal, gname, suffix in specs:
+            m = regex.match(name)
+            if m:
+                ids = [int(float(g)) for g in m.groups() if g is not None] + list(suffix or ())
+                label = ".".join([gname, *map(str, ids)])
+                keyed.append(((ordinal, *ids), name, label))
+                break
+    # timm orders groups by (matcher position, captured block indices): keep that order
+    keyed.sort(key=lambda t: t[0])
+    return [(name, label) for _, name, label in keyed]
+
+
+#: network class name -> grouping function (timm models are detected by their group_matcher)
+GROUPERS: dict[str, Grouper] = {"ResNet": _resnet, "VisionTransformer": _vit}
+
+
+def network_groups(net: nn.Module, head_modules: Sequence[str]) -> dict[str, list[str]]:
+    """Ordered ``{group: [parameter names]}`` of a network (names relative to ``net``), ``head`` last.
+
+    Args:
+        net: the network.
+        head_modules: qualified names of its classifier modules (main and auxiliary).
+    """
+    all_names = [n for n, _ in net.named_parameters()]
+    head = [n for n in all_names if any(_under(n, h) for h in head_modules)]
+    rest = [n for n in all_names if n not in set(head)]
+    grouper = GROUPERS.get(type(net).__name__)
+    if grouper is None:
+        grouper = _timm if callable(getattr(net, "group_matcher", None)) else _default
+    groups: dict[str, list[str]] = {}
+    for name, label in grouper(net, rest):
+        groups.setdefault(label, []).append(name)
+    claimed = {n for members in groups.values() for n in members}
+    # a family's own "head" label (a pre-logits layer, say) is not the classifier: it joins the neck
+    neck = groups.pop("head", []) + [n for n in rest if n not in claimed]
+    if neck:
+        groups.setdefault("neck", []).extend(neck)
+    groups["head"] = head
+    return groups

@@ -1,0 +1,577 @@
+"""Data for fine-tuning: the embedded digits, image folders, loaders, and the feature cache for linear probes.
+
+Two sources, one result (:class:`DataBundle`: train and validation datasets plus class names):
+
+* :func:`load_digits_data` -- scikit-learn's 1,797 real 8x8 digit scans (values 0..16), shown to a
+  backbone as 3-channel images resized with bilinear interpolation, split train/val once with a fixed,
+  stratified, seeded split, normalised with the backbone's mean/std;
+* :func:`load_image_folder` -- ``DIR/train/<class>/*`` + ``DIR/val/<class>/*``, or one ``DIR/<class>/*``
+  tree split by ``val_split`` (stratified, seeded). Every file is checked *before* training (decoded once,
+  cheaply) so an unreadable image is skipped with a count in the log -- or, with ``strict=True``, an error
+  naming it -- and never crashes a DataLoader worker.
+
+:func:`make_loaders` builds the loaders (workers, pinned memory on CUDA, ``DistributedSampler`` under
+``torchrun``); :func:`set_loader_epoch` reseeds their shuffling per epoch, so a resumed run sees the
+same batches as an uninterrupted one. :func:`extract_features` is the linear-probe feature cache: with
+the whole backbone frozen and augmentation off, the backbone's pooled features are computed once and the
+head trains on them.
+
+Example:
+    >>> bundle = load_digits_data(img_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+    >>> len(bundle.train), len(bundle.val), bundle.class_names[:3]
+    (1437, 360, ['0', '1', '2'])
+    >>> x, y = bundle.val[0]
+    >>> tuple(x.shape)
+    (3, 16, 16)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+
+from transferkit.errors import ConfigError, TransferkitError
+
+__all__ = [
+    "DataBundle",
+    "DigitsDataset",
+    "ImageFileDataset",
+    "IMAGE_EXTENSIONS",
+    "load_digits_data",
+    "load_image_folder",
+    "scan_image_folder",
+    "build_transforms",
+    "make_loaders",
+    "set_loader_epoch",
+    "ShardSampler",
+    "extract_features",
+    "cache_features",
+    "DIGITS_SPLIT_SEED",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+# The digits split is part of the data set's definition, not of a run: it never follows --seed, so the
+# validation accuracy of any two runs (or of an exported model) is measured on the same 360 images.
+DIGITS_SPLIT_SEED = 0
+DIGITS_VAL_FRACTION = 0.2
+
+
+@dataclass
+class DataBundle:
+    """Train and validation datasets with their class names.
+
+    Attributes:
+        train: the training dataset; items are ``(tensor, label)``.
+        val: the validation dataset.
+        class_names: index -> name (folder names, or ``"0".."9"`` for digits).
+        source: ``"digits"`` or the image folder's path.
+        img_size: the square side length the images are shown at.
+        skipped: unreadable files left out.
+        augment: whether ``train`` applies random augmentation.
+    """
+
+    train: Dataset
+    val: Dataset
+    class_names: list[str]
+    source: str
+    img_size: int
+    skipped: list[str] = field(default_factory=list)
+    augment: bool = True
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# embedded digits
+
+
+class DigitsDataset(Dataset):
+    """Digits as normalised 3-channel tensors; optional random shifts (digits must not be flipped).
+
+    The bilinear resize is done once for the whole set, so an item costs a crop and a normalisation.
+
+    Args:
+        images: ``(N, H, W)`` floats in [0, 1], already at the display size.
+        labels: ``(N,)`` integer labels.
+        mean, std: per-channel statistics of the backbone (3 values, or 1 for a 1-channel backbone).
+        augment: random translation by up to 1/8 of the side (zero padding = the digits' background).
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: bool = False,
+    ) -> None:
+        self.images = images
+        self.labels = labels
+        self.channels = len(mean)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.augment = augment
+        self.pad = max(1, images.shape[-1] // 8)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _shift(self, img: Tensor) -> Tensor:
+        size = img.shape[-1]
+        padded = torch.nn.functional.pad(img, (self.pad,) * 4)
+        dy, dx = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+        return padded[..., dy : dy + size, dx : dx + size]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        img = self.images[index].unsqueeze(0)
+        if self.augment:
+            img = self._shift(img)
+        img = img.expand(self.channels, -1, -1)
+        return (img - self.mean) / self.std, int(self.labels[index])
+
+
+def load_digits_data(
+    img_size: int = 32,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+    *,
+    augment: bool = True,
+) -> DataBundle:
+    """scikit-learn's digits as a fine-tuning data set: 1,437 training and 360 validation images.
+
+    Args:
+        img_size: side length the 8x8 scans are resized to (bilinear).
+        mean, std: the backbone's normalisation statistics.
+        augment: random shifts on the training set.
+
+    Raises:
+        ConfigError: ``img_size`` below 8.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if not (isinstance(img_size, int) and img_size >= 8):
+        raise ConfigError(f"--img-size must be an integer >= 8 for the digits, got {img_size!r}")
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().div_(16.0).unsqueeze(1)  # (N, 1, 8, 8) in [0, 1]
+    images = torch.nn.functional.interpolate(
+        images, size=(img_size, img_size), mode="bilinear", align_corners=False
+    )
+    images = images.squeeze(1).clamp_(0.0, 1.0).contiguous()
+    labels = torch.from_numpy(digits.target).long()
+    idx_train, idx_val = train_test_split(
+        list(range(len(labels))),
+        test_size=DIGITS_VAL_FRACTION,
+        stratify=digits.target,
+        random_state=DIGITS_SPLIT_SEED,
+    )
+    idx_train, idx_val = torch.tensor(sorted(idx_train)), torch.tensor(sorted(idx_val))
+    train = DigitsDataset(images[idx_train], labels[idx_train], mean, std, augment=augment)
+    val = DigitsDataset(images[idx_val], labels[idx_val], mean, std, augment=False)
+    names = [str(int(c)) for c in digits.target_names]
+    return DataBundle(train, val, names, "digits", img_size, augment=augment)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# image folders
+
+
+def build_transforms(
+    data_config: dict[str, Any], train: bool, img_size: int | None = None, augment: bool = True
+) -> Callable[[Any], Tensor]:
+    """The backbone's preprocessing (mean/std/size from its weights metadata); light augmentation in training.
+
+    Uses :func:`transferkit.backbones.preprocess.build_transforms`; training without augmentation gets the
+    evaluation pipeline, which is what makes the linear-probe feature cache exact.
+    """
+    from transferkit.backbones.preprocess import build_transforms as backbone_transforms
+
+    return backbone_transforms(data_config, train=train and augment, img_size=img_size)
+
+
+class ImageFileDataset(Dataset):
+    """``(path, label)`` samples read with PIL, converted to RGB (or L for 1-channel backbones)."""
+
+    def __init__(
+        self, samples: Sequence[tuple[str, int]], transform: Callable[[Any], Tensor], mode: str = "RGB"
+    ):
+        self.samples = list(samples)
+        self.transform = transform
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as img:
+                img = img.convert(self.mode)
+        except OSError as exc:  # only if the file changed after the up-front check
+            raise TransferkitError(
+                f"cannot read image {path} ({exc}); it was readable when the run started"
+            ) from exc
+        return self.transform(img), label
+
+
+def _image_ok(path: str) -> bool:
+    """Whether PIL can decode the file: ``verify()`` catches broken structure, a reduced decode the rest."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:
+            img.draft("RGB", (64, 64))  # JPEG decodes at 1/8 scale: a full check at a fraction of the cost
+            img.load()
+        return True
+    except Exception:  # noqa: BLE001 - PIL raises many types for corrupt files; all mean "unreadable"
+        return False
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _files(folder: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                out.append(os.path.join(dirpath, name))
+    return out
+
+
+def scan_image_folder(
+    root: str | os.PathLike, class_names: Sequence[str] | None = None, *, check: bool = True, workers: int = 8
+) -> tuple[list[tuple[str, int]], list[str], list[str]]:
+    """Find ``root/<class>/**/<image>`` files and check each one decodes.
+
+    Args:
+        root: a folder with one sub-folder per class.
+        class_names: the classes to use (e.g. the training split's); default: the sub-folders, sorted.
+        check: decode every file up front (unreadable ones are returned separately).
+        workers: threads for the check (decoding releases the GIL).
+
+    Returns:
+        ``(samples, class_names, unreadable_paths)``.
+
+    Raises:
+        ConfigError: no class folders, or a folder that is not among ``class_names``.
+    """
+    root = Path(root)
+    dirs = _class_dirs(root)
+    if not dirs:
+        raise ConfigError(
+            f"{root} has no class sub-folders; expected {root}/<class>/<image files> "
+            f"(or {root}/train/<class> and {root}/val/<class>)"
+        )
+    found = [d.name for d in dirs]
+    if class_names is None:
+        class_names = found
+    else:
+        extra = sorted(set(found) - set(class_names))
+        if extra:
+            raise ConfigError(
+                f"{root} has class folders {extra} that the training split lacks (training classes: "
+                f"{list(class_names)}); give both splits the same class folders"
+            )
+    index = {name: i for i, name in enumerate(class_names)}
+    candidates = [(f, index[d.name]) for d in dirs for f in _files(d)]
+    bad: list[str] = []
+    if check and candidates:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            ok = list(pool.map(_image_ok, [f for f, _ in candidates]))
+        bad = [f for (f, _), good in zip(candidates, ok) if not good]
+        candidates = [c for c, good in zip(candidates, ok) if good]
+    return candidates, list(class_names), bad
+
+
+def _stratified_split(
+    samples: list[tuple[str, int]], class_names: list[str], val_split: float, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < val_split < 1.0:
+        raise ConfigError(f"--val-split must be between 0 and 1 (exclusive), got {val_split!r}")
+    counts = Counter(label for _, label in samples)
+    small = [class_names[c] for c, n in sorted(counts.items()) if n < 2]
+    if small:
+        raise ConfigError(
+            f"classes {small} have fewer than 2 readable images, so a stratified train/val split is "
+            "impossible; add images or provide DIR/train and DIR/val folders"
+        )
+    n_val = math.ceil(val_split * len(samples))
+    if n_val < len(counts) or len(samples) - n_val < len(counts):
+        raise ConfigError(
+            f"--val-split {val_split} of {len(samples)} images leaves a split with fewer images than the "
+            f"{len(counts)} classes; change --val-split or add images"
+        )
+    train, val = train_test_split(
+        samples, test_size=n_val, stratify=[label for _, label in samples], random_state=seed
+    )
+    return sorted(train), sorted(val)
+
+
+def load_image_folder(
+    root: str | os.PathLike,
+    data_config: dict[str, Any],
+    *,
+    img_size: int | None = None,
+    val_split: float = 0.2,
+    seed: int = 0,
+    strict: bool = False,
+    augment: bool = True,
+    in_chans: int = 3,
+) -> DataBundle:
+    """An image-folder data set: ``root/train`` + ``root/val``, or one class tree split by ``val_split``.
+
+    Args:
+        root: the folder.
+        data_config: the backbone's ``{"mean", "std", "input_size", ...}`` (``Adapter.data_config``).
+        img_size: square crop size overriding the backbone's.
+        val_split: fraction for validation when there are no train/val sub-folders.
+        seed: seed of that split.
+        strict: raise on an unreadable image instead of skipping it.
+        augment: light random augmentation on the training split.
+        in_chans: 1 reads images as grayscale.
+
+    Raises:
+        ConfigError: missing or empty folder, fewer than two classes, unreadable files with ``strict``,
+            a class without images, or an impossible split.
+
+    Example:
+        >>> load_image_folder("/no/such/dir", {})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        transferkit.errors.ConfigError: data folder /no/such/dir does not exist; ...
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(
+            f"data folder {root} does not exist; expected a folder of class sub-folders "
+            "(DIR/<class>/*.png) or DIR/train/<class> + DIR/val/<class>"
+        )
+    split_dirs = (root / "train").is_dir() and (root / "val").is_dir()
+    if split_dirs:
+        train_s, names, bad = scan_image_folder(root / "train")
+        val_s, _, bad_val = scan_image_folder(root / "val", names)
+        bad += bad_val
+    else:
+        samples, names, bad = scan_image_folder(root)
+    if bad:
+        if strict:
+            raise ConfigError(
+                f"{len(bad)} unreadable image file(s) under {root}, e.g. {bad[0]}; remove them or drop "
+                "--strict-data to skip them"
+            )
+        logger.warning("skipping %d unreadable image file(s) under %s, e.g. %s", len(bad), root, bad[0])
+    if not split_dirs:
+        _check_classes(root, names, samples)
+        train_s, val_s = _stratified_split(samples, names, val_split, seed)
+    else:
+        _check_classes(root / "train", names, train_s)
+        if not val_s:
+            raise ConfigError(f"{root / 'val'} holds no readable images; add validation images")
+    size = img_size or int(data_config["input_size"][-1])
+    mode = "L" if in_chans == 1 else "RGB"
+    train = ImageFileDataset(train_s, build_transforms(data_config, True, size, augment), mode)
+    val = ImageFileDataset(val_s, build_transforms(data_config, False, size), mode)
+    logger.info(
+        "image folder %s: %d classes, %d training and %d validation images",
+        root,
+        len(names),
+        len(train_s),
+        len(val_s),
+    )
+    return DataBundle(train, val, names, str(root), size, skipped=bad, augment=augment)
+
+
+def _check_classes(root: Path, names: list[str], samples: list[tuple[str, int]]) -> None:
+    if not samples:
+        raise ConfigError(f"{root} holds no readable images (extensions {', '.join(IMAGE_EXTENSIONS)})")
+    counts = Counter(label for _, label in samples)
+    empty = [n for i, n in enumerate(names) if counts[i] == 0]
+    if empty:
+        raise ConfigError(
+            f"class folders {empty} under {root} hold no readable images; add images or remove them"
+        )
+    if len(names) < 2:
+        raise ConfigError(
+            f"{root} has only one class ({names[0]!r}); classification needs at least two class folders"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# loaders
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``world_size``-th index from ``rank``, without padding: each sample is evaluated exactly once."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+
+def make_loaders(
+    bundle: DataBundle | tuple[Dataset, Dataset],
+    batch_size: int,
+    *,
+    workers: int = 0,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+    drop_last: bool | None = None,
+) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders.
+
+    The training loader shuffles with a ``DistributedSampler`` (also for one process: its permutation
+    depends only on ``seed`` and the epoch, which is what makes resume exact); call
+    :func:`set_loader_epoch` at the start of each epoch. The last incomplete batch is dropped when the
+    training set holds more than one batch, so BatchNorm never sees a batch of one.
+
+    Args:
+        bundle: a :class:`DataBundle` or ``(train_dataset, val_dataset)``.
+        batch_size: per process.
+        workers: DataLoader worker processes.
+        seed: shuffle seed.
+        rank, world_size: this process's place under ``torchrun``.
+        pin_memory: page-locked host memory (use with CUDA).
+        drop_last: override the rule above.
+    """
+    from torch.utils.data import DistributedSampler
+
+    train_ds, val_ds = (bundle.train, bundle.val) if isinstance(bundle, DataBundle) else bundle
+    if drop_last is None:
+        drop_last = len(train_ds) // world_size > batch_size
+    sampler = DistributedSampler(train_ds, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    common = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": False}
+    if workers > 0:
+        common["prefetch_factor"] = 2
+    train = DataLoader(
+        train_ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last, generator=generator, **common
+    )
+    val = DataLoader(
+        val_ds, batch_size=batch_size, sampler=ShardSampler(len(val_ds), rank, world_size), **common
+    )
+    return train, val
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int, seed: int = 0) -> None:
+    """Make the loader's epoch reproducible: the sampler's permutation and the workers' seeds.
+
+    Worker seeds come from ``loader.generator``; reseeding it from ``(seed, epoch)`` means a run resumed at
+    epoch ``k`` draws the same augmentation as an uninterrupted run did at epoch ``k``.
+    """
+    sampler = loader.sampler
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    if loader.generator is not None:
+        loader.generator.manual_seed(seed * 100_003 + epoch)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# feature cache
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device | str = "cpu",
+    *,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> TensorDataset:
+    """Run ``model.forward_features`` over a loader once, in eval mode: the linear probe's feature cache.
+
+    Args:
+        model: an adapter (anything with ``forward_features``).
+        loader: yields ``(images, labels)``; it must not augment, or the cache would freeze one random draw.
+        device: where to compute.
+        amp_dtype: autocast dtype (features are stored as float32 either way).
+        channels_last: feed NHWC tensors.
+
+    Returns:
+        A ``TensorDataset(features, labels)`` on the CPU, in the loader's order.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    feats, labels = [], []
+    try:
+        for x, y in loader:
+            x = x.to(device, non_blocking=True)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                f = model.forward_features(x)
+            feats.append(f.float().cpu())
+            labels.append(torch.as_tensor(y).cpu())
+    finally:
+        model.train(was_training)
+    if not feats:
+        raise ConfigError("cannot build a feature cache from an empty data set")
+    return TensorDataset(torch.cat(feats), torch.cat(labels))
+
+
+def cache_features(
+    model: nn.Module,
+    bundle: DataBundle,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    *,
+    workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> DataBundle:
+    """A :class:`DataBundle` of cached backbone features for both splits (see :func:`extract_features`).
+
+    Raises:
+        ConfigError: the training set augments (the cache would freeze one random draw).
+    """
+    if bundle.augment:
+        raise ConfigError(
+            "the feature cache needs augmentation off (--no-augment); it would freeze one random draw"
+        )
+    kwargs = {"device": device, "amp_dtype": amp_dtype, "channels_last": channels_last}
+    out = []
+    for ds in (bundle.train, bundle.val):
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+        out.append(extract_features(model, loader, **kwargs))
+    logger.info(
+        "feature cache: %d + %d feature vectors of size %d",
+        len(out[0]),
+        len(out[1]),
+        out[0].tensors[0].shape[1],
+    )
+    return DataBundle(
+        out[0], out[1], bundle.class_names, bundle.source, bundle.img_size, bundle.skipped, False
+    )

@@ -1,0 +1,346 @@
+"""Optimizers over the trainable parameters only, in named groups with discriminative learning rates.
+
+:func:`build_optimizer` puts every ``requires_grad=True`` parameter (by identity: a tied weight once) into a
+named parameter group. Groups follow the model's layer groups when it has ``layer_groups()`` (an adapter),
+or the ``groups=`` mapping you give, else one group ``"params"``. With ``lr_decay`` the last group (the head)
+trains at ``lr`` and each group below it at the rate of the one above times ``lr_decay``. Biases and
+normalisation weights get no weight decay: they sit in a sibling group named ``"<group>.no_decay"``.
+
+Every group carries ``"name"`` and ``"initial_lr"`` (its rate before any schedule), and the optimizer's
+groups carry ``"param_names"``, so a checkpoint says which parameter each state belongs to.
+:class:`transferkit.schedule.LRSchedule` scales every group by ``initial_lr``, so groups added later by
+:func:`add_param_group` (or :class:`transferkit.schedule.GradualUnfreeze`) follow the same curve.
+
+Example:
+    >>> import torch.nn as nn
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    >>> opt = build_optimizer(model, "adamw", lr=1e-3, weight_decay=0.05)
+    >>> [(g["name"], g["weight_decay"], len(g["params"])) for g in opt.param_groups]
+    [('params', 0.05, 2), ('params.no_decay', 0.0, 4)]
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from transferkit.errors import ConfigError
+from transferkit.freeze import select_parameters
+
+__all__ = ["build_optimizer", "add_param_group", "optimizer_names", "no_decay_names", "OPTIMIZERS"]
+
+logger = logging.getLogger(__name__)
+
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+
+
+def _sgd(groups: list[dict], o: dict) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"])
+
+
+def _adam(cls: type[torch.optim.Optimizer]) -> Callable[[list[dict], dict], torch.optim.Optimizer]:
+    def make(groups: list[dict], o: dict) -> torch.optim.Optimizer:
+        kwargs = {"lr": o["lr"]}
+        if o["betas"] is not None:
+            kwargs["betas"] = o["betas"]
+        if o["eps"] is not None:
+            kwargs["eps"] = o["eps"]
+        return cls(groups, **kwargs)
+
+    return make
+
+
+def _rmsprop(groups: list[dict], o: dict) -> torch.optim.Optimizer:
+    kwargs = {"lr": o["lr"], "momentum": o["momentum"]}
+    if o["eps"] is not None:
+        kwargs["eps"] = o["eps"]
+    return torch.optim.RMSprop(groups, **kwargs)
+
+
+# name -> factory(groups, options); each group already holds its own lr and weight_decay
+OPTIMIZERS: dict[str, Callable[[list[dict], dict], torch.optim.Optimizer]] = {
+    "sgd": _sgd,
+    "adam": _adam(torch.optim.Adam),
+    "adamw": _adam(torch.optim.AdamW),
+    "nadam": _adam(torch.optim.NAdam),
+    "radam": _adam(torch.optim.RAdam),
+    "rmsprop": _rmsprop,
+}
+
+
+def optimizer_names() -> list[str]:
+    """The names :func:`build_optimizer` accepts."""
+    return sorted(OPTIMIZERS)
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Names of parameters that get no weight decay: biases, other 0/1-d tensors, normalisation weights.
+
+    Example:
+        >>> sorted(no_decay_names(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))))
+        ['0.bias', '1.bias', '1.weight']
+    """
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters()}
+    return {n for n, p in model.named_parameters() if p.ndim <= 1 or id(p) in norm_ids}
+
+
+def _check_options(
+    lr: float, weight_decay: float, lr_decay: float | None, momentum: float, betas: Any
+) -> None:
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"lr must be a positive finite number, got {lr!r}")
+    if not (isinstance(weight_decay, int | float) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if lr_decay is not None and not (isinstance(lr_decay, int | float) and 0 < lr_decay <= 1):
+        raise ConfigError(
+            f"lr_decay must be in (0, 1] (each lower layer group trains at the rate above times it), "
+            f"got {lr_decay!r}; use None for one rate everywhere"
+        )
+    if not 0 <= momentum < 1:
+        raise ConfigError(f"momentum must be in [0, 1), got {momentum!r}")
+    if betas is not None and (len(tuple(betas)) != 2 or not all(0 <= b < 1 for b in betas)):
+        raise ConfigError(f"betas must be two numbers in [0, 1), got {betas!r}")
+
+
+def _layout(model: nn.Module, groups: Mapping[str, Any] | None, need_groups: bool) -> dict[str, list[str]]:
+    """Group name -> parameter names, ordered input -> output, covering every parameter once."""
+    if groups is None:
+        fn = getattr(model, "layer_groups", None)
+        if callable(fn):
+            groups = fn()
+        elif need_groups:
+            raise ConfigError(
+                f"lr_decay needs layer groups, but {type(model).__name__} has no layer_groups(); pass "
+                "groups={'name': selector, ...} ordered from input to output, or build it with create_model"
+            )
+        else:
+            return {"params": [n for n, _ in model.named_parameters()]}
+    # A tensor two groups name (tied weights listed under both aliases) belongs to the topmost one: it
+    # trains at the highest rate asked for, and a head thawed first takes it along.
+    claimed: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for gname, selector in reversed(list(groups.items())):
+        sel = list(selector) if isinstance(selector, list | tuple) else selector
+        names = [n for n in select_parameters(model, sel) if n not in seen]
+        seen.update(names)
+        claimed[gname] = names
+    layout = {g: claimed[g] for g in groups}
+    rest = [n for n, _ in model.named_parameters() if n not in seen]
+    if rest:
+        # parameters no group names train with the top group rather than being silently left out
+        last = list(layout)[-1] if layout else "params"
+        logger.info("%d parameters in no group join group %r: %s", len(rest), last, rest[:5])
+        layout.setdefault(last, []).extend(rest)
+    return layout
+
+
+def _split_groups(
+    model: nn.Module,
+    names: Sequence[str],
+    *,
+    group_name: str,
+    lr: float,
+    weight_decay: float,
+    no_decay_bias_norm: bool,
+    with_names: bool = True,
+    exclude: set[int] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The parameter group dicts for ``names``: trainable only, one decay and one no-decay group."""
+    params = dict(model.named_parameters())
+    exclude = exclude if exclude is not None else set()
+    skip = no_decay_names(model) if no_decay_bias_norm and weight_decay > 0 else set()
+    buckets: dict[str, list[str]] = {group_name: [], f"{group_name}.no_decay": []}
+    for n in names:
+        p = params[n]
+        if not p.requires_grad or id(p) in exclude:
+            continue
+        exclude.add(id(p))
+        buckets[f"{group_name}.no_decay" if n in skip else group_name].append(n)
+    out = []
+    for gname, members in buckets.items():
+        if not members:
+            continue
+        group: dict[str, Any] = {
+            "params": [(n, params[n]) for n in members] if with_names else [params[n] for n in members],
+            "name": gname,
+            "lr": lr,
+            "initial_lr": lr,
+            "weight_decay": 0.0 if gname.endswith(".no_decay") else weight_decay,
+            **(extra or {}),
+        }
+        out.append(group)
+    return out
+
+
+def build_optimizer(
+    model: nn.Module,
+    name: str = "adamw",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    lr_decay: float | None = None,
+    no_decay_bias_norm: bool = True,
+    momentum: float = 0.9,
+    betas: tuple[float, float] | None = None,
+    groups: Mapping[str, Any] | None = None,
+    *,
+    nesterov: bool = False,
+    eps: float | None = None,
+) -> torch.optim.Optimizer:
+    """An optimizer over the model's trainable parameters, in named groups.
+
+    Args:
+        model: any module; an adapter's ``layer_groups()`` name the groups.
+        name: one of :func:`optimizer_names` (case-insensitive).
+        lr: the learning rate of the top group (the head).
+        weight_decay: for weights; biases and norm weights get 0 when ``no_decay_bias_norm``.
+        lr_decay: discriminative rates: group ``k`` levels below the top trains at ``lr * lr_decay**k``.
+            Levels count layer groups, trainable or not, so a group thawed later gets the same rate.
+        no_decay_bias_norm: exempt 0/1-d parameters and normalisation-layer weights from weight decay.
+        momentum: for SGD and RMSprop.
+        betas: for the Adam family (torch defaults when None).
+        groups: ``{group_name: selector}`` ordered input -> output, overriding ``layer_groups()``;
+            parameters no selector picks join the last group.
+        nesterov: Nesterov momentum for SGD.
+        eps: for the Adam family and RMSprop (torch default when None).
+
+    Returns:
+        The optimizer; each group has ``name``, ``initial_lr``, ``lr``, ``weight_decay``, ``param_names``.
+
+    Raises:
+        ConfigError: unknown name (the known ones are listed), nothing trainable, inconsistent options.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+        >>> opt = build_optimizer(m, "sgd", lr=0.1, lr_decay=0.5, groups={"body": "0", "head": "1"})
+        >>> [(g["name"], g["lr"]) for g in opt.param_groups]
+        [('body', 0.05), ('head', 0.1)]
+    """
+    key = str(name).lower()
+    if key not in OPTIMIZERS:
+        close = difflib.get_close_matches(key, OPTIMIZERS, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"unknown optimizer {name!r}; expected one of {', '.join(optimizer_names())}.{hint}"
+        )
+    _check_options(lr, weight_decay, lr_decay, momentum, betas)
+    if nesterov and (key != "sgd" or momentum == 0):
+        raise ConfigError("nesterov=True needs name='sgd' and momentum > 0")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(
+            f"{type(model).__name__} has no trainable parameter (every requires_grad is False); "
+            "unfreeze something first, e.g. unfreeze(model, 'head')"
+        )
+    layout = _layout(model, groups, need_groups=lr_decay is not None)
+    decay = 1.0 if lr_decay is None else float(lr_decay)
+    seen: set[int] = set()
+    param_groups: list[dict[str, Any]] = []
+    for level, (gname, names) in enumerate(reversed(list(layout.items()))):
+        param_groups[:0] = _split_groups(
+            model,
+            names,
+            group_name=gname,
+            lr=lr * decay**level,
+            weight_decay=weight_decay,
+            no_decay_bias_norm=no_decay_bias_norm,
+            exclude=seen,
+        )
+    options = {"lr": lr, "momentum": momentum, "betas": betas, "eps": eps, "nesterov": nesterov}
+    optimizer = OPTIMIZERS[key](param_groups, options)
+    optimizer.defaults["weight_decay"] = weight_decay  # what add_param_group gives later groups
+    logger.info(
+        "%s over %d tensors in groups %s",
+        key,
+        len(seen),
+        ", ".join(f"{g['name']}@{g['lr']:.3g}" for g in optimizer.param_groups),
+    )
+    return optimizer
+
+
+def _current_factor(optimizer: torch.optim.Optimizer) -> float:
+    """How far a schedule has scaled the existing groups (lr / initial_lr); 1.0 when nothing says."""
+    for group in optimizer.param_groups:
+        if group.get("initial_lr"):
+            return group["lr"] / group["initial_lr"]
+    return 1.0
+
+
+def add_param_group(
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    names: Sequence[str] | Any,
+    lr: float,
+    group_name: str,
+    weight_decay: float | None = None,
+    *,
+    no_decay_bias_norm: bool = True,
+    follow_schedule: bool = True,
+    **hyperparameters: Any,
+) -> list[dict[str, Any]]:
+    """Add the selected trainable parameters to ``optimizer`` as new named group(s).
+
+    Parameters already in the optimizer (by identity) or frozen are skipped, so nothing is ever added
+    twice. The new groups get ``initial_lr=lr``; with ``follow_schedule`` their current ``lr`` is
+    ``lr`` times the factor a schedule has applied to the existing groups, so a group thawed mid-run
+    starts on the same curve as the others.
+
+    Args:
+        optimizer: any torch optimizer.
+        model: the model the parameters belong to (for their names).
+        names: parameter names, or any selector :func:`transferkit.freeze.freeze` accepts.
+        lr: the group's rate before scheduling (its ``initial_lr``).
+        group_name: the ``name`` of the new group; the no-decay part is ``"<group_name>.no_decay"``.
+        weight_decay: default: the optimizer's default weight decay.
+        no_decay_bias_norm: put biases and norm weights in the no-decay part.
+        follow_schedule: scale the current ``lr`` like the existing groups (see above).
+        **hyperparameters: any other group option (momentum, betas, ...).
+
+    Returns:
+        The groups added (possibly none, when every selected parameter is frozen or already present).
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+        >>> opt = build_optimizer(m, "sgd", lr=0.1, groups={"body": "0", "head": "1"})
+        >>> [g["name"] for g in add_param_group(opt, m, "0", lr=0.01, group_name="again")]
+        []
+    """
+    if not (isinstance(lr, int | float) and lr > 0):
+        raise ConfigError(f"lr must be a positive number, got {lr!r}")
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        names = select_parameters(model, names)
+    else:
+        names = select_parameters(model, list(names))
+    present = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    if weight_decay is None:
+        weight_decay = float(optimizer.defaults.get("weight_decay", 0.0))
+    with_names = all("param_names" in g for g in optimizer.param_groups)
+    new = _split_groups(
+        model,
+        names,
+        group_name=group_name,
+        lr=lr,
+        weight_decay=weight_decay,
+        no_decay_bias_norm=no_decay_bias_norm,
+        with_names=with_names,
+        exclude=present,
+        extra=hyperparameters,
+    )
+    factor = _current_factor(optimizer) if follow_schedule else 1.0
+    for group in new:
+        group["lr"] = group["initial_lr"] * factor
+        optimizer.add_param_group(group)
+    if new:
+        logger.info("added groups %s at lr %.3g", [g["name"] for g in new], lr)
+    return new

@@ -1,0 +1,247 @@
+"""Run-folder outputs people read at a glance: args.yaml, metrics.csv, plots, exported weights.
+
+A run folder holds::
+
+    args.yaml            the resolved configuration (incl. whether pretrained weights were really used)
+    metrics.csv          one row per epoch: train/val loss and accuracy, the LR of every group, seconds
+    loss.png, accuracy.png, confusion_matrix.png
+    last.pt, best.pt     full training state (written by transferkit.train)
+    model.safetensors    the best weights, with labels.json (class names and preprocessing)
+
+Every file is written atomically (temp file, fsync, ``os.replace``), so a run killed at any moment leaves
+either the previous version or the new one, never half a file. Plots use matplotlib's Agg backend.
+
+Example:
+    >>> import tempfile, csv
+    >>> d = Path(tempfile.mkdtemp())
+    >>> rows = [{"epoch": 0, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 0.9, "val_acc": 0.6,
+    ...          "lr": {"head": 0.001}, "seconds": 1.5}]
+    >>> _ = write_metrics_csv(d / "metrics.csv", rows)
+    >>> next(csv.DictReader(open(d / "metrics.csv")))["lr_head"]
+    '0.001'
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from transferkit.checkpoint import atomic_write, save_weights
+
+__all__ = [
+    "RUN_FILES",
+    "write_text",
+    "write_yaml",
+    "write_metrics_csv",
+    "read_metrics_csv",
+    "plot_curves",
+    "plot_confusion_matrix",
+    "export_model",
+    "format_epoch",
+]
+
+logger = logging.getLogger(__name__)
+
+# every file a run writes; --overwrite removes exactly these, never anything else in the folder
+RUN_FILES = (
+    "args.yaml",
+    "metrics.csv",
+    "loss.png",
+    "accuracy.png",
+    "confusion_matrix.png",
+    "last.pt",
+    "best.pt",
+    "model.safetensors",
+    "labels.json",
+)
+
+_BASE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically."""
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
+    return Path(path)
+
+
+def _plain(value: Any) -> Any:
+    """Values YAML can write without Python tags (tuples -> lists, paths -> strings)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and callable(value.item):  # 0-d tensors / numpy scalars
+        return value.item()
+    return value
+
+
+def write_yaml(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as block-style YAML, keys in the given order, atomically."""
+    import yaml
+
+    return write_text(path, yaml.safe_dump(_plain(data), sort_keys=False, default_flow_style=False))
+
+
+def _lr_columns(history: Sequence[Mapping[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in history:
+        for group in row.get("lr", {}):
+            seen.setdefault(group, None)
+    return list(seen)
+
+
+def write_metrics_csv(path: str | os.PathLike, history: Sequence[Mapping[str, Any]]) -> Path:
+    """Rewrite ``metrics.csv`` from the full history (groups thawed later get empty cells before they exist).
+
+    Args:
+        path: the CSV file.
+        history: rows with ``epoch``, ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (accuracies
+            as fractions), ``lr`` (``{group: lr}``) and ``seconds``.
+    """
+    groups = _lr_columns(history)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*_BASE_COLUMNS, *(f"lr_{g}" for g in groups), "seconds"])
+    for row in history:
+        lrs = row.get("lr", {})
+        writer.writerow(
+            [row["epoch"], *(_fmt(row.get(c)) for c in _BASE_COLUMNS[1:])]
+            + [_fmt(lrs.get(g)) for g in groups]
+            + [_fmt(row.get("seconds"), 2)]
+        )
+    return write_text(path, buf.getvalue())
+
+
+def _fmt(value: Any, digits: int = 6) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if digits != 2 else f"{value:.2f}"
+    return str(value)
+
+
+def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
+    """Read ``metrics.csv`` back: numbers as floats (``epoch`` as int), empty cells as None."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for row in rows:
+        parsed: dict[str, float | None] = {k: (float(v) if v != "" else None) for k, v in row.items()}
+        parsed["epoch"] = int(row["epoch"])
+        out.append(parsed)
+    return out
+
+
+def _savefig(fig: Any, path: str | os.PathLike) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    with atomic_write(path) as f:
+        f.write(buf.getvalue())
+    return Path(path)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # no display on servers; must precede the pyplot import
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: Sequence[Mapping[str, Any]], run_dir: str | os.PathLike) -> list[Path]:
+    """``loss.png`` and ``accuracy.png``: train and validation curves per epoch."""
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in history]
+    out = []
+    for key, title, scale in (("loss", "loss", 1.0), ("acc", "accuracy (%)", 100.0)):
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        for split, style in (("train", "-o"), ("val", "-s")):
+            values = [r.get(f"{split}_{key}") for r in history]
+            pts = [(e, v * scale) for e, v in zip(epochs, values) if v is not None]
+            if pts:
+                ax.plot(*zip(*pts), style, label=split, markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        name = "loss.png" if key == "loss" else "accuracy.png"
+        out.append(_savefig(fig, Path(run_dir) / name))
+        plt.close(fig)
+    return out
+
+
+def plot_confusion_matrix(
+    matrix: Tensor | Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> Path:
+    """A confusion-matrix heat map (rows: true class, columns: predicted), counts written in the cells."""
+    import numpy as np
+
+    plt = _pyplot()
+    cm = np.asarray(matrix.tolist() if isinstance(matrix, Tensor) else matrix, dtype=np.int64)
+    n = len(class_names)
+    side = min(14.0, 2.5 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(cm, cmap="Blues")
+    if n <= 30:  # beyond that, labels and counts are unreadable anyway
+        ax.set_xticks(range(n), labels=list(class_names), rotation=90 if n > 10 else 0)
+        ax.set_yticks(range(n), labels=list(class_names))
+        top = cm.max() if cm.size else 0
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    color = "white" if cm[i, j] > top / 2 else "black"
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=color, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    total = cm.sum()
+    acc = cm.trace() / total if total else 0.0
+    ax.set_title(title or f"validation confusion matrix (accuracy {acc:.2%})")
+    out = _savefig(fig, path)
+    plt.close(fig)
+    return out
+
+
+def export_model(
+    run_dir: str | os.PathLike,
+    weights: nn.Module | Mapping[str, Tensor],
+    class_names: Sequence[str],
+    info: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """``model.safetensors`` (weights only) and ``labels.json`` (class names and how to preprocess).
+
+    Args:
+        run_dir: the run folder.
+        weights: a module or its state dict.
+        class_names: index -> class name.
+        info: extra JSON-able facts (backbone, img_size, mean, std, val_acc, epoch).
+    """
+    run_dir = Path(run_dir)
+    labels = {"class_names": list(class_names), "num_classes": len(class_names), **_plain(dict(info or {}))}
+    meta = {k: str(v) for k, v in labels.items() if k != "class_names"}
+    meta["class_names"] = json.dumps(list(class_names))
+    weights_path = save_weights(run_dir / "model.safetensors", weights, metadata=meta)
+    labels_path = write_text(run_dir / "labels.json", json.dumps(labels, indent=2) + "\n")
+    return Path(weights_path), labels_path
+
+
+def format_epoch(row: Mapping[str, Any], epochs: int) -> str:
+    """One human line for an epoch's metrics."""
+    lrs: Iterable[float] = row.get("lr", {}).values()
+    lr = max(lrs, default=0.0)
+    train = f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}" if row.get("train_loss") is not None else ""
+    return (
+        f"epoch {row['epoch'] + 1}/{epochs}  {train}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}"
+        f"  lr {lr:.2e}  {row.get('seconds', 0.0):.1f}s"
+    ).replace("   ", "  ")
