@@ -326,7 +326,7 @@ def dangerous_globals(name: str) -> set[str]:
     return {
         "os_system": {"os.system"},
         "reduce": {"posix.system", "os.system"},
-        "reduce_ex": {"subprocess.check_call"},
+        "reduce_ex": {"subprocess.check_call", "commands.check_call"},  # protocol 2 writes the Py2 name
         "subprocess_popen": {"subprocess.Popen"},
         "builtins_eval": {"builtins.eval"},
         "builtins_exec": {"builtins.exec"},

@@ -50,6 +50,8 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "load_digits_data",
     "load_image_folder",
+    "split_image_folder",
+    "FolderSplit",
     "scan_image_folder",
     "build_transforms",
     "make_loaders",
@@ -57,6 +59,7 @@ __all__ = [
     "ShardSampler",
     "extract_features",
     "cache_features",
+    "limit_dataset",
     "DIGITS_SPLIT_SEED",
 ]
 
@@ -332,35 +335,41 @@ def _stratified_split(
     return sorted(train), sorted(val)
 
 
-def load_image_folder(
-    root: str | os.PathLike,
-    data_config: dict[str, Any],
-    *,
-    img_size: int | None = None,
-    val_split: float = 0.2,
-    seed: int = 0,
-    strict: bool = False,
-    augment: bool = True,
-    in_chans: int = 3,
-) -> DataBundle:
-    """An image-folder data set: ``root/train`` + ``root/val``, or one class tree split by ``val_split``.
+@dataclass
+class FolderSplit:
+    """An image folder's samples, split and checked, before any transform is chosen.
+
+    Attributes:
+        train, val: ``(path, label)`` samples.
+        class_names: folder names, sorted; index = label.
+        root: the folder.
+        skipped: unreadable files left out.
+    """
+
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    class_names: list[str]
+    root: str
+    skipped: list[str] = field(default_factory=list)
+
+
+def split_image_folder(
+    root: str | os.PathLike, *, val_split: float = 0.2, seed: int = 0, strict: bool = False
+) -> FolderSplit:
+    """Scan ``root/train`` + ``root/val``, or one ``root/<class>`` tree split by ``val_split``; check every file.
 
     Args:
         root: the folder.
-        data_config: the backbone's ``{"mean", "std", "input_size", ...}`` (``Adapter.data_config``).
-        img_size: square crop size overriding the backbone's.
         val_split: fraction for validation when there are no train/val sub-folders.
-        seed: seed of that split.
-        strict: raise on an unreadable image instead of skipping it.
-        augment: light random augmentation on the training split.
-        in_chans: 1 reads images as grayscale.
+        seed: seed of that split (stratified by class).
+        strict: raise on an unreadable image instead of skipping it (with a warning and a count).
 
     Raises:
         ConfigError: missing or empty folder, fewer than two classes, unreadable files with ``strict``,
             a class without images, or an impossible split.
 
     Example:
-        >>> load_image_folder("/no/such/dir", {})  # doctest: +ELLIPSIS
+        >>> split_image_folder("/no/such/dir")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         transferkit.errors.ConfigError: data folder /no/such/dir does not exist; ...
     """
@@ -384,25 +393,55 @@ def load_image_folder(
                 "--strict-data to skip them"
             )
         logger.warning("skipping %d unreadable image file(s) under %s, e.g. %s", len(bad), root, bad[0])
-    if not split_dirs:
-        _check_classes(root, names, samples)
-        train_s, val_s = _stratified_split(samples, names, val_split, seed)
-    else:
+    if split_dirs:
         _check_classes(root / "train", names, train_s)
         if not val_s:
             raise ConfigError(f"{root / 'val'} holds no readable images; add validation images")
-    size = img_size or int(data_config["input_size"][-1])
-    mode = "L" if in_chans == 1 else "RGB"
-    train = ImageFileDataset(train_s, build_transforms(data_config, True, size, augment), mode)
-    val = ImageFileDataset(val_s, build_transforms(data_config, False, size), mode)
+    else:
+        _check_classes(root, names, samples)
+        train_s, val_s = _stratified_split(samples, names, val_split, seed)
     logger.info(
-        "image folder %s: %d classes, %d training and %d validation images",
+        "image folder %s: %d classes, %d training and %d validation images%s",
         root,
         len(names),
         len(train_s),
         len(val_s),
+        f", {len(bad)} unreadable skipped" if bad else "",
     )
-    return DataBundle(train, val, names, str(root), size, skipped=bad, augment=augment)
+    return FolderSplit(train_s, val_s, names, str(root), bad)
+
+
+def load_image_folder(
+    root: str | os.PathLike | FolderSplit,
+    data_config: dict[str, Any],
+    *,
+    img_size: int | None = None,
+    val_split: float = 0.2,
+    seed: int = 0,
+    strict: bool = False,
+    augment: bool = True,
+    in_chans: int = 3,
+) -> DataBundle:
+    """An image-folder data set (see :func:`split_image_folder`) with the backbone's transforms.
+
+    Args:
+        root: the folder, or a :class:`FolderSplit` already made from it.
+        data_config: the backbone's ``{"mean", "std", "input_size", ...}`` (``Adapter.data_config``).
+        img_size: square crop size overriding the backbone's.
+        val_split, seed, strict: as in :func:`split_image_folder`.
+        augment: light random augmentation on the training split.
+        in_chans: 1 reads images as grayscale.
+    """
+    split = (
+        root
+        if isinstance(root, FolderSplit)
+        else split_image_folder(root, val_split=val_split, seed=seed, strict=strict)
+    )
+    size = img_size or int(data_config["input_size"][-1])
+    mode = "L" if in_chans == 1 else "RGB"
+    train = ImageFileDataset(split.train, build_transforms(data_config, True, size, augment), mode)
+    val = ImageFileDataset(split.val, build_transforms(data_config, False, size), mode)
+    return DataBundle(train, val, split.class_names, split.root, size, skipped=split.skipped, augment=augment)
 
 
 def _check_classes(root: Path, names: list[str], samples: list[tuple[str, int]]) -> None:
@@ -575,3 +614,18 @@ def cache_features(
     return DataBundle(
         out[0], out[1], bundle.class_names, bundle.source, bundle.img_size, bundle.skipped, False
     )
+
+
+def limit_dataset(dataset: Dataset, n: int | None, seed: int = 0) -> Dataset:
+    """A seeded random subset of ``n`` items (all of them when ``n`` is None or not smaller): quick runs.
+
+    Example:
+        >>> len(limit_dataset(TensorDataset(torch.arange(10)), 4))
+        4
+    """
+    if n is None or n >= len(dataset):
+        return dataset
+    if n < 1:
+        raise ConfigError(f"a data limit must be >= 1, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.Subset(dataset, sorted(torch.randperm(len(dataset), generator=g)[:n].tolist()))

@@ -140,8 +140,11 @@ class LoadReport:
             lines.extend(_wrap(cells, 100))
         if self.mismatched:
             lines.append(f"skipped for shape ({len(self.mismatched)}): checkpoint -> model")
-            for key, (a, b) in self.mismatched.items():
-                lines.append(f"  {key}  {list(a)} -> {list(b)}")
+            by_shapes: dict[tuple[Shape, Shape], list[str]] = defaultdict(list)
+            for key, pair in self.mismatched.items():
+                by_shapes[pair].append(key)
+            for (a, b), keys in by_shapes.items():
+                lines.extend(f"  {k}  {list(a)} -> {list(b)}" for k in compact_keys(keys))
         for title, keys in (
             ("missing", self.missing),
             ("unexpected", self.unexpected),
@@ -234,27 +237,21 @@ def _merge_leaves(rows: list[list[str]]) -> list[list[str]]:
 
 
 def _merge_numbers(rows: list[list[str]], pos: int) -> list[list[str]]:
-    groups: dict[tuple, list[int]] = {}
-    order: list[tuple] = []
+    groups: dict[tuple, list[int]] = {}  # insertion-ordered: the output keeps the first-seen order
     for r in rows:
         match = _TRAILING_NUMBER.match(r[pos]) if pos < len(r) else None
-        if match is None or str(int(match.group(2))) != match.group(2):
-            sig = ("literal", tuple(r))
-            groups.setdefault(sig, [])
-            order.append(sig) if sig not in order else None
+        if match is None or str(int(match.group(2))) != match.group(2):  # "01" is a name, not a number
+            groups.setdefault(("literal", tuple(r)), [])
             continue
-        sig = ("num", tuple(r[:pos]), match.group(1), tuple(r[pos + 1 :]))
-        if sig not in groups:
-            groups[sig] = []
-            order.append(sig)
-        groups[sig].append(int(match.group(2)))
+        groups.setdefault(("num", tuple(r[:pos]), match.group(1), tuple(r[pos + 1 :])), []).append(
+            int(match.group(2))
+        )
     out = []
-    for sig in order:
+    for sig, nums in groups.items():
         if sig[0] == "literal":
             out.append(list(sig[1]))
             continue
         _, head, stem, tail = sig
-        nums = groups[sig]
         seg = f"{stem}{nums[0]}" if len(set(nums)) == 1 else stem + _format_numbers(nums)
         out.append([*head, seg, *tail])
     return out
@@ -375,9 +372,16 @@ def _module_coverage(model_state: Mapping[str, Any], loaded: set[str], module: s
 
 
 def suggest_prefix_rule(
-    checkpoint_keys: Sequence[str], model_keys: Sequence[str], *, max_prefixes: int = 64
+    checkpoint_keys: Sequence[str],
+    model_keys: Sequence[str],
+    *,
+    checkpoint_shapes: Mapping[str, Shape] | None = None,
+    model_shapes: Mapping[str, Shape] | None = None,
+    max_prefixes: int = 64,
 ) -> tuple[Prefix, int] | None:
     """Find the prefix swap that maps the most ``checkpoint_keys`` onto ``model_keys``.
+
+    With both shape maps given, a key only counts as a hit when its shape fits too.
 
     Returns:
         ``(rule, hits)`` or ``None`` when no swap matches anything.
@@ -407,10 +411,17 @@ def suggest_prefix_rule(
     if not votes:
         return None
     targets = set(model_keys)
+    check_shapes = checkpoint_shapes is not None and model_shapes is not None
+
+    def fits(key: str, target: str) -> bool:
+        if target not in targets:
+            return False
+        return not check_shapes or checkpoint_shapes.get(key) == model_shapes.get(target)  # type: ignore[union-attr]
+
     best: tuple[Prefix, int] | None = None
     for (old, new), _ in votes.most_common(8):
         rule = Prefix(old, new)
-        hits = sum(1 for k in checkpoint_keys if rule(k) in targets)
+        hits = sum(1 for k in checkpoint_keys if fits(k, rule(k)))
         # prefer more hits, then the shortest (most general) prefixes
         if (
             best is None
@@ -450,6 +461,10 @@ def _describe(source: Any) -> str:
         return Path(source).name
     if isinstance(source, nn.Module):
         return f"module {type(source).__name__}"
+    if isinstance(source, Mapping):
+        return (
+            "state dict" if all(isinstance(v, torch.Tensor) for v in source.values()) else "checkpoint dict"
+        )
     return type(source).__name__
 
 
@@ -465,7 +480,7 @@ def _resolve_source(
         obj = load_checkpoint(source, map_location=map_location, trusted=trusted, salvage=salvage)
         return dict(extract_state_dict(obj, key))
     if isinstance(source, Mapping):
-        if key is None and source and all(isinstance(v, torch.Tensor) for v in source.values()):
+        if key is None and all(isinstance(v, torch.Tensor) for v in source.values()):
             return dict(source)
         from transferkit.checkpoint import extract_state_dict
 
@@ -569,6 +584,14 @@ def load_partial(
         source=description,
         dry_run=dry_run,
     )
+    if report.unexpected and report.missing:
+        hint = suggest_prefix_rule(
+            report.unexpected, _significant_missing(report.missing), **_shapes(state, final, model_state)
+        )
+        if hint is not None:
+            report.notes.append(
+                f"the rule {hint[0]!r} (CLI --rule '{hint[0]}') would match {hint[1]} more key(s)"
+            )
     _check(
         report,
         target,
@@ -590,6 +613,9 @@ def load_partial(
         assign,
         report,
     )
+    if isinstance(target, RenameOnLoadMixin):
+        # its own _load_from_state_dict saw only the filtered dict; the full picture is this report
+        target.load_report = report
     logger.info("load_partial(%s): %s", description, report.summary())
     return report
 
@@ -679,6 +705,20 @@ def _check_mixin_policies(report: LoadReport, target: nn.Module) -> None:
             )
 
 
+def _shapes(
+    state: Mapping[str, Any], final: Mapping[str, str | None], model_state: Mapping[str, Any]
+) -> dict[str, dict[str, Shape]]:
+    """Shapes by model-side name, for suggestions that only count keys whose shapes fit."""
+    return {
+        "checkpoint_shapes": {
+            name: tuple(state[raw].shape)
+            for raw, name in final.items()
+            if name is not None and isinstance(state[raw], torch.Tensor)
+        },
+        "model_shapes": {k: tuple(v.shape) for k, v in model_state.items() if isinstance(v, torch.Tensor)},
+    }
+
+
 def _zero_message(
     report: LoadReport,
     model_state: Mapping[str, Any],
@@ -687,28 +727,34 @@ def _zero_message(
 ) -> str:
     if not state:
         return "the checkpoint holds no tensors; nothing was written. Check `key=` points at the weights"
-    if report.mismatched and not report.unexpected:
-        return (
-            f"no tensor loaded: all {len(report.mismatched)} matching keys differ in shape "
-            f"(e.g. {next(iter(report.mismatched))!r}: {report.mismatched[next(iter(report.mismatched))]}); "
-            "nothing was written. Is this checkpoint for a different architecture or size?"
-        )
     ckpt_keys = [k for k in final.values() if k is not None]
     model_keys = list(model_state)
-    message = (
-        f"no tensor loaded: none of the {len(ckpt_keys)} checkpoint keys (after cleaning and rules) matches one "
-        f"of the model's {len(model_keys)} keys; nothing was written. Checkpoint keys start with "
-        f"{_first_segments(ckpt_keys)}, e.g. {ckpt_keys[0]!r}; model keys with {_first_segments(model_keys)}, "
-        f"e.g. {model_keys[0] if model_keys else '-'!r}."
-    )
-    suggestion = suggest_prefix_rule(ckpt_keys, model_keys)
+    if not ckpt_keys:
+        return f"no tensor loaded: the rules dropped all {len(final)} checkpoint keys; nothing was written"
+    if report.mismatched:
+        first = next(iter(report.mismatched))
+        a, b = report.mismatched[first]
+        message = (
+            f"no tensor loaded: {len(report.mismatched)} of {len(ckpt_keys)} checkpoint keys match model keys by "
+            f"name but all differ in shape (e.g. {first!r}: checkpoint {list(a)} vs model {list(b)}) and "
+            f"{len(report.unexpected)} have no counterpart; nothing was written. Is this checkpoint for a "
+            "different architecture or size?"
+        )
+    else:
+        message = (
+            f"no tensor loaded: none of the {len(ckpt_keys)} checkpoint keys (after cleaning and rules) matches "
+            f"one of the model's {len(model_keys)} keys; nothing was written. Checkpoint keys start with "
+            f"{_first_segments(ckpt_keys)}, e.g. {ckpt_keys[0]!r}; model keys with "
+            f"{_first_segments(model_keys)}, e.g. {model_keys[0] if model_keys else '-'!r}."
+        )
+    suggestion = suggest_prefix_rule(ckpt_keys, model_keys, **_shapes(state, final, model_state))
     if suggestion is not None:
         rule, hits = suggestion
         message += (
-            f" The rule {rule!r} would match {hits} of {len(ckpt_keys)} keys: pass rules=[{rule!r}] "
+            f" The rule {rule!r} would load {hits} of {len(ckpt_keys)} keys: pass rules=[{rule!r}] "
             f"(CLI: --rule '{rule}')."
         )
-    else:
+    elif not report.mismatched:
         message += " No prefix swap aligns them; write Regex rules or a callable."
     return message
 

@@ -75,6 +75,8 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def _plain(value: Any) -> Any:
     """Values YAML can write without Python tags (tuples -> lists, paths -> strings)."""
+    if isinstance(value, str):
+        return str(value)  # str subclasses (torch.__version__) would get a Python tag
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
@@ -183,7 +185,10 @@ def plot_curves(history: Sequence[Mapping[str, Any]], run_dir: str | os.PathLike
 
 
 def plot_confusion_matrix(
-    matrix: Tensor | Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike, title: str = ""
+    matrix: Tensor | Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "",
 ) -> Path:
     """A confusion-matrix heat map (rows: true class, columns: predicted), counts written in the cells."""
     import numpy as np
@@ -240,7 +245,11 @@ def format_epoch(row: Mapping[str, Any], epochs: int) -> str:
     """One human line for an epoch's metrics."""
     lrs: Iterable[float] = row.get("lr", {}).values()
     lr = max(lrs, default=0.0)
-    train = f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}" if row.get("train_loss") is not None else ""
+    train = (
+        f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}"
+        if row.get("train_loss") is not None
+        else ""
+    )
     return (
         f"epoch {row['epoch'] + 1}/{epochs}  {train}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}"
         f"  lr {lr:.2e}  {row.get('seconds', 0.0):.1f}s"

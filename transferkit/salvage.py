@@ -50,7 +50,7 @@ import torch
 
 from transferkit.errors import CheckpointError, TransferkitError
 
-__all__ = ["Placeholder", "find_placeholders", "salvage_load"]
+__all__ = ["Placeholder", "find_placeholders", "module_state_dict", "salvage_load"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ _LEGACY_PROTOCOL = 1001
 
 # A file naming more distinct globals than this is not a checkpoint; each placeholder class costs memory.
 _MAX_GLOBALS = 10_000
+
+# Torch writes storages uncompressed; a re-zipped file may deflate them, but not by more than this.
+_MAX_RATIO = 1000
 
 _REPR = reprlib.Repr()
 _REPR.maxstring, _REPR.maxother, _REPR.maxtuple = 60, 60, 3
@@ -224,6 +227,46 @@ def find_placeholders(obj: Any) -> list[str]:
     return sorted(found)
 
 
+def module_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """The ``state_dict()`` a pickled ``nn.Module`` would give, rebuilt from its inert placeholder.
+
+    ``torch.save(model)`` pickles the module object itself; salvage turns it (and every submodule) into a
+    placeholder whose recorded state holds ``_parameters``, ``_buffers`` and ``_modules``. This walks them
+    in ``nn.Module.state_dict`` order, skipping non-persistent buffers, without calling anything.
+
+    Args:
+        obj: a placeholder for a module (e.g. ``salvage_load("model.pt")`` of a whole-model pickle).
+
+    Returns:
+        ``{"0.weight": tensor, ...}``; empty when ``obj`` is not a pickled module.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "whole.pt"
+        >>> torch.save(torch.nn.Sequential(torch.nn.Linear(2, 3)), path)
+        >>> list(module_state_dict(salvage_load(path)))
+        ['0.weight', '0.bias']
+    """
+    result: dict[str, torch.Tensor] = {}
+    stack: list[tuple[str, Any]] = [("", obj)]
+    seen: set[int] = set()
+    while stack:
+        prefix, node = stack.pop()
+        state = node.state if isinstance(node, Placeholder) else None
+        if not isinstance(state, dict) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        skip = state.get("_non_persistent_buffers_set") or set()
+        for group in ("_parameters", "_buffers"):
+            for name, value in (state.get(group) or {}).items():
+                if isinstance(value, torch.Tensor) and not (group == "_buffers" and name in skip):
+                    result[f"{prefix}{name}"] = value.detach()  # as state_dict() gives them
+        children = list((state.get("_modules") or {}).items())
+        stack.extend((f"{prefix}{name}.", child) for name, child in reversed(children))
+    return result
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The allow-list: pure constructors, re-implemented with argument checks where torch's own would trust input.
 # ----------------------------------------------------------------------------------------------------------
@@ -262,17 +305,9 @@ class _StorageType:
         return f"<storage type {self.name}>"
 
 
-class _Storage:
-    """A storage read from the file: untyped bytes on the target device plus the dtype it was saved as."""
-
-    __slots__ = ("untyped", "dtype")
-
-    def __init__(self, untyped: torch.UntypedStorage, dtype: torch.dtype) -> None:
-        self.untyped = untyped
-        self.dtype = dtype
-
-    def __repr__(self) -> str:
-        return f"<storage {self.dtype} {self.untyped.nbytes()} bytes on {self.untyped.device}>"
+def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.TypedStorage:
+    """What persistent ids resolve to, as in torch.load (BUILD on it is refused, so it stays as made)."""
+    return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
 _STORAGE_DTYPES = {
@@ -319,23 +354,24 @@ def _view(
     storage: Any, offset: Any, size: Any, stride: Any, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """A tensor over ``storage`` after checking that every element it addresses lies inside the storage."""
-    if not isinstance(storage, _Storage):
+    if type(storage) is not torch.storage.TypedStorage:
         raise _Refused(
             f"a tensor's storage must come from the file's storages, found {type(storage).__name__}"
         )
+    untyped = storage._untyped_storage
     dtype = storage.dtype if dtype is None else _dtype(dtype)
     offset, size, stride = _int(offset, "storage offset"), _ints(size, "size"), _ints(stride, "stride")
     if len(size) != len(stride) or offset < 0 or min(size + stride, default=0) < 0:
         raise _Refused(f"invalid tensor geometry: offset {offset}, size {size}, stride {stride}")
-    available = storage.untyped.nbytes() // dtype.itemsize
+    available = untyped.nbytes() // dtype.itemsize
     needed = 0 if 0 in size else offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
     if needed > available:
         raise _Refused(
             f"a tensor of size {list(size)} (stride {list(stride)}, offset {offset}) needs {needed} elements "
             f"but its storage holds {available}"
         )
-    tensor = torch.empty((0,), dtype=dtype, device=storage.untyped.device)
-    return tensor.set_(storage.untyped, offset, size, stride)
+    tensor = torch.empty((0,), dtype=dtype, device=untyped.device)
+    return tensor.set_(untyped, offset, size, stride)
 
 
 def _finish(tensor: torch.Tensor, requires_grad: Any, metadata: Any = None) -> torch.Tensor:
@@ -731,6 +767,24 @@ def _swap_bytes(data: torch.Tensor, itemsize: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _read_member(archive: zipfile.ZipFile, name: str, nbytes: int) -> torch.Tensor:
+    """The bytes of one storage member as a uint8 tensor, checked against the size the pickle declared."""
+    try:
+        member = archive.getinfo(name)
+    except KeyError:
+        raise _Refused(f"the pickle refers to storage {name}, which the archive does not contain") from None
+    if member.file_size != nbytes:
+        raise _Refused(f"storage {name} should hold {nbytes} bytes, the archive has {member.file_size}")
+    if member.compress_type != zipfile.ZIP_STORED and nbytes > _MAX_RATIO * member.compress_size + 2**20:
+        raise _Refused(f"storage {name} inflates {nbytes // max(member.compress_size, 1)}-fold: a zip bomb")
+    buffer = bytearray(nbytes)
+    with archive.open(member) as stream:  # zipfile checks the CRC once the member is read to its end
+        got = stream.readinto(buffer)
+        if got != nbytes or stream.read(1):
+            raise _Refused(f"storage {name} holds {got} bytes, expected {nbytes}")
+    return torch.frombuffer(buffer, dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
+
+
 def _load_zip(path: Path, map_location: MapLocation) -> Any:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
@@ -741,7 +795,7 @@ def _load_zip(path: Path, map_location: MapLocation) -> Any:
             )
         prefix = pickles[0][: -len("data.pkl")]
         big_endian = f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder") == b"big"
-        storages: dict[str, _Storage] = {}
+        storages: dict[str, torch.UntypedStorage] = {}
 
         def persistent(pid: Any) -> Any:
             if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
@@ -751,28 +805,15 @@ def _load_zip(path: Path, map_location: MapLocation) -> Any:
                 raise _Refused(f"malformed storage reference {str(pid)[:80]}")
             nbytes = _int(numel, "storage size") * storage_type.dtype.itemsize
             if key not in storages:
-                member = archive.getinfo(f"{prefix}data/{key}")
-                if member.file_size != nbytes:
-                    raise _Refused(
-                        f"storage {key} should hold {nbytes} bytes, the archive has {member.file_size}"
-                    )
-                raw = archive.read(member)
-                data = (
-                    torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-                    if raw
-                    else torch.empty(0, dtype=torch.uint8)
-                )
+                data = _read_member(archive, f"{prefix}data/{key}", nbytes)
                 if big_endian != (sys.byteorder == "big"):
                     data = _swap_bytes(data, storage_type.dtype.itemsize)
-                storages[key] = _Storage(_to_device(data, str(location), map_location), storage_type.dtype)
-            elif storages[key].untyped.nbytes() != nbytes:  # the same storage seen again with another size
+                storages[key] = _to_device(data, str(location), map_location)
+            elif storages[key].nbytes() != nbytes:  # the same storage seen again with another size
                 raise _Refused(
-                    f"storage {key} should hold {nbytes} bytes, the archive has {storages[key].untyped.nbytes()}"
+                    f"storage {key} should hold {nbytes} bytes, the archive has {storages[key].nbytes()}"
                 )
-            stored = storages[key]
-            return (
-                stored if stored.dtype == storage_type.dtype else _Storage(stored.untyped, storage_type.dtype)
-            )
+            return _typed(storages[key], storage_type.dtype)
 
         return _SalvageUnpickler(io.BytesIO(archive.read(pickles[0])), persistent).load()
 
@@ -807,14 +848,14 @@ def _load_legacy(path: Path, map_location: MapLocation) -> Any:
             key,
             (storage_type.dtype, numel, location.decode() if isinstance(location, bytes) else str(location)),
         )
-        return _legacy_view(_Storage(torch.UntypedStorage(nbytes, device="meta"), storage_type.dtype), view)
+        return _legacy_view(torch.UntypedStorage(nbytes, device="meta"), storage_type.dtype, view)
 
     _SalvageUnpickler(stream, declare).load()  # leaves the stream just after the main pickle
     keys = _plain_load(stream)
     if not isinstance(keys, list) or set(keys) != set(declared):
         raise _Refused("the storage key list does not match the storages the pickle refers to")
 
-    storages: dict[str, _Storage] = {}
+    storages: dict[str, torch.UntypedStorage] = {}
     for key in keys:
         dtype, numel, location = declared[key]
         header = stream.read(8)
@@ -834,32 +875,29 @@ def _load_legacy(path: Path, map_location: MapLocation) -> Any:
         )
         if not little and sys.byteorder == "little" or little and sys.byteorder == "big":
             data = _swap_bytes(data, dtype.itemsize)
-        storages[key] = _Storage(_to_device(data, location, map_location), dtype)
+        storages[key] = _to_device(data, location, map_location)
 
     def resolve(pid: Any) -> Any:
         if pid[0] in ("module", b"module"):
             return pid[1]
         _, storage_type, key, _location, _numel, view = pid
-        return _legacy_view(_Storage(storages[key].untyped, storage_type.dtype), view)
+        return _legacy_view(storages[key], storage_type.dtype, view)
 
     stream.seek(main_start)
     return _SalvageUnpickler(stream, resolve).load()
 
 
-def _legacy_view(storage: _Storage, view: Any) -> _Storage:
+def _legacy_view(untyped: torch.UntypedStorage, dtype: torch.dtype, view: Any) -> torch.storage.TypedStorage:
+    """Legacy files may refer to a slice ``(view_key, offset, size)`` of a root storage."""
     if view is None:
-        return storage
+        return _typed(untyped, dtype)
     if not (isinstance(view, tuple) and len(view) == 3):
         raise _Refused(f"malformed storage view {str(view)[:80]}")
-    _, offset, size = view
-    itemsize = storage.dtype.itemsize
-    start, stop = (
-        _int(offset, "view offset") * itemsize,
-        (_int(offset, "view offset") + _int(size, "view size")) * itemsize,
-    )
-    if offset < 0 or size < 0 or stop > storage.untyped.nbytes():
+    offset, size = _int(view[1], "view offset"), _int(view[2], "view size")
+    start, stop = offset * dtype.itemsize, (offset + size) * dtype.itemsize
+    if offset < 0 or size < 0 or stop > untyped.nbytes():
         raise _Refused(f"storage view {offset}+{size} lies outside its storage")
-    return _Storage(storage.untyped[start:stop], storage.dtype)
+    return _typed(untyped[start:stop], dtype)
 
 
 def _load_safetensors(path: Path, map_location: MapLocation) -> dict[str, torch.Tensor]:
@@ -896,8 +934,6 @@ def _describe(exc: BaseException) -> str:
         return "the data ends early; the file looks truncated"
     if isinstance(exc, zipfile.BadZipFile | zipfile.LargeZipFile):
         return f"the zip archive is damaged ({exc})"
-    if isinstance(exc, KeyError):
-        return f"a member the pickle refers to is missing from the archive ({exc})"
     if isinstance(exc, MemoryError):
         return "it declares sizes too large to allocate; the file is damaged"
     if isinstance(exc, RecursionError):

@@ -24,7 +24,8 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -72,6 +73,8 @@ class Adapter(RenameOnLoadMixin, nn.Module):
         weights: what the weights came from (``"random"``, ``"torchvision:ResNet50_Weights.IMAGENET1K_V2"``,
             a file path).
         load_report: the :class:`~transferkit.partial.LoadReport` of the last load, or ``None``.
+        notes: what :func:`~transferkit.backbones.create_model` decided (weights fallback, head policy,
+            channel adaptation), also written into ``load_report.notes``.
         data_config: the input preprocessing the network expects.
     """
 
@@ -108,6 +111,23 @@ class Adapter(RenameOnLoadMixin, nn.Module):
         self.pretrained = False
         self.weights = "random"
         self.load_report = None
+        self.notes: list[str] = []
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """``nn.Module.load_state_dict``, also accepting the original network's key layout.
+
+        Besides the keys (renamed by the ``backbone.`` rule), the per-module versions torch stores in
+        ``state_dict._metadata`` are moved under ``backbone.`` too, for modules whose loading depends on
+        them (torchvision's MNASNet).
+        """
+        versions = getattr(state_dict, "_metadata", None)
+        if versions is not None and not any(k == "backbone" or k.startswith("backbone.") for k in versions):
+            state_dict = OrderedDict(state_dict)
+            moved = {(f"backbone.{k}" if k else "backbone"): v for k, v in versions.items()}
+            state_dict._metadata = {**versions, **moved}  # type: ignore[attr-defined]
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ---- the head --------------------------------------------------------------------------------------
 
@@ -156,7 +176,9 @@ class Adapter(RenameOnLoadMixin, nn.Module):
         finally:
             handle.remove()
         if not captured:
-            raise ConfigError(f"the forward pass of {self.name} never called its head {self._head_info.main!r}")
+            raise ConfigError(
+                f"the forward pass of {self.name} never called its head {self._head_info.main!r}"
+            )
         return captured[0]
 
     def forward_head(self, features: Tensor) -> Tensor:

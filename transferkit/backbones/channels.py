@@ -12,7 +12,7 @@ The first convolution's weight is adapted, not re-initialised, so pretrained fil
 Example:
     >>> import torch
     >>> w = torch.ones(1, 3, 1, 1)
-    >>> adapt_conv_weight(w, 1)[0].flatten().tolist(), adapt_conv_weight(w, 6)[1].flatten().tolist()
+    >>> adapt_conv_weight(w, 1).flatten().tolist(), adapt_conv_weight(w, 6).flatten().tolist()
     ([3.0], [0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
 """
 
@@ -22,7 +22,6 @@ import copy
 import logging
 import math
 
-import torch
 from torch import Tensor, nn
 
 from transferkit.backbones.heads import canonical_path, get_module, set_module
@@ -47,7 +46,9 @@ def adapt_conv_weight(weight: Tensor, in_chans: int) -> Tensor:
         ConfigError: the weight is not 4-D or ``in_chans < 1``.
     """
     if weight.ndim != 4:
-        raise ConfigError(f"input-channel adaptation needs a 4-D conv weight, got shape {tuple(weight.shape)}")
+        raise ConfigError(
+            f"input-channel adaptation needs a 4-D conv weight, got shape {tuple(weight.shape)}"
+        )
     if in_chans < 1:
         raise ConfigError(f"in_chans must be >= 1, got {in_chans}")
     source = weight.shape[1]
@@ -105,7 +106,9 @@ def adapt_input_channels(net: nn.Module, in_chans: int) -> tuple[str, str]:
     if strategy == "none":
         return strategy, name
     if conv.groups != 1:
-        raise ConfigError(f"cannot adapt {name} (a grouped convolution, groups={conv.groups}) to {in_chans} channels")
+        raise ConfigError(
+            f"cannot adapt {name} (a grouped convolution, groups={conv.groups}) to {in_chans} channels"
+        )
     # a copy keeps the conv's own class (timm's Conv2dSame pads differently) and its other settings
     new = copy.deepcopy(conv)
     new.in_channels = in_chans

@@ -30,9 +30,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -70,7 +72,12 @@ HEAD_POLICIES = ("auto", "keep", "fresh")
 SLOW_BUILD: tuple[str, ...] = ("regnet_",)
 
 # torchvision builder name prefix -> class whose pretrained weights need extra constructor arguments
-_TV_CLASS_BY_PREFIX = {"vit_": "VisionTransformer", "maxvit": "MaxVit", "inception": "Inception3", "googlenet": "GoogLeNet"}
+_TV_CLASS_BY_PREFIX = {
+    "vit_": "VisionTransformer",
+    "maxvit": "MaxVit",
+    "inception": "Inception3",
+    "googlenet": "GoogLeNet",
+}
 
 
 def create_model(
@@ -78,7 +85,7 @@ def create_model(
     num_classes: int,
     *,
     weights: Any = "auto",
-    in_chans: int = 3,
+    in_chans: int | None = None,
     class_names: Sequence[str] | None = None,
     head: str = "auto",
     rules: Any = (),
@@ -95,7 +102,8 @@ def create_model(
         num_classes: outputs of the new head.
         weights: ``"auto"``, ``"imagenet"``/``"DEFAULT"``, a torchvision weights name, a local checkpoint
             path, or ``None`` (see :mod:`transferkit.backbones.weights`).
-        in_chans: input channels; the first convolution is adapted (``adapter.in_chans_strategy``).
+        in_chans: input channels; when it differs from the network's (3 for torchvision and timm), the first
+            convolution is adapted (``adapter.in_chans_strategy``). ``None`` keeps the network's own.
         class_names: labels of the new classes (enables head surgery by label).
         head: what to do with a checkpoint head that fits when labels cannot decide: ``"auto"`` (keep),
             ``"keep"`` or ``"fresh"``.
@@ -142,19 +150,28 @@ def create_model(
             report, _, rows, head_src = _load(
                 net, info, state, rules, class_names, ckpt_classes, head, plan, assign=False, spec=spec
             )
+        if use_meta:
+            report.notes[:] = [n for n in report.notes if "still on the meta device" not in n]
+            fresh = [k for k in report.missing if k not in _head_keys(info)]
+            if fresh:
+                report.notes.append(
+                    f"initialised {len(fresh)} tensor(s) the checkpoint lacks with their modules' defaults"
+                )
         if rows:
             _surgery(net, info, state, head_src, rows)
-    strategy = "none"
-    if in_chans != 3 or _first_conv_channels(net) != in_chans:
+    strategy, built_chans = "none", _first_conv_channels(net)
+    if in_chans is not None and in_chans != built_chans:
         strategy, conv = adapt_input_channels(net, in_chans)
-        notes.append(f"input channels: first conv {conv} adapted to {in_chans} ({strategy})")
+        notes.append(
+            f"input channels: first conv {conv} adapted from {built_chans} to {in_chans} ({strategy})"
+        )
     adapter = Adapter(
         net,
         num_classes,
         name=spec.full_name,
         class_names=class_names,
         head_name=head_name,
-        data_config=adapt_data_config(_data_config(spec, plan, net, kwargs), in_chans),
+        data_config=adapt_data_config(_data_config(spec, plan, net, kwargs), in_chans or built_chans),
     )
     adapter.in_chans_strategy = strategy
     adapter.pretrained = plan.pretrained
@@ -169,7 +186,7 @@ def create_model(
 def _validate(num_classes: Any, in_chans: Any, class_names: Sequence[str] | None, head: str) -> None:
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
-    if not isinstance(in_chans, int) or in_chans < 1:
+    if in_chans is not None and (not isinstance(in_chans, int) or in_chans < 1):
         raise ConfigError(f"in_chans must be a positive int, got {in_chans!r}")
     if class_names is not None and len(class_names) != num_classes:
         raise ConfigError(f"class_names has {len(class_names)} labels but num_classes is {num_classes}")
@@ -177,7 +194,9 @@ def _validate(num_classes: Any, in_chans: Any, class_names: Sequence[str] | None
         raise ConfigError(f"head must be one of {HEAD_POLICIES}, got {head!r}")
 
 
-def _build_kwargs(spec: BackboneSpec, plan: WeightsPlan, num_classes: int, user: dict[str, Any]) -> dict[str, Any]:
+def _build_kwargs(
+    spec: BackboneSpec, plan: WeightsPlan, num_classes: int, user: dict[str, Any]
+) -> dict[str, Any]:
     kw: dict[str, Any] = {"num_classes": num_classes}
     if spec.source == "torchvision":
         if spec.name in ("googlenet", "inception_v3"):
@@ -224,7 +243,9 @@ def _read_state(plan: WeightsPlan, key: str | None) -> tuple[dict[str, Tensor], 
     obj = load_checkpoint(plan.path, map_location="cpu")
     meta = obj.get("meta", {}) if isinstance(obj, Mapping) else {}
     state = extract_state_dict(obj, key)
-    return dict(state), dict(meta) if isinstance(meta, Mapping) else {}
+    plain = OrderedDict(state)
+    plain._metadata = getattr(state, "_metadata", None)  # type: ignore[attr-defined]  # module versions
+    return plain, dict(meta) if isinstance(meta, Mapping) else {}
 
 
 def decide_head(
@@ -255,7 +276,11 @@ def decide_head(
         return "fresh", {}, "fresh: the checkpoint's head does not fit the new head (skipped for shape)"
     if policy == "fresh":
         return "fresh", {}, "fresh: the checkpoint's head fits, but head='fresh' was asked for"
-    why = "head='keep'" if policy == "keep" else "head='auto' keeps a fitting head; pass head='fresh' to start anew"
+    why = (
+        "head='keep'"
+        if policy == "keep"
+        else "head='auto' keeps a fitting head; pass head='fresh' to start anew"
+    )
     return "keep", {}, f"kept: the checkpoint's head fits and class names are unknown ({why})"
 
 
@@ -281,17 +306,49 @@ def _load(
     model_state = net.state_dict(keep_vars=True)
     cleaned, _ = clean_keys(list(state), model_state, rules)
     to_model = {orig: apply_rules(c, rules) for orig, c in cleaned.items()}
-    head_keys = {f"{p}.{t}" for p in (info.main, *info.aux) for t in ("weight", "bias")}
+    head_keys = _head_keys(info)
     head_src = {new: orig for orig, new in to_model.items() if new in head_keys}
     main_w = f"{info.main}.weight"
     fits = main_w in head_src and tuple(state[head_src[main_w]].shape) == tuple(model_state[main_w].shape)
     action, rows, reason = decide_head(fits, class_names, ckpt_classes, policy)
     notes = [f"head: {reason}"]
     logger.info("%s: head %s", spec.full_name, reason)
-    source = state if action == "keep" else {k: v for k, v in state.items() if k not in set(head_src.values())}
-    report = load_partial(net, source, rules=rules, assign=assign)
+    # a head that does not fit is left in: load_partial skips and reports it for shape
+    drop = set(head_src.values()) if fits and action != "keep" else set()
+    source = {k: v for k, v in state.items() if k not in drop} if drop else state
+    with _module_versions(net, getattr(state, "_metadata", None)):
+        report = load_partial(net, source, rules=rules, assign=assign)
     report.notes.extend(notes)
     return report, notes, rows, head_src
+
+
+@contextlib.contextmanager
+def _module_versions(net: nn.Module, source_metadata: Mapping[str, Any] | None) -> Iterator[None]:
+    """Hand the network's ``load_state_dict`` the per-module versions a plain dict lacks.
+
+    ``load_state_dict`` passes each module ``state_dict._metadata[prefix]`` (its ``version``); a dict
+    rebuilt by ``load_partial`` has none, and torchvision's MNASNet refuses ``version=None``. The file's
+    own versions win; modules it does not describe get the network's current ones.
+    """
+    versions = dict(getattr(net.state_dict(), "_metadata", {}) or {})
+    versions.update(source_metadata or {})
+    original = net.load_state_dict
+
+    def load_state_dict(state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        if getattr(state_dict, "_metadata", None) is None:
+            state_dict = OrderedDict(state_dict)
+            state_dict._metadata = versions  # type: ignore[attr-defined]
+        return original(state_dict, strict=strict, assign=assign)
+
+    net.load_state_dict = load_state_dict  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del net.load_state_dict
+
+
+def _head_keys(info: HeadInfo) -> set[str]:
+    return {f"{p}.{t}" for p in (info.main, *info.aux) for t in ("weight", "bias")}
 
 
 def _timm_filter(state: dict[str, Tensor], net: nn.Module) -> dict[str, Tensor]:
@@ -314,7 +371,10 @@ def _materialize(net: nn.Module, info: HeadInfo) -> bool:
             out = head.weight.shape[0]
             set_module(net, path, new_head_like(head, out, info.init, device="cpu"))
     for name, mod in net.named_modules():
-        own = {**{f"p:{k}": v for k, v in mod._parameters.items()}, **{f"b:{k}": v for k, v in mod._buffers.items()}}
+        own = {
+            **{f"p:{k}": v for k, v in mod._parameters.items()},
+            **{f"b:{k}": v for k, v in mod._buffers.items()},
+        }
         metas = [k for k, v in own.items() if v is not None and v.is_meta]
         if not metas:
             continue
@@ -331,11 +391,15 @@ def _materialize(net: nn.Module, info: HeadInfo) -> bool:
             mod.reset_running_stats()
         for k, v in real.items():  # keep what the checkpoint gave
             (mod._parameters if k.startswith("p:") else mod._buffers)[k[2:]] = v
-        logger.info("initialised %s (%s) that the checkpoint lacks", name or "<root>", ", ".join(k[2:] for k in metas))
+        logger.info(
+            "initialised %s (%s) that the checkpoint lacks", name or "<root>", ", ".join(k[2:] for k in metas)
+        )
     return True
 
 
-def _surgery(net: nn.Module, info: HeadInfo, state: dict[str, Tensor], head_src: dict[str, str], rows: dict) -> None:
+def _surgery(
+    net: nn.Module, info: HeadInfo, state: dict[str, Tensor], head_src: dict[str, str], rows: dict
+) -> None:
     for path in (info.main, *info.aux):
         src_w = head_src.get(f"{path}.weight")
         if src_w is None:
@@ -353,7 +417,9 @@ def _first_conv_channels(net: nn.Module) -> int:
         return 3
 
 
-def _data_config(spec: BackboneSpec, plan: WeightsPlan, net: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _data_config(
+    spec: BackboneSpec, plan: WeightsPlan, net: nn.Module, kwargs: dict[str, Any]
+) -> dict[str, Any]:
     if spec.source == "torchvision":
         cfg = data_config_for_torchvision(spec.name, plan.tv_weights)
     elif spec.source == "timm":

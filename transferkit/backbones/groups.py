@@ -43,7 +43,9 @@ def _resnet(net: nn.Module, names: list[str]) -> list[tuple[str, str]]:
 
 def _vit(net: nn.Module, names: list[str]) -> list[tuple[str, str]]:
     rules = [("embed", "conv_proj"), ("embed", "class_token"), ("embed", "encoder.pos_embedding")]
-    rules += [(f"blocks.{i}", f"encoder.layers.{n}") for i, (n, _) in enumerate(net.encoder.layers.named_children())]
+    rules += [
+        (f"blocks.{i}", f"encoder.layers.{n}") for i, (n, _) in enumerate(net.encoder.layers.named_children())
+    ]
     rules.append(("norm", "encoder.ln"))
     return _by_prefix(names, rules)
 
@@ -98,7 +100,7 @@ def _timm(net: nn.Module, names: list[str]) -> list[tuple[str, str]]:
     return [(name, label) for _, name, label in keyed]
 
 
-#: network class name -> grouping function (timm models are detected by their group_matcher)
+#: torchvision class name -> grouping function (timm models are detected by their group_matcher)
 GROUPERS: dict[str, Grouper] = {"ResNet": _resnet, "VisionTransformer": _vit}
 
 
@@ -112,7 +114,7 @@ def network_groups(net: nn.Module, head_modules: Sequence[str]) -> dict[str, lis
     all_names = [n for n, _ in net.named_parameters()]
     head = [n for n in all_names if any(_under(n, h) for h in head_modules)]
     rest = [n for n in all_names if n not in set(head)]
-    grouper = GROUPERS.get(type(net).__name__)
+    grouper = GROUPERS.get(type(net).__name__) if type(net).__module__.startswith("torchvision.") else None
     if grouper is None:
         grouper = _timm if callable(getattr(net, "group_matcher", None)) else _default
     groups: dict[str, list[str]] = {}

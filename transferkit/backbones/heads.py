@@ -20,7 +20,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -46,10 +46,6 @@ logger = logging.getLogger(__name__)
 
 
 # ---- initialisation of a fresh head, as each torchvision family's __init__ does it ----------------------
-
-
-def _init_default(m: nn.Module) -> None:
-    m.reset_parameters()
 
 
 def _init_normal(std: float) -> Callable[[nn.Module], None]:
@@ -110,7 +106,8 @@ class HeadInfo:
         main: qualified path of the classifier inside the network (``"fc"``, ``"classifier.6"``);
             ``-1`` picks the last child of a Sequential.
         aux: paths of auxiliary classifiers (inception, googlenet), replaced too.
-        init: initialises a freshly created head the way the family's constructor does.
+        init: initialises a freshly created head the way the family's constructor does (``None``: the
+            layer's own default initialisation, as ``nn.Linear``/``nn.Conv2d`` construct it).
         post: what the network does to the head's output before returning it (identity for all but
             squeezenet); :meth:`Adapter.forward_head` applies it.
         timm: a timm model, whose head is replaced by its own ``reset_classifier``.
@@ -118,12 +115,12 @@ class HeadInfo:
 
     main: str
     aux: tuple[str, ...] = ()
-    init: Callable[[nn.Module], None] = field(default=_init_default)
+    init: Callable[[nn.Module], None] | None = None
     post: Callable[[Tensor], Tensor] | None = None
     timm: bool = False
 
 
-# torchvision class name -> head layout; covers every builder in torchvision.models.list_models(module=...)
+# torchvision class name (only for classes defined in torchvision) -> head layout; covers every builder in torchvision.models.list_models(module=...)
 HEADS: dict[str, HeadInfo] = {
     "ResNet": HeadInfo("fc"),
     "RegNet": HeadInfo("fc", init=_init_normal(0.01)),
@@ -203,8 +200,15 @@ def find_user_head(model: nn.Module) -> str:
     return found
 
 
+def is_torchvision(model: nn.Module) -> bool:
+    """True for networks defined in torchvision (timm reuses class names like ``ResNet``)."""
+    return type(model).__module__.startswith("torchvision.")
+
+
 def _is_timm(model: nn.Module) -> bool:
-    return callable(getattr(model, "get_classifier", None)) and callable(getattr(model, "reset_classifier", None))
+    return callable(getattr(model, "get_classifier", None)) and callable(
+        getattr(model, "reset_classifier", None)
+    )
 
 
 def find_heads(model: nn.Module, head_name: str | None = None) -> HeadInfo:
@@ -218,9 +222,11 @@ def find_heads(model: nn.Module, head_name: str | None = None) -> HeadInfo:
         try:
             get_module(model, head_name)
         except AttributeError as exc:
-            raise ConfigError(f"head_name {head_name!r} is not a submodule of {type(model).__name__}") from exc
+            raise ConfigError(
+                f"head_name {head_name!r} is not a submodule of {type(model).__name__}"
+            ) from exc
         return HeadInfo(canonical_path(model, head_name))
-    info = HEADS.get(type(model).__name__)
+    info = HEADS.get(type(model).__name__) if is_torchvision(model) else None
     if info is None and _is_timm(model):
         return HeadInfo(canonical_path_of(model, model.get_classifier()), timm=True)
     if info is None:
@@ -243,19 +249,32 @@ def _exists(model: nn.Module, path: str) -> bool:
         return False
 
 
-def new_head_like(old: nn.Module, num_classes: int, init: Callable[[nn.Module], None] | None = None) -> nn.Module:
-    """A fresh Linear or 1x1 Conv2d with ``num_classes`` outputs, on the old head's device and dtype.
+def new_head_like(
+    old: nn.Module,
+    num_classes: int,
+    init: Callable[[nn.Module], None] | None = None,
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    """A fresh Linear or 1x1 Conv2d with ``num_classes`` outputs, like ``old`` (dtype, bias, device).
+
+    Args:
+        old: the head it replaces.
+        num_classes: outputs of the new head.
+        init: initialisation applied to the new head (skipped on the meta device).
+        device: where to create it (default: the old head's device).
 
     Raises:
         ConfigError: the old head is neither a Linear nor a Conv2d.
     """
     w = old.weight
     bias = getattr(old, "bias", None) is not None
-    kw = {"device": w.device, "dtype": w.dtype}
+    kw = {"device": torch.device(device) if device is not None else w.device, "dtype": w.dtype}
     if isinstance(old, nn.Linear):
         new: nn.Module = nn.Linear(old.in_features, num_classes, bias=bias, **kw)
     elif isinstance(old, nn.Conv2d):
-        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding, bias=bias, **kw)
+        new = nn.Conv2d(
+            old.in_channels, num_classes, old.kernel_size, old.stride, old.padding, bias=bias, **kw
+        )
     else:
         raise ConfigError(
             f"cannot replace a classifier of type {type(old).__name__}: expected nn.Linear or nn.Conv2d; "
@@ -263,7 +282,7 @@ def new_head_like(old: nn.Module, num_classes: int, init: Callable[[nn.Module], 
         )
     if hasattr(old, "stddev"):  # inception's per-layer init scale
         new.stddev = old.stddev
-    if init is not None and w.device.type != "meta":
+    if init is not None and new.weight.device.type != "meta":
         init(new)
     return new
 
@@ -410,4 +429,6 @@ def replace_with_info(
             aux_bias = old_aux.bias.detach() if getattr(old_aux, "bias", None) is not None else None
             copy_rows(aux, old_aux.weight.detach(), aux_bias, rows)
         set_module(net, path, aux)
-    logger.info("replaced %s.%s: %d classes, %d rows kept", type(net).__name__, info.main, num_classes, len(rows))
+    logger.info(
+        "replaced %s.%s: %d classes, %d rows kept", type(net).__name__, info.main, num_classes, len(rows)
+    )

@@ -59,9 +59,7 @@ def data_config_for_torchvision(name: str, weights: Any = None) -> dict[str, Any
     preset = weights.transforms
     if getattr(preset, "func", None) is not ImageClassification:
         return default_data_config()
-    defaults = {
-        k: p.default for k, p in inspect.signature(ImageClassification.__init__).parameters.items()
-    }
+    defaults = {k: p.default for k, p in inspect.signature(ImageClassification.__init__).parameters.items()}
     kw = {**defaults, **preset.keywords}
     crop = int(kw["crop_size"])
     resize = int(kw["resize_size"])
@@ -115,15 +113,15 @@ def build_transforms(cfg: dict[str, Any], train: bool = False, img_size: int | N
     """torchvision ``transforms.v2`` pipeline for PIL images or uint8/float tensors.
 
     Eval: resize (shorter side) -> center crop -> float in [0, 1] -> normalize. Train: random resized
-    crop (scale 0.7-1) -> horizontal flip -> float -> normalize.
+    crop (scale 0.7-1) -> horizontal flip -> float -> normalize. A one-channel config converts RGB input
+    to grey first.
 
     Args:
         cfg: a data config (``mean``, ``std``, ``input_size``, ``crop_pct``, ``interpolation``).
         train: add the light augmentation.
         img_size: crop size overriding ``input_size`` (resize keeps the config's crop ratio).
     """
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import v2
+    from torchvision.transforms import InterpolationMode, v2
 
     crop = int(img_size or cfg["input_size"][-1])
     crop_pct = float(cfg.get("crop_pct") or 0.875)
@@ -133,6 +131,8 @@ def build_transforms(cfg: dict[str, Any], train: bool = False, img_size: int | N
     except ValueError:
         interp = InterpolationMode.BILINEAR
     to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if len(cfg["mean"]) == 1:
+        to_float.insert(0, v2.Grayscale(1))  # a one-channel network: RGB inputs become grey, grey stay
     norm = v2.Normalize(mean=list(cfg["mean"]), std=list(cfg["std"]))
     if train:
         steps = [

@@ -168,7 +168,9 @@ def resolve_weights(spec: BackboneSpec, weights: Any) -> WeightsPlan:
         # a torchvision weights enum member passed directly
         if spec.source == "torchvision" and hasattr(weights, "url") and hasattr(weights, "meta"):
             return _torchvision_plan(spec, weights, weights, explicit=True)
-        raise ConfigError(f"weights must be a string, a path or None; got {type(weights).__name__}: {weights!r}")
+        raise ConfigError(
+            f"weights must be a string, a path or None; got {type(weights).__name__}: {weights!r}"
+        )
     text = weights.strip()
     if text.lower() in _KEYWORDS:
         explicit = text.lower() != "auto"
@@ -184,7 +186,7 @@ def resolve_weights(spec: BackboneSpec, weights: Any) -> WeightsPlan:
     path = Path(text).expanduser()
     if path.exists():
         return _local_file(path, weights)
-    if spec.source == "torchvision" and re.fullmatch(r"([A-Za-z0-9]+_Weights\.)?[A-Z][A-Z0-9_]*", text):
+    if spec.source == "torchvision" and re.fullmatch(r"([A-Za-z0-9_]+_Weights\.)?[A-Z][A-Z0-9_]*", text):
         return _torchvision_plan(spec, _tv_enum(spec, text), weights, explicit=True)
     raise ConfigError(
         f"weights={weights!r}: no such file ({path.resolve()}), and not one of 'auto', 'imagenet', 'DEFAULT', "
@@ -194,7 +196,9 @@ def resolve_weights(spec: BackboneSpec, weights: Any) -> WeightsPlan:
 
 def _local_file(path: Path, requested: Any) -> WeightsPlan:
     if not path.is_file():
-        raise ConfigError(f"weights={str(requested)!r}: {path} is not a file; pass the checkpoint file itself")
+        raise ConfigError(
+            f"weights={str(requested)!r}: {path} is not a file; pass the checkpoint file itself"
+        )
     return WeightsPlan("file", path=path, description=str(path), requested=requested)
 
 
@@ -204,7 +208,9 @@ def _tv_enum(spec: BackboneSpec, name: str) -> Any:
     try:
         enum = torchvision.models.get_model_weights(spec.name)
     except ValueError as exc:
-        raise ConfigError(f"torchvision has no pretrained weights for {spec.name}; pass weights=PATH") from exc
+        raise ConfigError(
+            f"torchvision has no pretrained weights for {spec.name}; pass weights=PATH"
+        ) from exc
     short = name.rsplit(".", 1)[-1]
     if "." in name and name.split(".", 1)[0] != enum.__name__:
         raise ConfigError(f"weights={name!r} belong to another model; {spec.name} takes {enum.__name__}.*")
@@ -212,7 +218,9 @@ def _tv_enum(spec: BackboneSpec, name: str) -> Any:
         return enum.DEFAULT if short.upper() == "DEFAULT" else enum[short]
     except KeyError:
         names = ", ".join(["DEFAULT", *(w.name for w in enum)])
-        raise ConfigError(f"weights={name!r} is not a weights name of {spec.name}; expected one of: {names}") from None
+        raise ConfigError(
+            f"weights={name!r} is not a weights name of {spec.name}; expected one of: {names}"
+        ) from None
 
 
 def _not_cached(desc: str, expected: str, requested: Any, explicit: bool) -> WeightsPlan:
@@ -221,7 +229,9 @@ def _not_cached(desc: str, expected: str, requested: Any, explicit: bool) -> Wei
         f"fetch it by hand to {expected}), or pass weights=PATH to a local checkpoint"
     )
     if explicit:
-        raise LoadError(f"pretrained weights {desc} are not in the local cache (expected {expected}); {hint}.")
+        raise LoadError(
+            f"pretrained weights {desc} are not in the local cache (expected {expected}); {hint}."
+        )
     message = (
         f"PRETRAINED WEIGHTS NOT FOUND: {desc} is not cached at {expected}; building with RANDOM weights "
         f"(adapter.pretrained=False). {hint}; pass weights=None to silence this."
@@ -271,7 +281,9 @@ def _timm_plan(spec: BackboneSpec, requested: Any, explicit: bool) -> WeightsPla
         logger.warning(note)
         return WeightsPlan("none", requested=requested, notes=[note], pretrained_cfg=cfg_dict)
     if cfg.file:
-        return WeightsPlan("file", Path(cfg.file), f"{desc} ({cfg.file})", requested=requested, pretrained_cfg=cfg_dict)
+        return WeightsPlan(
+            "file", Path(cfg.file), f"{desc} ({cfg.file})", requested=requested, pretrained_cfg=cfg_dict
+        )
     candidates: list[tuple[str, Path | None]] = []
     if cfg.hf_hub_id:
         from huggingface_hub import try_to_load_from_cache
@@ -280,7 +292,9 @@ def _timm_plan(spec: BackboneSpec, requested: Any, explicit: bool) -> WeightsPla
         names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
         for name in names:
             hit = try_to_load_from_cache(repo, name, cache_dir=_hf_cache_dir())
-            candidates.append((f"{_hf_cache_dir()}/models--{repo.replace('/', '--')}/snapshots/*/{name}", None))
+            candidates.append(
+                (f"{_hf_cache_dir()}/models--{repo.replace('/', '--')}/snapshots/*/{name}", None)
+            )
             if isinstance(hit, str):
                 return WeightsPlan(
                     "file", Path(hit), f"{desc} (hf-hub:{repo})", requested=requested, pretrained_cfg=cfg_dict
@@ -290,7 +304,9 @@ def _timm_plan(spec: BackboneSpec, requested: Any, explicit: bool) -> WeightsPla
         candidates.append((str(path), path))
         if path.is_file():
             verify_hash(path)
-            return WeightsPlan("file", path, f"{desc} ({cfg.url})", requested=requested, pretrained_cfg=cfg_dict)
+            return WeightsPlan(
+                "file", path, f"{desc} ({cfg.url})", requested=requested, pretrained_cfg=cfg_dict
+            )
     if downloads_allowed():
         return _timm_download(cfg, desc, requested, cfg_dict)
     plan = _not_cached(desc, " or ".join(c for c, _ in candidates), requested, explicit)
@@ -305,10 +321,14 @@ def _timm_download(cfg: Any, desc: str, requested: Any, cfg_dict: dict[str, Any]
         repo = cfg.hf_hub_id.split("@", 1)[0]
         logger.info("downloading %s from the Hugging Face hub (%s=1)", repo, ALLOW_DOWNLOAD_ENV)
         try:
-            path = hf_hub_download(repo, cfg.hf_hub_filename or "model.safetensors", cache_dir=_hf_cache_dir())
+            path = hf_hub_download(
+                repo, cfg.hf_hub_filename or "model.safetensors", cache_dir=_hf_cache_dir()
+            )
         except Exception:  # noqa: BLE001 - older repos only have the .bin file
             path = hf_hub_download(repo, "pytorch_model.bin", cache_dir=_hf_cache_dir())
-        return WeightsPlan("file", Path(path), f"{desc} (hf-hub:{repo})", requested=requested, pretrained_cfg=cfg_dict)
+        return WeightsPlan(
+            "file", Path(path), f"{desc} (hf-hub:{repo})", requested=requested, pretrained_cfg=cfg_dict
+        )
     import torch.hub
 
     path = torchvision_cache_path(cfg.url)

@@ -1,0 +1,229 @@
+"""Registry, every torchvision classification builder, representative timm models, user factories."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from transferkit.backbones import Adapter, create_model, list_backbones
+from transferkit.backbones.heads import HEADS
+from transferkit.backbones.registry import resolve_backbone, torchvision_names
+from transferkit.errors import ConfigError
+
+# the heaviest builders (hundreds of millions of parameters, seconds each to initialise on 2 cores)
+SLOW = {
+    "vit_h_14",
+    "regnet_y_128gf",
+    "vit_l_16",
+    "vit_l_32",
+    "convnext_large",
+    "regnet_y_32gf",
+    "regnet_x_32gf",
+}
+SLOW |= {
+    "convnext_base",
+    "efficientnet_v2_l",
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+}
+
+# the smallest input each family accepts (ViTs are built for it via image_size)
+SIZE = {"inception_v3": 75, "maxvit_t": 224}
+KWARGS = {"vit_h_14": {"image_size": 28}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine two threads spin against each other (10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _case(name: str):
+    marks = [pytest.mark.slow] if name in SLOW else []
+    return pytest.param(name, marks=marks, id=name)
+
+
+def _kwargs(name: str) -> dict:
+    if name.startswith("vit_"):
+        return KWARGS.get(name, {"image_size": 32})
+    return {}
+
+
+def _check_adapter(adapter: Adapter, x: torch.Tensor, num_classes: int) -> None:
+    adapter.eval()
+    with torch.no_grad():
+        logits = adapter(x)
+        feats = adapter.forward_features(x)
+    assert logits.shape == (x.shape[0], num_classes)
+    torch.testing.assert_close(adapter.forward_head(feats), logits)
+    # the new head is trainable: a loss on it gives every head parameter a gradient
+    loss = adapter.forward_head(feats).logsumexp(1).sum()
+    loss.backward()
+    head = adapter.head_parameter_names()
+    params = dict(adapter.named_parameters())
+    assert head and all(params[n].requires_grad for n in head)  # auxiliary heads too
+    main = [f"{adapter.head_names[0]}.weight"]
+    assert all(params[n].grad is not None and params[n].grad.abs().sum() > 0 for n in main)
+    groups = adapter.layer_groups()
+    assert list(groups)[-1] == "head" and groups["head"] == head
+    flat = [n for names in groups.values() for n in names]
+    assert sorted(flat) == sorted(params) and len(flat) == len(set(flat))
+
+
+@pytest.mark.parametrize(
+    "name", [_case(n) for n in torchvision.models.list_models(module=torchvision.models)]
+)
+def test_every_torchvision_builder(name: str) -> None:
+    adapter = create_model(name, num_classes=5, weights=None, **_kwargs(name))
+    size = SIZE.get(name, _kwargs(name).get("image_size", 64))
+    _check_adapter(adapter, torch.randn(2, 3, size, size), 5)
+    assert adapter.name == name and adapter.pretrained is False and adapter.weights == "random"
+    assert type(adapter.backbone).__name__ in HEADS
+
+
+def test_every_torchvision_builder_is_covered_by_the_head_table() -> None:
+    classes = {
+        torchvision.models.get_model_builder(n).__annotations__.get("return") for n in torchvision_names()
+    }
+    classes = {c if isinstance(c, str) else c.__name__ for c in classes}
+    assert classes <= set(HEADS), classes - set(HEADS)
+
+
+TIMM = {
+    "timm:test_resnet": {},
+    "timm:test_vit": {"img_size": 32},
+    "timm:test_efficientnet": {},
+    "timm:test_convnext": {},
+    "timm:mobilenetv3_small_050": {},
+    "timm:convnext_atto": {},
+    "timm:vit_tiny_patch16_224": {"img_size": 32},
+}
+
+
+@pytest.mark.parametrize("name", list(TIMM))
+def test_timm_models(name: str) -> None:
+    adapter = create_model(name, num_classes=7, weights=None, **TIMM[name])
+    size = TIMM[name].get("img_size", 64)
+    _check_adapter(adapter, torch.randn(2, 3, size, size), 7)
+    assert adapter.backbone.get_classifier() is adapter.head
+    assert adapter.data_config["input_size"][1] == TIMM[name].get(
+        "img_size", adapter.data_config["input_size"][1]
+    )
+
+
+def test_timm_groups_follow_group_matcher() -> None:
+    groups = create_model("timm:test_vit", num_classes=3, weights=None, img_size=32).layer_groups()
+    names = list(groups)
+    assert names[0] == "stem" and names[1] == "blocks.0" and names[-1] == "head"
+    assert "backbone.patch_embed.proj.weight" in groups["stem"]
+    assert groups["head"] == ["backbone.head.weight", "backbone.head.bias"]
+
+
+def test_resnet_and_vit_groups() -> None:
+    groups = create_model("resnet18", num_classes=3, weights=None).layer_groups()
+    assert list(groups) == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert groups["stem"] == ["backbone.conv1.weight", "backbone.bn1.weight", "backbone.bn1.bias"]
+    assert "backbone.layer1.0.conv1.weight" in groups["layer1"]
+    vit = create_model("vit_b_32", num_classes=3, weights=None, image_size=32).layer_groups()
+    assert list(vit) == ["embed", *[f"blocks.{i}" for i in range(12)], "norm", "head"]
+    assert set(vit["embed"]) == {
+        "backbone.class_token",
+        "backbone.conv_proj.weight",
+        "backbone.conv_proj.bias",
+        "backbone.encoder.pos_embedding",
+    }
+
+
+def test_inception_and_googlenet_train_mode_return_main_logits() -> None:
+    g = create_model("googlenet", num_classes=4, weights=None).train()
+    out = g(torch.randn(2, 3, 64, 64))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 4)
+    assert g.backbone.aux1.fc2.out_features == 4 and g.backbone.aux2.fc2.out_features == 4
+    assert "backbone.aux1.fc2.weight" in g.head_parameter_names()
+    inc = create_model("inception_v3", num_classes=4, weights=None)
+    assert inc.backbone.AuxLogits.fc.out_features == 4
+    assert "backbone.AuxLogits.fc.weight" in inc.head_parameter_names()
+
+
+def test_list_backbones() -> None:
+    assert "resnet50" in list_backbones("resnet*")
+    assert all(n.startswith("timm:") for n in list_backbones("timm:convnext_a*"))
+    assert "timm:convnext_atto" in list_backbones("convnext_a*")
+    assert len(list_backbones()) > len(torchvision_names())
+
+
+def test_unknown_name_suggests_close_matches() -> None:
+    with pytest.raises(ConfigError, match="resnet50"):
+        create_model("resnet5O", num_classes=3, weights=None)
+    with pytest.raises(ConfigError, match="timm:convnext_atto"):
+        resolve_backbone("timm:convnext_attto")
+
+
+@pytest.fixture
+def user_module(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A module with a model factory, importable as 'tk_user_nets'."""
+    mod = types.ModuleType("tk_user_nets")
+
+    class LeNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.convnet = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+            self.fc = nn.Sequential(nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.convnet(x))
+
+    def lenet() -> nn.Module:
+        return LeNet()
+
+    def odd(width: int = 8) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(3, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 2)
+        )
+
+    mod.lenet, mod.odd = lenet, odd
+    monkeypatch.setitem(sys.modules, "tk_user_nets", mod)
+    return "tk_user_nets"
+
+
+def test_user_factory_head_found_by_rule(user_module: str) -> None:
+    adapter = create_model(f"{user_module}:lenet", num_classes=3, weights=None)
+    assert adapter.head is adapter.backbone.fc[2] and adapter.head.out_features == 3
+    assert adapter.in_chans == 1 and adapter.in_chans_strategy == "none"
+    _check_adapter(adapter, torch.randn(2, 1, 28, 28), 3)
+
+
+def test_user_factory_head_named_explicitly(user_module: str) -> None:
+    with pytest.raises(ConfigError, match="head_name"):
+        create_model(f"{user_module}:odd", num_classes=3, weights=None)
+    adapter = create_model(f"{user_module}:odd", num_classes=3, weights=None, head_name="3", width=4)
+    assert adapter.head.out_features == 3 and adapter.head.in_features == 4
+    _check_adapter(adapter, torch.randn(2, 3, 16, 16), 3)
+
+
+def test_user_factory_errors(user_module: str) -> None:
+    with pytest.raises(ConfigError, match="lenet"):
+        create_model(f"{user_module}:lenett", num_classes=3, weights=None)
+    with pytest.raises(ConfigError, match="cannot import"):
+        create_model("no_such_pkg.nets:f", num_classes=3, weights=None)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ConfigError, match="num_classes"):
+        create_model("resnet18", num_classes=0, weights=None)
+    with pytest.raises(ConfigError, match="class_names"):
+        create_model("resnet18", num_classes=3, weights=None, class_names=["a"])
+    with pytest.raises(ConfigError, match="head must be"):
+        create_model("resnet18", num_classes=3, weights=None, head="maybe")

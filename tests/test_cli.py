@@ -1,0 +1,275 @@
+"""End-to-end tests of ``transferkit finetune`` / ``inspect`` through the real CLI.
+
+Runs use the tiny ``tests.tiny_models:tinynet`` backbone on 16 px digits subsets, so each takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from transferkit.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "finetune.py"
+TINY = "tests.tiny_models:tinynet"
+FAST = ["--backbone", TINY, "--img-size", "16", "--batch-size", "16", "--workers", "0", "--quiet"]
+SUBSET = ["--limit-train", "160", "--limit-val", "80"]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a CLI subprocess: the repository importable (for tests.tiny_models)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(SCRIPT), *args]
+    return subprocess.run(cmd, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def evaluate_export(run: Path, limit_val: int, seed: int = 0) -> float:
+    """Rebuild the model from model.safetensors + labels.json and measure its validation accuracy."""
+    from safetensors.torch import load_file
+
+    from transferkit.backbones import create_model
+    from transferkit.data import limit_dataset, load_digits_data
+
+    labels = json.loads((run / "labels.json").read_text())
+    model = create_model(labels["backbone"], labels["num_classes"], weights=None)
+    model.load_state_dict(load_file(run / "model.safetensors"))
+    model.eval()
+    bundle = load_digits_data(labels["img_size"], labels["mean"], labels["std"], augment=False)
+    val = limit_dataset(bundle.val, limit_val, seed)
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    y = torch.tensor([val[i][1] for i in range(len(val))])
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One real run in a subprocess; flags partly from --config (the command line wins on epochs)."""
+    cwd = tmp_path_factory.mktemp("cli")
+    (cwd / "cfg.yaml").write_text("epochs: 5\nlr: 0.02\nweight-decay: 0.0\nlimit_val: 80\n")
+    proc = run_cli(
+        [*FAST, "--config", "cfg.yaml", "--epochs", "3", "--limit-train", "160", "--classes", "10"], cwd
+    )
+    assert proc.returncode == 0, proc.stderr
+    runs = list((cwd / "runs").iterdir())
+    assert len(runs) == 1
+    return runs[0], proc
+
+
+def test_run_folder_is_complete_and_valid(digits_run):
+    from transferkit.checkpoint import load_checkpoint
+
+    from transferkit.report import read_metrics_csv
+
+    run, proc = digits_run
+    assert run.name.endswith("-tests.tiny_models-tinynet")
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("best val accuracy") and str(Path("runs") / run.name) in last
+    assert "Traceback" not in proc.stderr
+    assert "RANDOM initialisation" in proc.stderr  # weights=auto without weights: a prominent warning
+
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    assert args["args"]["epochs"] == 3  # the command line wins over --config
+    assert (
+        args["args"]["lr"] == 0.02
+        and args["args"]["weight_decay"] == 0.0
+        and args["args"]["batch_size"] == 16
+    )
+    assert args["resolved"]["pretrained_weights_used"] is False
+    assert args["resolved"]["train_images"] == 160 and args["resolved"]["val_images"] == 80
+
+    rows = read_metrics_csv(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert all(r["lr_head"] > 0 and r["seconds"] > 0 and 0 <= r["val_acc"] <= 1 for r in rows)
+    for name in ("loss.png", "accuracy.png", "confusion_matrix.png"):
+        with Image.open(run / name) as img:
+            img.verify()
+
+    best_acc = max(r["val_acc"] for r in rows)
+    assert f"{best_acc:.2%}" in last
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] == max(rows, key=lambda r: r["val_acc"])["epoch"]
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    labels = json.loads((run / "labels.json").read_text())
+    assert labels["class_names"] == [str(i) for i in range(10)]
+    assert evaluate_export(run, 80) == pytest.approx(best_acc, abs=1e-6)
+
+
+def test_eval_only_reproduces_best_and_writes_nothing(digits_run, capsys):
+    run, _ = digits_run
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir())
+    rc = main(["finetune", *FAST, *SUBSET, "--resume", str(run / "best.pt"), "--eval-only"])
+    assert rc == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    labels = json.loads((run / "labels.json").read_text())
+    assert f"val accuracy {labels['val_acc']:.2%}" in out
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
+
+
+def test_inspect_subcommand(digits_run, capsys):
+    run, _ = digits_run
+    assert main(["inspect", str(run / "model.safetensors"), "--model", TINY, "--classes", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "model.safetensors" in out
+
+
+def test_image_folder_run_and_linear_probe(tmp_path, capsys, monkeypatch):
+    """--data DIR (class names from folders), --linear-probe with the feature cache, --overwrite."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for c, name in enumerate(["zero", "one", "two"]):
+        folder = tmp_path / "data" / name
+        folder.mkdir(parents=True)
+        for i, img in enumerate(digits.images[digits.target == c][:12]):
+            Image.fromarray((img * 15).astype("uint8")).resize((16, 16)).save(folder / f"{i}.png")
+    (tmp_path / "data" / "one" / "broken.png").write_bytes(b"garbage")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.csv").write_text("stale\n")
+    monkeypatch.chdir(tmp_path)
+    rc = main(["finetune", *FAST, "--data", "data", "--epochs", "2", "--linear-probe", "--output", "out",
+               "--overwrite", "--lr", "0.05"])  # fmt: skip
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1].startswith("best val accuracy")
+    args = yaml.safe_load((out / "args.yaml").read_text())["resolved"]
+    assert args["class_names"] == ["one", "two", "zero"] and args["unreadable_images_skipped"] == 1
+    assert args["feature_cache"] is True and args["train_images"] + args["val_images"] == 36
+    assert json.loads((out / "labels.json").read_text())["class_names"] == ["one", "two", "zero"]
+    assert (out / "metrics.csv").read_text().startswith("epoch,")
+
+
+def _ckpt_epoch(path: Path) -> int:
+    from transferkit.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)["epoch"]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    args = [*FAST, *SUBSET, "--epochs", "4", "--lr", "0.01"]
+    ref = run_cli([*args, "--output", "ref"], tmp_path)
+    assert ref.returncode == 0, ref.stderr
+
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args, "--output", "killed"], cwd=tmp_path, env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert _ckpt_epoch(last) < 3
+
+    resumed = run_cli([*args, "--output", "killed", "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout
+
+    from safetensors.torch import load_file
+    from transferkit.checkpoint import load_checkpoint
+
+    a = load_checkpoint(tmp_path / "ref" / "last.pt")["models"]["model"]
+    b = load_checkpoint(last)["models"]["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    wa, wb = (
+        load_file(tmp_path / "ref" / "model.safetensors"),
+        load_file(tmp_path / "killed" / "model.safetensors"),
+    )
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    strip = [line.rsplit(",", 1)[0] for line in (tmp_path / "ref" / "metrics.csv").read_text().splitlines()]
+    again = [
+        line.rsplit(",", 1)[0] for line in (tmp_path / "killed" / "metrics.csv").read_text().splitlines()
+    ]
+    assert strip == again  # same metrics, epoch for epoch (seconds aside)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bad input: one line on stderr, exit 2, nothing written
+
+
+def _zero_tensor_checkpoint(tmp: Path) -> str:
+    torch.save({"unrelated.weight": torch.zeros(3, 3)}, tmp / "zero.pt")
+    return "zero.pt"
+
+
+def _one_class(tmp: Path) -> str:
+    (tmp / "one" / "cat").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp / "one" / "cat" / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp / "one" / "cat" / "b.png")
+    return "one"
+
+
+BAD = [
+    (["--backbone", "resnet5O"], "unknown backbone", None),
+    (["--classes", "0"], ">= 1", None),
+    (["--classes", "3"], "10 classes", None),
+    (["--data", "nowhere"], "does not exist", None),
+    (["--data", "empty"], "no class sub-folders", lambda t: (t / "empty").mkdir() or None),
+    (["--data", "{x}"], "only one class", _one_class),
+    (["--config", "missing.yaml"], "cannot read config", None),
+    (
+        ["--config", "bad.yaml"],
+        "not valid YAML",
+        lambda t: (t / "bad.yaml").write_text("epochs: [1\n") and None,
+    ),
+    (
+        ["--config", "typo.yaml"],
+        "did you mean epochs",
+        lambda t: (t / "typo.yaml").write_text("epoch: 2\n") and None,
+    ),
+    (["--init-checkpoint", "{x}", "--rule", "no-arrow"], "=>", _zero_tensor_checkpoint),
+    (["--init-checkpoint", "{x}"], "", _zero_tensor_checkpoint),
+    (["--epochs", "many"], "invalid int value", None),
+    (["--bogus-flag"], "unrecognized arguments", None),
+    (["--resume", "no_run_here"], "no checkpoint", None),
+    (["--freeze", "layerX"], "unknown layer group", None),
+    (["--unfreeze-at", "x:block"], "not an integer", None),
+]
+if not torch.cuda.is_available():
+    BAD.append((["--device", "cuda"], "CUDA is not available", None))
+
+
+@pytest.mark.parametrize("extra, match, setup", BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, extra, match, setup):
+    monkeypatch.chdir(tmp_path)
+    made = setup(tmp_path) if setup else None
+    extra = [a.replace("{x}", made) if made else a for a in extra]
+    base = ["--backbone", TINY, "--img-size", "16", "--output", "out"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc = main(["finetune", *base, *extra])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("error:") and match in err, err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run folder, nothing else
+
+
+def test_existing_run_folder_is_refused_untouched(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "metrics.csv").write_text("precious\n")
+    assert main(["finetune", *FAST, "--output", "out"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "out" / "metrics.csv").read_text() == "precious\n"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["metrics.csv"]
+
+
+def test_bad_input_in_a_real_process_is_one_line_without_traceback(tmp_path):
+    proc = run_cli(["--backbone", TINY, "--classes", "-1"], tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:"), proc.stderr
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,420 @@
+"""Tests for transferkit.partial: load_partial, LoadReport, transactional checks, real checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from transferkit.errors import CheckpointError, ConfigError, LoadError
+from transferkit.partial import LoadReport, compact_keys, load_partial, suggest_prefix_rule
+from transferkit.rename import Prefix, Regex
+
+# ------------------------------------------------------------------------------------- test models
+
+
+class LambdaShortcut(nn.Module):
+    """Option-A shortcut of the CIFAR ResNets: subsample by 2 and zero-pad channels; no weights."""
+
+    def __init__(self, planes: int) -> None:
+        super().__init__()
+        self.pad = planes // 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = LambdaShortcut(planes) if stride != 1 or in_planes != planes else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-20 (n=3) / ResNet-56 (n=9) for CIFAR, as described in the fixtures README."""
+
+    def __init__(self, n: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        blocks, in_planes = [], 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            layer = []
+            for i in range(n):
+                layer.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+            blocks.append(nn.Sequential(*layer))
+        self.layer1, self.layer2, self.layer3 = blocks
+        self.linear = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class LightningCNN(nn.Module):
+    """The Lightning 2.5 fixture's network: three conv-relu-pool blocks, dropout, linear 128->10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = nn.Conv2d(1, 32, 3), nn.Conv2d(32, 64, 3), nn.Conv2d(64, 128, 3)
+        self.dropout = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in (self.conv1, self.conv2, self.conv3):
+            x = F.max_pool2d(F.relu(conv(x)), 2)
+        return self.fc1(self.dropout(x.flatten(1)))
+
+
+def lenet5_original() -> nn.Module:
+    """LeNet-5 with the checkpoint's own names (convnet.c1 ..., fc.f6 ...)."""
+    model = nn.Module()
+    model.convnet = nn.Sequential()
+    for name, module in [
+        ("c1", nn.Conv2d(1, 6, 5)), ("relu1", nn.ReLU()), ("s2", nn.MaxPool2d(2)),
+        ("c3", nn.Conv2d(6, 16, 5)), ("relu3", nn.ReLU()), ("s4", nn.MaxPool2d(2)),
+        ("c5", nn.Conv2d(16, 120, 5)), ("relu5", nn.ReLU()),
+    ]:  # fmt: skip
+        model.convnet.add_module(name, module)
+    model.fc = nn.Sequential()
+    for name, module in [("f6", nn.Linear(120, 84)), ("relu6", nn.ReLU()), ("f7", nn.Linear(84, 10))]:
+        model.fc.add_module(name, module)
+    return model
+
+
+class RenamedLeNet(nn.Module):
+    """The same network under different names: features.conv{1,3,5}, classifier.fc{6,7}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.ModuleDict(
+            {"conv1": nn.Conv2d(1, 6, 5), "conv3": nn.Conv2d(6, 16, 5), "conv5": nn.Conv2d(16, 120, 5)}
+        )
+        self.classifier = nn.ModuleDict({"fc6": nn.Linear(120, 84), "fc7": nn.Linear(84, 10)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features
+        x = F.max_pool2d(F.relu(f["conv1"](x)), 2)
+        x = F.max_pool2d(F.relu(f["conv3"](x)), 2)
+        x = F.relu(f["conv5"](x)).flatten(1)
+        return self.classifier["fc7"](F.relu(self.classifier["fc6"](x)))
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_identical(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for k, v in after.items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), f"{k} changed"
+
+
+def two_part(prefix: str = "backbone") -> nn.Module:
+    model = nn.Module()
+    model.add_module(prefix, nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    model.add_module("head", nn.Linear(4, 3))
+    return model
+
+
+# ----------------------------------------------------------------------------------------- basics
+
+
+def test_loads_matching_and_reports_every_category() -> None:
+    src = two_part()
+    src.add_module("extra", nn.Linear(2, 2))
+    src.head = nn.Linear(4, 5)
+    dst = two_part()
+    report = load_partial(dst, src)
+    assert report.loaded == [k for k in src.state_dict() if k.startswith("backbone.")]
+    assert report.mismatched == {"head.weight": ((5, 4), (3, 4)), "head.bias": ((5,), (3,))}
+    assert report.unexpected == ["extra.weight", "extra.bias"]
+    assert report.missing == []
+    assert report.coverage == {"backbone": 1.0, "head": 0.0}
+    assert torch.equal(dst.backbone[0].weight, src.backbone[0].weight)
+    assert isinstance(report, LoadReport) and not report.ok
+
+
+def test_strings_and_rules_and_nested_checkpoint_dicts() -> None:
+    src = two_part("encoder").state_dict()
+    dst = two_part()
+    report = load_partial(dst, {"epoch": 3, "state_dict": src}, rules=["encoder.=>backbone."])
+    assert report.renamed["encoder.0.weight"] == "backbone.0.weight"
+    assert len(report.mismatched) == 0 and report.total_coverage == 1.0
+
+
+def test_zero_tensors_is_an_error_with_a_suggested_rule_and_nothing_written() -> None:
+    src = two_part("encoder").state_dict()
+    src = {k: v for k, v in src.items() if not k.startswith("head.")}
+    dst = two_part()
+    before = snapshot(dst)
+    with pytest.raises(LoadError) as info:
+        load_partial(dst, src)
+    message = str(info.value)
+    assert "Prefix('encoder.', 'backbone.')" in message and "--rule 'encoder.=>backbone.'" in message
+    assert info.value.report.loaded == []
+    assert_identical(dst, before)
+
+
+def test_suggest_prefix_rule_handles_removal_and_addition() -> None:
+    assert suggest_prefix_rule(["model.net.0.weight"], ["net.0.weight"]) == (Prefix("model.", ""), 1)
+    assert suggest_prefix_rule(["0.weight", "0.bias"], ["body.0.weight", "body.0.bias"]) == (
+        Prefix("", "body."),
+        2,
+    )
+    assert suggest_prefix_rule(["a.weight"], ["b.bias"]) is None
+
+
+def test_strict_raises_with_the_table_and_writes_nothing() -> None:
+    src = two_part()
+    src.head = nn.Linear(4, 5)
+    dst = two_part()
+    before = snapshot(dst)
+    with pytest.raises(LoadError) as info:
+        load_partial(dst, src, strict=True)
+    assert "skipped for shape" in str(info.value) and "head.weight" in str(info.value)
+    assert_identical(dst, before)
+    # a strict load that fits succeeds
+    assert load_partial(dst, two_part(), strict=True).ok
+
+
+def test_min_coverage_per_module_and_whole_model_is_checked_before_writing() -> None:
+    src = two_part()
+    src.head = nn.Linear(4, 5)
+    dst = two_part()
+    before = snapshot(dst)
+    with pytest.raises(LoadError, match="'head' is 0.0%"):
+        load_partial(dst, src, min_coverage={"backbone": 1.0, "head": 0.5})
+    with pytest.raises(LoadError, match="coverage of 'the model'"):
+        load_partial(dst, src, min_coverage=0.99)
+    with pytest.raises(ConfigError, match="no parameters"):
+        load_partial(dst, src, min_coverage={"nope": 0.5})
+    assert_identical(dst, before)
+    assert load_partial(dst, src, min_coverage={"backbone.0": 1.0}).coverage["backbone"] == 1.0
+
+
+def test_rename_conflict_names_both_keys_and_writes_nothing() -> None:
+    src = two_part().state_dict()
+    src["enc.0.weight"] = src["backbone.0.weight"].clone()
+    dst = two_part()
+    before = snapshot(dst)
+    with pytest.raises(LoadError) as info:
+        load_partial(dst, src, rules=[Prefix("enc.", "backbone.")])
+    assert "'enc.0.weight'" in str(info.value) and "'backbone.0.weight'" in str(info.value)
+    assert_identical(dst, before)
+
+
+def test_unreadable_file_raises_and_writes_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    dst = two_part()
+    before = snapshot(dst)
+    with pytest.raises(CheckpointError):
+        load_partial(dst, bad)
+    assert_identical(dst, before)
+
+
+def test_dtype_differences_are_cast_and_listed() -> None:
+    src = {k: v.half() if v.is_floating_point() else v for k, v in two_part().state_dict().items()}
+    dst = two_part()
+    report = load_partial(dst, src)
+    assert report.cast["backbone.0.weight"] == ("float16", "float32")
+    assert dst.backbone[0].weight.dtype == torch.float32
+    assert torch.equal(dst.backbone[0].weight, src["backbone.0.weight"].float())
+    assert "float16 -> float32" in str(report)
+
+
+def test_meta_device_dry_run_and_assign_materialise_without_copy() -> None:
+    src = two_part()
+    src.head = nn.Linear(4, 5)
+    with torch.device("meta"):
+        dst = two_part()
+    dry = load_partial(dst, src, dry_run=True)
+    assert (
+        dry.dry_run and dst.backbone[0].weight.is_meta and set(dry.mismatched) == {"head.weight", "head.bias"}
+    )
+    with pytest.raises(ConfigError, match="assign=True"):
+        load_partial(dst, src)
+    report = load_partial(dst, src, assign=True)
+    weight = dst.backbone[0].weight
+    assert not weight.is_meta and isinstance(weight, nn.Parameter)
+    assert weight.data_ptr() == src.backbone[0].weight.data_ptr()  # adopted, not copied
+    assert dst.head.weight.is_meta and report.loaded == dry.loaded
+
+
+def test_model_hooks_and_wrappers_are_honoured() -> None:
+    dst = two_part()
+    calls = []
+    dst.backbone[1].register_load_state_dict_pre_hook(lambda *args, **kw: calls.append(args[2]))
+    wrapped = nn.DataParallel(dst)
+    report = load_partial(wrapped, {f"_orig_mod.module.{k}": v for k, v in two_part().state_dict().items()})
+    assert calls == ["backbone.1."]
+    assert report.total_coverage == 1.0
+    assert any("DataParallel" in n for n in report.notes)
+    assert report.renamed["_orig_mod.module.head.weight"] == "head.weight"
+
+
+def test_report_table_groups_numbered_ranges_and_serialises() -> None:
+    keys = [f"layer1.{i}.conv1.weight" for i in range(3)] + [
+        "layer1.0.bn1.weight",
+        "layer1.0.bn1.bias",
+        "fc.weight",
+    ]
+    assert compact_keys(keys) == ["layer1.{0..2}.conv1.weight", "layer1.0.bn1.{weight,bias}", "fc.weight"]
+    assert compact_keys(["b.0.w", "b.2.w", "b.3.w", "b.4.w"]) == ["b.{0,2..4}.w"]
+    report = load_partial(two_part(), two_part())
+    text = str(report)
+    assert "coverage" in text and "backbone 100%" in text
+    assert json.loads(json.dumps(report.to_dict()))["total_coverage"] == 1.0
+
+
+# ------------------------------------------------------------------------------------ properties
+
+
+@st.composite
+def model_and_checkpoint(draw):  # type: ignore[no-untyped-def]
+    n_mod = draw(st.integers(1, 3))
+    shapes = st.lists(st.integers(1, 3), min_size=1, max_size=2).map(tuple)
+    model_spec: dict[str, tuple[int, ...]] = {}
+    for m in range(n_mod):
+        for p in range(draw(st.integers(1, 3))):
+            model_spec[f"m{m}.p{p}"] = draw(shapes)
+    ckpt_spec: dict[str, tuple[int, ...]] = {}
+    for key, shape in model_spec.items():
+        fate = draw(st.sampled_from(["same", "same", "reshaped", "absent"]))
+        if fate == "same":
+            ckpt_spec[key] = shape
+        elif fate == "reshaped":
+            ckpt_spec[key] = (*shape, 2)
+    for i in range(draw(st.integers(0, 2))):
+        ckpt_spec[f"extra{i}.w"] = draw(shapes)
+    wrapper = draw(st.sampled_from(["", "module.", "_orig_mod.module."]))
+    return model_spec, ckpt_spec, wrapper
+
+
+def build(spec: dict[str, tuple[int, ...]]) -> nn.Module:
+    root = nn.Module()
+    for key, shape in spec.items():
+        mod, name = key.split(".")
+        if not hasattr(root, mod):
+            root.add_module(mod, nn.Module())
+        getattr(root, mod).register_parameter(name, nn.Parameter(torch.randn(shape)))
+    return root
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model_and_checkpoint())
+def test_property_every_key_is_accounted_for_and_loads_exactly(case) -> None:  # type: ignore[no-untyped-def]
+    model_spec, ckpt_spec, wrapper = case
+    model = build(model_spec)
+    ckpt = {wrapper + k: torch.randn(s) for k, s in ckpt_spec.items()}
+    before = snapshot(model)
+    loadable = any(model_spec.get(k) == s for k, s in ckpt_spec.items())
+    if not loadable:
+        with pytest.raises(LoadError):
+            load_partial(model, ckpt)
+        assert_identical(model, before)
+        return
+    report = load_partial(model, ckpt)
+    final = {report.renamed.get(k, k): k for k in ckpt}
+    assert sorted([*report.loaded, *report.mismatched, *report.unexpected]) == sorted(final)
+    assert sorted([*report.loaded, *report.mismatched, *report.missing]) == sorted(model_spec)
+    after = model.state_dict()
+    for key in model_spec:
+        expected = ckpt[final[key]] if key in report.loaded else before[key]
+        assert torch.equal(after[key], expected), key
+
+
+# ---------------------------------------------------------------------------- real checkpoints
+
+
+def test_cifar_resnet20_loads_with_full_parameter_coverage(fixtures_dir: Path) -> None:
+    model = CifarResNet(n=3)
+    report = load_partial(model, fixtures_dir / "cifar10_resnet20_dataparallel.th", strict=True)
+    assert len(report.loaded) == 97 and not report.mismatched and not report.unexpected
+    assert report.total_coverage == 1.0 and set(report.coverage.values()) == {1.0}
+    assert report.loaded_params == 269_722
+    assert all(k.endswith("num_batches_tracked") for k in report.missing) and len(report.missing) == 19
+    assert report.renamed["module.layer3.2.bn2.running_var"] == "layer3.2.bn2.running_var"
+    raw = torch.load(fixtures_dir / "cifar10_resnet20_dataparallel.th", map_location="cpu", weights_only=True)
+    for key, value in model.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(value, raw["state_dict"][f"module.{key}"]), key
+    assert "{0..2}" in str(report)
+
+
+def test_torchvision_squeezenet_corn4_into_ten_classes(fixtures_dir: Path) -> None:
+    from torchvision.models import squeezenet1_0
+
+    model = squeezenet1_0(num_classes=10)
+    report = load_partial(model, fixtures_dir / "tv_squeezenet1_0_corn4.pth")
+    assert report.mismatched == {
+        "classifier.1.weight": ((4, 512, 1, 1), (10, 512, 1, 1)),
+        "classifier.1.bias": ((4,), (10,)),
+    }
+    assert len(report.loaded) == 50 and not report.missing and not report.unexpected
+    assert report.coverage["features"] == 1.0 and report.coverage["classifier"] == 0.0
+
+
+def test_timm_mobilenetv3_seedlings12_into_ten_classes(fixtures_dir: Path) -> None:
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("mobilenetv3_small_050", num_classes=10, pretrained=False)
+    report = load_partial(model, fixtures_dir / "timm_mobilenetv3_small_050_seedlings12.pth")
+    assert set(report.mismatched) == {"classifier.weight", "classifier.bias"}
+    assert len(report.loaded) == 242 and not report.missing and not report.unexpected
+
+
+def test_lightning25_checkpoint_weights_load(fixtures_dir: Path) -> None:
+    model = LightningCNN()
+    report = load_partial(model, fixtures_dir / "lightning25_mnist_cnn.ckpt", strict=True)
+    assert len(report.loaded) == 8 and report.total_coverage == 1.0
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_lenet5_into_differently_named_model_through_regex_rules(fixtures_dir: Path) -> None:
+    path = fixtures_dir / "mnist_lenet5.pth"
+    model = RenamedLeNet()
+    rules = [Regex(r"^convnet\.c(\d)\.", r"features.conv\1."), Regex(r"^fc\.f(\d)\.", r"classifier.fc\1.")]
+    report = load_partial(model, path, rules=rules, strict=True)
+    assert report.renamed["convnet.c5.weight"] == "features.conv5.weight"
+    assert len(report.loaded) == 10 and report.total_coverage == 1.0
+    reference = lenet5_original()
+    reference.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    x = torch.randn(3, 1, 32, 32)
+    out = reference.fc(reference.convnet(x).flatten(1))
+    assert torch.allclose(model(x), out, atol=1e-6)
+
+
+def test_resnet56_into_resnet20_stops_before_writing_when_strict(fixtures_dir: Path) -> None:
+    model = CifarResNet(n=3)
+    before = snapshot(model)
+    with pytest.raises(LoadError) as info:
+        load_partial(model, fixtures_dir / "cifar10_resnet56_dataparallel.th", strict=True)
+    assert "unexpected" in str(info.value) and "{3..8}" in str(info.value)
+    assert_identical(model, before)
+
+
+def test_callable_rule_drops_keys_and_a_near_miss_gets_a_hint() -> None:
+    src = {k.replace("backbone.", "enc."): v for k, v in two_part().state_dict().items()}
+    report = load_partial(two_part(), src, rules=[lambda k: None if k == "head.bias" else k])
+    assert report.dropped == ["head.bias"] and report.loaded == ["head.weight"]
+    assert any("Prefix('enc.', 'backbone.')" in note for note in report.notes)
+    with pytest.raises(LoadError, match="dropped all"):
+        load_partial(two_part(), src, rules=[lambda k: None])

@@ -1,0 +1,84 @@
+"""Tests for transferkit.report: metrics.csv, plots, exported weights, args.yaml."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import yaml
+from PIL import Image
+
+from transferkit.report import (
+    export_model,
+    format_epoch,
+    plot_confusion_matrix,
+    plot_curves,
+    read_metrics_csv,
+    write_metrics_csv,
+    write_yaml,
+)
+
+HISTORY = [
+    {"epoch": 0, "train_loss": 2.0, "train_acc": 0.3, "val_loss": 1.5, "val_acc": 0.5, "lr": {"head": 1e-3},
+     "seconds": 1.25},
+    {"epoch": 1, "train_loss": 1.0, "train_acc": 0.6, "val_loss": 0.8, "val_acc": 0.75,
+     "lr": {"head": 5e-4, "layer4": 2.5e-4}, "seconds": 1.5},
+]  # fmt: skip
+
+
+def test_metrics_csv_has_every_group_and_parses(tmp_path):
+    path = write_metrics_csv(tmp_path / "metrics.csv", HISTORY)
+    header = path.read_text().splitlines()[0].split(",")
+    assert header == [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "lr_head",
+        "lr_layer4",
+        "seconds",
+    ]
+    rows = read_metrics_csv(path)
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert rows[0]["lr_layer4"] is None and rows[1]["lr_layer4"] == 2.5e-4  # thawed at epoch 1
+    assert rows[1]["val_acc"] == 0.75 and rows[0]["seconds"] == 1.25
+    assert not list(tmp_path.glob(".*"))  # atomic writes leave no temp files
+
+
+def test_plots_are_valid_pngs(tmp_path):
+    paths = plot_curves(HISTORY, tmp_path)
+    cm = torch.tensor([[5, 1, 0], [0, 6, 0], [2, 0, 4]])
+    paths.append(plot_confusion_matrix(cm, ["cat", "dog", "fox"], tmp_path / "confusion_matrix.png"))
+    assert [p.name for p in paths] == ["loss.png", "accuracy.png", "confusion_matrix.png"]
+    for p in paths:
+        with Image.open(p) as img:
+            img.verify()
+            assert img.format == "PNG"
+
+
+def test_export_model_round_trips(tmp_path):
+    from safetensors.torch import load_file
+
+    net = torch.nn.Linear(4, 3)
+    w, labels = export_model(
+        tmp_path, net, ["a", "b", "c"], {"backbone": "tiny", "img_size": 16, "val_acc": 0.9}
+    )
+    loaded = load_file(w)
+    assert torch.equal(loaded["weight"], net.weight.detach()) and torch.equal(
+        loaded["bias"], net.bias.detach()
+    )
+    info = json.loads(labels.read_text())
+    assert info["class_names"] == ["a", "b", "c"] and info["num_classes"] == 3 and info["img_size"] == 16
+
+
+def test_yaml_is_plain_and_ordered(tmp_path):
+    path = write_yaml(tmp_path / "args.yaml", {"b": (1, 2), "a": tmp_path, "c": torch.tensor(3)})
+    text = path.read_text()
+    assert "!!" not in text and text.index("b:") < text.index("a:")
+    assert yaml.safe_load(text) == {"b": [1, 2], "a": str(tmp_path), "c": 3}
+
+
+def test_format_epoch_is_one_line():
+    line = format_epoch(HISTORY[1], 5)
+    assert "\n" not in line and line.startswith("epoch 2/5") and "val loss 0.8000 acc 75.00%" in line

@@ -1,0 +1,407 @@
+"""``inspect_checkpoint``: what is inside a checkpoint, and what a load into a model would do.
+
+Without a model it describes the file: format, nested structure, which dict holds the weights, tensor
+and parameter counts, dtypes, the devices the tensors were saved on (read from the file's storage
+records, no GPU needed), grouped key prefixes, metadata, and whether optimizer state is present.
+With a model (a backbone name built on the meta device, or an ``nn.Module``) or another checkpoint it
+adds the :class:`~transferkit.partial.LoadReport` of a dry run. Zip files are read with ``mmap``, so
+large files inspect quickly; files that ``weights_only`` refuses are described, never executed.
+
+Example:
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> path = Path(tempfile.mkdtemp()) / "w.pt"
+    >>> torch.save({"epoch": 3, "state_dict": torch.nn.Linear(2, 3).state_dict()}, path)
+    >>> print(inspect_checkpoint(path).splitlines()[0])  # doctest: +ELLIPSIS
+    checkpoint: w.pt (... bytes, zip torch file)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from transferkit.errors import CheckpointError, ConfigError, LoadError, UnsafeCheckpointError
+from transferkit.partial import LoadReport, compact_keys, load_partial
+from transferkit.rename import Rule, normalize_rules
+
+__all__ = ["inspect_checkpoint", "describe_object", "skeleton_from_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+# Buffers that are not parameters: excluded from the parameter count.
+_STAT_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+_OPTIMIZER_KEYS = ("optimizer", "optimizers", "optimizer_states", "optimizer_state_dict", "optim", "opt")
+_MAX_LINES = 40
+
+
+def inspect_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    model: str | nn.Module | None = None,
+    num_classes: int | None = None,
+    against: str | os.PathLike[str] | None = None,
+    rules: Sequence[Rule | str] = (),
+    salvage: bool = False,
+    key: str | None = None,
+) -> str:
+    """Describe a checkpoint file, and optionally dry-run loading it into a model.
+
+    Args:
+        path: the checkpoint (any format ``transferkit.checkpoint`` reads).
+        model: a backbone name for ``transferkit.backbones.create_model`` (built on the meta device, no
+            weights) or an ``nn.Module`` (left untouched).
+        num_classes: classes for a ``model`` given by name (required then).
+        against: another checkpoint: report how this one's weights would load into that layout.
+        rules: rename rules (objects or CLI strings) for the dry run.
+        salvage: read a file that ``weights_only`` refuses with the restricted unpickler (no code runs).
+        key: dotted path of the weights inside the checkpoint (``"state_dict"``, ``"models.G"``).
+
+    Returns:
+        A multi-line, human-readable description.
+
+    Raises:
+        CheckpointError: the file cannot be read.
+        ConfigError: bad arguments (``model`` and ``against`` together, a name without ``num_classes``).
+    """
+    from transferkit.checkpoint import load_checkpoint
+
+    path = Path(path)
+    if model is not None and against is not None:
+        raise ConfigError("inspect takes either a model or --against another checkpoint, not both")
+    if isinstance(model, str) and num_classes is None:
+        raise ConfigError(f"inspecting against backbone {model!r} needs num_classes (CLI: --classes N)")
+    rules_t = normalize_rules(rules)
+    lines = [f"checkpoint: {path.name} ({_size(path)}, {_format(path)})"]
+    devices: Counter[str] = Counter()
+    try:
+        obj = load_checkpoint(
+            path, map_location=_recorder(devices), mmap=zipfile.is_zipfile(path), salvage=salvage
+        )
+    except UnsafeCheckpointError as exc:
+        lines.extend(_describe_unsafe(path, exc))
+        return "\n".join(lines)
+    if salvage:
+        lines.extend(_describe_salvaged(obj))
+    lines.extend(describe_object(obj, key=key, devices=devices, path=path))
+    if model is None and against is None:
+        return "\n".join(lines)
+
+    state = _state_dict(obj, key)
+    if against is not None:
+        other = _state_dict(load_checkpoint(against, map_location="cpu"), None)
+        target: nn.Module = skeleton_from_state_dict(other)
+        title = f"dry run against {Path(against).name} ({len(other)} tensors)"
+    elif isinstance(model, nn.Module):
+        target, title = model, f"dry run into {type(model).__name__}"
+    else:
+        target, title = (
+            _build_meta_model(str(model), int(num_classes)),
+            f"dry run into {model} ({num_classes} classes)",
+        )  # type: ignore[arg-type]
+    lines.append("")
+    lines.append(title)
+    lines.append(_dry_run(target, state, rules_t))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def _recorder(devices: Counter[str]) -> Any:
+    """A map_location that notes where each storage was saved and keeps it on the CPU."""
+
+    def record(storage: Any, location: str) -> Any:
+        devices[str(location)] += 1
+        return storage
+
+    return record
+
+
+def _size(path: Path) -> str:
+    n = path.stat().st_size
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} bytes"
+
+
+def _format(path: Path) -> str:
+    if zipfile.is_zipfile(path):
+        return "zip torch file"
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x80":
+        return "legacy torch pickle (pre-1.6)"
+    return "unknown format"
+
+
+def _describe_unsafe(path: Path, exc: UnsafeCheckpointError) -> list[str]:
+    names = list(exc.globals)
+    if not names:
+        from transferkit.checkpoint import describe_unsafe_globals
+
+        names = describe_unsafe_globals(path)
+    lines = [
+        "refused by weights_only=True: the file needs globals beyond plain tensors and containers "
+        "(nothing from it was executed)",
+        f"globals it needs ({len(names)}):",
+        *(f"  {g}" for g in names),
+        "to get the tensors out without running code: inspect --salvage (load_checkpoint(..., salvage=True)); "
+        "a full unpickle (trusted=True) runs code from the file: only for files you trust",
+    ]
+    return lines
+
+
+def _describe_salvaged(obj: Any) -> list[str]:
+    from transferkit.salvage import find_placeholders
+
+    found = find_placeholders(obj)
+    return [f"salvaged: {len(found)} global(s) replaced by inert placeholders: {', '.join(found) or '-'}"]
+
+
+def _state_dict(obj: Any, key: str | None) -> dict[str, Any]:
+    from transferkit.checkpoint import extract_state_dict
+
+    return dict(extract_state_dict(obj, key))
+
+
+# -------------------------------------------------------------------------------------------- description
+
+
+def describe_object(
+    obj: Any, *, key: str | None = None, devices: Mapping[str, int] | None = None, path: Path | None = None
+) -> list[str]:
+    """Describe a loaded checkpoint object: structure, weights, dtypes, devices, prefixes, metadata, optimizer.
+
+    Returns:
+        Lines of text.
+    """
+    from transferkit.checkpoint import extract_state_dict
+
+    if _is_weights(obj):
+        lines = [f"structure: a plain state dict ({len(obj)} tensors)"]
+    else:
+        lines = ["structure:", *_tree(obj, depth=0)]
+    try:
+        state, where = extract_state_dict(obj, key, return_key=True)
+    except CheckpointError as exc:
+        lines.append(f"weights: not found ({exc})")
+        return lines
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    elements = sum(v.numel() for v in tensors.values())
+    params = sum(v.numel() for k, v in tensors.items() if not k.endswith(_STAT_SUFFIXES))
+    with_stats = f" ({elements:,} elements with BatchNorm statistics)" if elements != params else ""
+    lines.append(
+        f"weights: {'at ' + repr(where) if where else 'the top-level dict'}: {len(tensors)} tensors, "
+        f"{params:,} parameters{with_stats}, {_bytes(tensors)}"
+    )
+    dtypes = Counter(str(v.dtype).replace("torch.", "") for v in tensors.values())
+    lines.append("dtypes: " + ", ".join(f"{d} ({n})" for d, n in dtypes.most_common()))
+    if path is not None and _format(path) == "safetensors":
+        lines.append("saved on: safetensors records no device (tensors load on the CPU)")
+    elif devices:
+        lines.append(
+            "saved on: " + ", ".join(f"{d} ({n} storages)" for d, n in Counter(devices).most_common())
+        )
+    lines.append("key prefixes:")
+    lines.extend(_prefixes(list(state)))
+    lines.append("keys (grouped):")
+    grouped = compact_keys(list(state))
+    lines.extend("  " + k for k in grouped[:_MAX_LINES])
+    if len(grouped) > _MAX_LINES:
+        lines.append(f"  ... {len(grouped) - _MAX_LINES} more groups")
+    lines.extend(_metadata(obj, where, path))
+    lines.append(_optimizer(obj))
+    return lines
+
+
+def _bytes(tensors: Mapping[str, torch.Tensor]) -> str:
+    n = sum(v.numel() * v.element_size() for v in tensors.values())
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
+
+
+def _summary(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0:
+            return f"tensor {value.item()!r} ({str(value.dtype).replace('torch.', '')})"
+        return f"tensor {list(value.shape)} {str(value.dtype).replace('torch.', '')}"
+    if isinstance(value, Mapping):
+        n_tensors = sum(isinstance(v, torch.Tensor) for v in value.values())
+        if value and n_tensors == len(value):
+            return f"dict of {n_tensors} tensors"
+        return f"dict ({len(value)} keys)"
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__} of {len(value)}"
+    if isinstance(value, (int, float, bool, str)) or value is None:
+        text = repr(value)
+        return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+    return type(value).__module__ + "." + type(value).__qualname__
+
+
+def _is_weights(value: Any) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(isinstance(v, torch.Tensor) for v in value.values())
+    )
+
+
+def _tree(obj: Any, depth: int, max_depth: int = 2, max_items: int = 12) -> list[str]:
+    indent = "  " * (depth + 1)
+    if not isinstance(obj, Mapping):
+        return [f"{indent}{_summary(obj)}"]
+    lines = []
+    items = list(obj.items())
+    for name, value in items[:max_items]:
+        label = str(name) if len(str(name)) <= 60 else str(name)[:57] + "..."
+        lines.append(f"{indent}{label}: {_summary(value)}")
+        # weights and optimizer state are summarised on their own lines below; do not list them here
+        expand = isinstance(value, Mapping) and not _is_weights(value) and not _is_optimizer(value)
+        if expand and depth < max_depth:
+            lines.extend(_tree(value, depth + 1, max_depth, max_items))
+    if len(items) > max_items:
+        lines.append(f"{indent}... {len(items) - max_items} more")
+    return lines
+
+
+def _prefixes(keys: list[str]) -> list[str]:
+    top = Counter(k.split(".", 1)[0] for k in keys)
+    lines = []
+    for name, n in list(top.items())[:_MAX_LINES]:
+        second = Counter(".".join(k.split(".")[:2]) for k in keys if k.split(".", 1)[0] == name and "." in k)
+        detail = ""
+        if 1 < len(second) <= 12:
+            detail = "  [" + ", ".join(f"{s.split('.', 1)[1]} ({c})" for s, c in second.items()) + "]"
+        lines.append(
+            f"  {name}{'.' if any(k.startswith(name + '.') for k in keys) else ''}  {n} tensors{detail}"
+        )
+    return lines
+
+
+def _metadata(obj: Any, where: str | None, path: Path | None) -> list[str]:
+    lines = []
+    if isinstance(obj, Mapping) and not _is_weights(obj):
+        skip = {(where or "").split(".", 1)[0], *_OPTIMIZER_KEYS}
+        for name, value in obj.items():
+            if name in skip or isinstance(value, Mapping) and _is_optimizer(value):
+                continue
+            if isinstance(value, (int, float, str, bool)) or (
+                isinstance(value, torch.Tensor) and value.dim() == 0
+            ):
+                lines.append(f"  {name}: {_summary(value)}")
+            elif isinstance(value, Mapping) and name in (
+                "meta",
+                "hyper_parameters",
+                "hparams",
+                "config",
+                "args",
+            ):
+                for sub, v in list(value.items())[:12]:
+                    lines.append(f"  {name}.{sub}: {_summary(v)}")
+    if path is not None and _format(path) == "safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        lines.extend(f"  {k}: {v[:80]}" for k, v in meta.items())
+        if not meta:
+            lines.append("  (the safetensors header has no metadata)")
+    return ["metadata:", *lines] if lines else ["metadata: none"]
+
+
+def _is_optimizer(value: Mapping[str, Any]) -> bool:
+    return "state" in value and "param_groups" in value
+
+
+def _optimizer(obj: Any) -> str:
+    if not isinstance(obj, Mapping):
+        return "optimizer state: none"
+    found = []
+    for name, value in obj.items():
+        candidates: list[tuple[str, Any]] = []
+        if isinstance(value, Mapping) and _is_optimizer(value):
+            candidates = [(str(name), value)]
+        elif name in _OPTIMIZER_KEYS and isinstance(value, (list, tuple)):
+            candidates = [
+                (f"{name}[{i}]", v)
+                for i, v in enumerate(value)
+                if isinstance(v, Mapping) and _is_optimizer(v)
+            ]
+        elif name in _OPTIMIZER_KEYS and isinstance(value, Mapping):
+            candidates = [
+                (f"{name}.{k}", v) for k, v in value.items() if isinstance(v, Mapping) and _is_optimizer(v)
+            ]
+        for where, opt in candidates:
+            state = opt.get("state", {})
+            slots = sorted({s for per in state.values() if isinstance(per, Mapping) for s in per})
+            groups = opt.get("param_groups", [])
+            lr = groups[0].get("lr") if groups and isinstance(groups[0], Mapping) else None
+            found.append(
+                f"{where!r} ({len(groups)} param group(s), state for {len(state)} parameter(s)"
+                f"{', slots ' + ', '.join(slots) if slots else ''}{f', lr {lr}' if lr is not None else ''})"
+            )
+    return "optimizer state: " + ("; ".join(found) if found else "none")
+
+
+# ---------------------------------------------------------------------------------------------- dry runs
+
+
+def skeleton_from_state_dict(state: Mapping[str, Any]) -> nn.Module:
+    """A meta-device module with one parameter (or buffer, for BatchNorm statistics) per state-dict entry.
+
+    Lets a checkpoint stand in for a model in a dry run (``inspect --against``) without allocating.
+
+    Example:
+        >>> m = skeleton_from_state_dict({"0.weight": torch.ones(2, 3), "0.running_mean": torch.zeros(2)})
+        >>> m.state_dict()["0.weight"].shape, m.state_dict()["0.weight"].is_meta
+        (torch.Size([2, 3]), True)
+    """
+    root = nn.Module()
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        *path, leaf = key.split(".")
+        module = root
+        for part in path:
+            child = module._modules.get(part)
+            if child is None:
+                child = nn.Module()
+                module.add_module(part, child)
+            module = child
+        tensor = torch.empty(value.shape, dtype=value.dtype, device="meta")
+        if key.endswith(_STAT_SUFFIXES) or not tensor.is_floating_point():
+            module.register_buffer(leaf, tensor)
+        else:
+            module.register_parameter(leaf, nn.Parameter(tensor, requires_grad=False))
+    return root
+
+
+def _build_meta_model(name: str, num_classes: int) -> nn.Module:
+    from transferkit.backbones import create_model
+
+    # Built on the meta device: the layout and shapes without allocating or initialising any weight.
+    with torch.device("meta"):
+        return create_model(name, num_classes, weights=None)
+
+
+def _dry_run(target: nn.Module, state: Mapping[str, Any], rules: Sequence[Rule]) -> str:
+    try:
+        report: LoadReport = load_partial(target, dict(state), rules=rules, dry_run=True)
+    except LoadError as exc:
+        report = getattr(exc, "report", None)  # type: ignore[assignment]
+        if report is None:
+            return f"a load would fail: {exc}"
+        return f"{report}\na load would fail: {str(exc).splitlines()[0]}"
+    return str(report)

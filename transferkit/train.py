@@ -1,0 +1,572 @@
+"""The training loop: epochs, AMP, channels-last, torch.compile, DDP, metrics, checkpoints, exact resume.
+
+:class:`Trainer` runs a fine-tuning job on an adapter built by
+:func:`~transferkit.backbones.create_model`, with an optimizer from
+:func:`~transferkit.optim.build_optimizer` and the schedules of :mod:`transferkit.schedule`. Each epoch
+it steps the unfreeze schedule (thawed groups join the optimizer), trains with the LR schedule stepped
+after every optimizer step, evaluates, and -- on rank 0 only -- writes ``last.pt`` (and ``best.pt`` when
+validation accuracy improves) through :func:`~transferkit.checkpoint.save_checkpoint`: model, optimizer,
+grad scaler, RNG states, and in ``extra`` the schedules' states and the metric history.
+
+Resume is exact: the unfreeze schedule rebuilds the optimizer's groups by parameter name, then model,
+optimizer, scaler and RNG states are restored, then the LR schedule's step counter; the loaders' shuffling
+and worker seeds depend only on ``(seed, epoch)`` (see :func:`transferkit.data.set_loader_epoch`).
+
+Multi-process: launch with ``torchrun --standalone --nproc_per_node=2 scripts/finetune.py ...``.
+:func:`init_distributed` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and joins
+the process group (gloo on CPU, nccl on GPU); the model is wrapped in ``DistributedDataParallel``
+(re-wrapped whenever a group thaws, since DDP only syncs parameters that were trainable when it was
+built), and metrics are summed across ranks.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> class Net(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.body, self.fc = nn.Linear(4, 8), nn.Linear(8, 2)
+    ...         self.head = self.fc
+    ...     def forward(self, x):
+    ...         return self.fc(self.body(x).relu())
+    >>> ds = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+    >>> model = Net()
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> trainer = Trainer(model, opt, DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=8), epochs=2,
+    ...                   num_classes=2)
+    >>> result = trainer.fit()
+    >>> len(result.history), 0.0 <= result.best_acc <= 1.0
+    (2, True)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from transferkit.data import set_loader_epoch
+from transferkit.errors import ConfigError
+
+__all__ = [
+    "DistContext",
+    "EvalResult",
+    "FitResult",
+    "Trainer",
+    "select_device",
+    "init_distributed",
+    "cleanup_distributed",
+    "seed_everything",
+    "amp_dtype_for",
+]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[..., Iterable]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# device, processes, seeds
+
+
+def select_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
+    """Resolve ``auto|cpu|cuda|cuda:N`` to a device.
+
+    ``auto`` is ``cuda:<local_rank>`` when CUDA is available, else the CPU. Under torchrun a plain ``cuda``
+    means this process's GPU (``cuda:<LOCAL_RANK>``).
+
+    Raises:
+        ConfigError: CUDA requested but unavailable, a GPU index out of range, or an unknown spec.
+
+    Example:
+        >>> select_device("cpu")
+        device(type='cpu')
+    """
+    spec = str(spec).strip().lower()
+    if spec == "auto":
+        return (
+            torch.device("cuda", local_rank % torch.cuda.device_count())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"--device {spec}: CUDA is not available on this machine (torch {torch.__version__}, "
+                f"built for CUDA {torch.version.cuda or 'none'}); use --device cpu or --device auto"
+            )
+        index = local_rank if spec == "cuda" else spec.partition(":")[2]
+        try:
+            index = int(index)
+        except ValueError:
+            raise ConfigError(f"--device {spec}: expected cuda:N with an integer N") from None
+        count = torch.cuda.device_count()
+        if not 0 <= index < count:
+            raise ConfigError(
+                f"--device {spec}: GPU index {index} out of range; this machine has {count} GPU(s)"
+            )
+        return torch.device("cuda", index)
+    raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_spec: str = "auto", timeout_s: float = 600.0) -> tuple[DistContext, torch.device]:
+    """Join torchrun's process group if its environment says so; pick this process's device.
+
+    Returns:
+        ``(DistContext, device)``; a single process gets ``DistContext()`` and no process group.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = select_device(device_spec, local_rank)
+    if world <= 1:
+        return DistContext(), device
+    import datetime
+
+    import torch.distributed as dist
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    logger.debug("rank %d/%d joined the %s process group on %s", rank, world, backend, device)
+    return DistContext(rank, world, local_rank, backend), device
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group, if any."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (all devices)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def amp_dtype_for(device: torch.device) -> torch.dtype:
+    """bfloat16 on CPUs and GPUs that support it (no loss scaling needed), float16 on older GPUs."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+# ----------------------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class EvalResult:
+    """Validation loss and accuracy, and the confusion matrix (rows: true class, columns: predicted)."""
+
+    loss: float
+    acc: float
+    count: int
+    confusion: Tensor
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` returns."""
+
+    best_acc: float
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_eval: EvalResult | None = None
+
+
+class _HeadOnly(nn.Module):
+    """Forward = the adapter's head on cached features, so DDP/compile see one module either way."""
+
+    def __init__(self, adapter: nn.Module) -> None:
+        super().__init__()
+        self.adapter = adapter
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.adapter.forward_head(features)
+
+
+def _identity_progress(iterable: Iterable, **_: Any) -> Iterable:
+    return iterable
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the trainer
+
+
+class Trainer:
+    """Fine-tune ``model`` for ``epochs``; evaluate; checkpoint; resume.
+
+    Args:
+        model: the network (an :class:`~transferkit.backbones.Adapter` for ``inputs="features"``).
+        optimizer: over its trainable parameters.
+        train_loader, val_loader: from :func:`transferkit.data.make_loaders` (any loaders work; a
+            ``set_epoch`` sampler and a loader ``generator`` make epochs reproducible).
+        epochs: total epochs (a resumed run continues up to it).
+        num_classes: for the confusion matrix (default: ``model.num_classes``).
+        device: where to train.
+        lr_schedule: stepped after every optimizer step (``step()``, ``state_dict()``).
+        freeze_schedule: stepped at the start of every epoch (``step(epoch, optimizer) -> thawed``).
+        amp: autocast (bfloat16 on CPU; float16 with loss scaling on GPUs without bfloat16).
+        channels_last: NHWC memory format for model and inputs (faster convolutions on recent hardware).
+        compile: ``torch.compile`` the forward pass.
+        dist: this process's :class:`DistContext`; only rank 0 writes.
+        inputs: ``"images"``, or ``"features"`` when the loaders yield cached backbone features.
+        frozen_backbone: keep everything but the head in eval mode (linear probe; the cached and the
+            recomputed paths then compute the same thing).
+        run_dir: where ``last.pt``/``best.pt`` go (rank 0); ``None`` saves nothing.
+        meta: extra facts for the checkpoints' ``meta`` (backbone, class names, ...).
+        seed: the loaders' shuffle seed.
+        label_smoothing: cross-entropy label smoothing.
+        grad_clip: clip the global gradient norm to this value.
+        progress: ``progress(iterable, total=, desc=)`` -> iterable (e.g. tqdm); identity by default.
+        on_epoch_end: ``callback(trainer, row, eval_result)`` after each epoch's checkpoint is written.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
+        *,
+        epochs: int,
+        num_classes: int | None = None,
+        device: torch.device | str = "cpu",
+        lr_schedule: Any = None,
+        freeze_schedule: Any = None,
+        amp: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
+        dist: DistContext | None = None,
+        inputs: str = "images",
+        frozen_backbone: bool = False,
+        run_dir: str | os.PathLike | None = None,
+        meta: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        label_smoothing: float = 0.0,
+        grad_clip: float | None = None,
+        progress: Progress | None = None,
+        on_epoch_end: Callable[[Trainer, dict[str, Any], EvalResult], None] | None = None,
+    ) -> None:
+        if inputs not in ("images", "features"):
+            raise ConfigError(f"inputs must be 'images' or 'features', got {inputs!r}")
+        if not (isinstance(epochs, int) and epochs >= 1):
+            raise ConfigError(f"epochs must be an integer >= 1, got {epochs!r}")
+        self.device = torch.device(device)
+        self.dist = dist or DistContext()
+        self.channels_last = channels_last and inputs == "images"
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = optimizer
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.epochs = epochs
+        self.num_classes = int(num_classes if num_classes is not None else model.num_classes)
+        self.lr_schedule, self.freeze_schedule = lr_schedule, freeze_schedule
+        self.amp = amp
+        self.amp_dtype = amp_dtype_for(self.device) if amp else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp and self.amp_dtype == torch.float16)
+        self.compile = compile
+        self.inputs = inputs
+        self.frozen_backbone = frozen_backbone
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.meta = dict(meta or {})
+        self.seed = seed
+        self.label_smoothing = label_smoothing
+        self.grad_clip = grad_clip
+        self.progress = progress or _identity_progress
+        self.on_epoch_end = on_epoch_end
+        self.history: list[dict[str, Any]] = []
+        self.best_acc, self.best_epoch = -1.0, -1
+        self.start_epoch = 0
+        self._wrap()
+
+    # ---- wrapping --------------------------------------------------------------------------------------
+
+    def _wrap(self) -> None:
+        """(Re)build the train/eval forward modules: head-only view, DDP, compile."""
+        base = _HeadOnly(self.model) if self.inputs == "features" else self.model
+        train_mod: nn.Module = base
+        if self.dist.enabled and any(p.requires_grad for p in base.parameters()):
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # auxiliary heads (inception) get no gradient from the main logits
+            aux = len(getattr(self.model, "head_names", [])) > 1
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            train_mod = DDP(base, device_ids=ids, find_unused_parameters=aux)
+        if self.compile:
+            compiled = torch.compile(base)
+            train_mod = compiled if train_mod is base else torch.compile(train_mod)
+            base = compiled
+        self._train_forward, self._eval_forward = train_mod, base
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        if self.frozen_backbone:
+            self.model.eval()
+            head = getattr(self.model, "head", None)
+            if isinstance(head, nn.Module):
+                head.train()
+
+    def _to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        non_blocking = self.device.type == "cuda"
+        x = x.to(self.device, non_blocking=non_blocking)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=non_blocking)
+
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp)
+
+    def _reduce(self, t: Tensor) -> Tensor:
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    # ---- one epoch -------------------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training loader; returns ``{"train_loss", "train_acc", "images"}``."""
+        self._train_mode()
+        set_loader_epoch(self.train_loader, epoch, self.seed)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, correct, n
+        bar = self.progress(
+            self.train_loader, total=len(self.train_loader), desc=f"epoch {epoch + 1}/{self.epochs}"
+        )
+        for step, (x, y) in enumerate(bar):
+            x, y = self._to_device(x, y)
+            with self._autocast():
+                logits = self._train_forward(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(
+                    [p for g in self.optimizer.param_groups for p in g["params"]], self.grad_clip
+                )
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.lr_schedule is not None:
+                self.lr_schedule.step()
+            with torch.no_grad():
+                n = y.numel()
+                sums += torch.stack(
+                    [
+                        loss.detach().double() * n,
+                        (logits.argmax(1) == y).sum().double(),
+                        torch.tensor(n, dtype=torch.float64, device=self.device),
+                    ]
+                )
+            if step % 10 == 0 and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        sums = self._reduce(sums).tolist()
+        count = max(sums[2], 1.0)
+        return {"train_loss": sums[0] / count, "train_acc": sums[1] / count, "images": int(sums[2])}
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader | None = None) -> EvalResult:
+        """Loss, accuracy and confusion matrix over ``loader`` (default: the validation loader), all ranks."""
+        loader = loader if loader is not None else self.val_loader
+        was_training = self.model.training
+        self.model.eval()
+        c = self.num_classes
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, n
+        confusion = torch.zeros(c * c, dtype=torch.int64, device=self.device)
+        try:
+            for x, y in loader:
+                x, y = self._to_device(x, y)
+                with self._autocast():
+                    logits = self._eval_forward(x)
+                sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+                sums[1] += y.numel()
+                confusion += torch.bincount(y * c + logits.argmax(1), minlength=c * c)
+        finally:
+            self.model.train(was_training)
+        sums, confusion = self._reduce(sums).tolist(), self._reduce(confusion).view(c, c).cpu()
+        n = int(sums[1])
+        acc = float(confusion.trace()) / n if n else 0.0
+        return EvalResult(loss=sums[0] / n if n else float("nan"), acc=acc, count=n, confusion=confusion)
+
+    # ---- the run ---------------------------------------------------------------------------------------
+
+    def fit(self) -> FitResult:
+        """Train from :attr:`start_epoch` (0, or where :meth:`resume` left it) to ``epochs``."""
+        result = None
+        for epoch in range(self.start_epoch, self.epochs):
+            start = time.perf_counter()
+            if self.freeze_schedule is not None:
+                thawed = self.freeze_schedule.step(epoch, self.optimizer)
+                if thawed:
+                    self._wrap()  # DDP must learn about the newly trainable parameters
+            lrs = self.learning_rates()  # the rates this epoch starts with (thawed groups included)
+            train = self.train_epoch(epoch)
+            result = self.evaluate()
+            row = {
+                "epoch": epoch,
+                "train_loss": train["train_loss"],
+                "train_acc": train["train_acc"],
+                "val_loss": result.loss,
+                "val_acc": result.acc,
+                "lr": lrs,
+                "seconds": time.perf_counter() - start,
+            }
+            self.history.append(row)
+            improved = result.acc > self.best_acc
+            if improved:
+                self.best_acc, self.best_epoch = result.acc, epoch
+            if self.run_dir is not None and self.dist.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self.save(self.run_dir / "last.pt", epoch, row)
+                if improved:
+                    _link_or_copy(self.run_dir / "last.pt", self.run_dir / "best.pt")
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(self, row, result)
+        if result is None:  # resumed a finished run: nothing left to train
+            result = self.evaluate()
+        return FitResult(self.best_acc, self.best_epoch, self.history, result)
+
+    def learning_rates(self) -> dict[str, float]:
+        """``{group name: current lr}`` (unnamed groups are called ``group<i>``)."""
+        out = {}
+        for i, g in enumerate(self.optimizer.param_groups):
+            lr = g["lr"]
+            out[str(g.get("name") or f"group{i}")] = float(lr.item() if isinstance(lr, Tensor) else lr)
+        return out
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+
+    def state_extra(self) -> dict[str, Any]:
+        """What goes into a checkpoint's ``extra``: schedule states, history, best, loader generator."""
+        extra: dict[str, Any] = {
+            "history": self.history,
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "seed": self.seed,
+        }
+        if self.freeze_schedule is not None:
+            extra["freeze_schedule"] = self.freeze_schedule.state_dict()
+        if self.lr_schedule is not None:
+            extra["lr_schedule"] = self.lr_schedule.state_dict()
+        gen = getattr(self.train_loader, "generator", None)
+        if gen is not None:
+            extra["loader_generator"] = gen.get_state()
+        return extra
+
+    def save(self, path: str | os.PathLike, epoch: int, metrics: Mapping[str, Any] | None = None) -> Path:
+        """Write the full training state (atomic)."""
+        from transferkit.checkpoint import save_checkpoint
+
+        steps = getattr(self.lr_schedule, "last_step", None)
+        return save_checkpoint(
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            epoch=epoch,
+            step=steps,
+            metrics=dict(metrics or {}),
+            extra=self.state_extra(),
+            meta=self.meta,
+        )
+
+    def resume(self, source: str | os.PathLike | Mapping[str, Any]) -> int:
+        """Restore everything from a checkpoint written by :meth:`save`; returns the epoch to start at.
+
+        Raises:
+            CheckpointError: the file is not a transferkit training checkpoint of this model.
+        """
+        from transferkit.checkpoint import load_checkpoint, restore_checkpoint
+        from transferkit.errors import CheckpointError
+
+        ckpt = load_checkpoint(source) if not isinstance(source, Mapping) else source
+        if not isinstance(ckpt, Mapping) or "models" not in ckpt or ckpt.get("epoch") is None:
+            raise CheckpointError(
+                f"{source} is not a transferkit training checkpoint (expected last.pt/best.pt of a run, "
+                "with models, optimizers and epoch); to start from its weights use --init-checkpoint"
+            )
+        extra = ckpt.get("extra") or {}
+        if self.freeze_schedule is not None and "freeze_schedule" in extra:
+            # groups first: the optimizer state is then loaded into the same groups, in the same order
+            self.freeze_schedule.load_state_dict(extra["freeze_schedule"], self.optimizer)
+        restore_checkpoint(
+            ckpt, model=self.model, optimizer=self.optimizer, scaler=self.scaler, restore_rng=True
+        )
+        if self.lr_schedule is not None and "lr_schedule" in extra:
+            self.lr_schedule.load_state_dict(extra["lr_schedule"])
+        gen = getattr(self.train_loader, "generator", None)
+        if gen is not None and "loader_generator" in extra:
+            gen.set_state(extra["loader_generator"])
+        self.history = list(extra.get("history", []))
+        self.best_acc = float(extra.get("best_acc", -1.0))
+        self.best_epoch = int(extra.get("best_epoch", -1))
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        self._wrap()
+        logger.info(
+            "resumed at epoch %d (best val acc %.4f at epoch %d)",
+            self.start_epoch,
+            self.best_acc,
+            self.best_epoch,
+        )
+        return self.start_epoch
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of ``src`` atomically, by hard link where the file system allows.
+
+    ``last.pt`` is later replaced (``os.replace``), which leaves a hard-linked ``best.pt`` pointing at the
+    old data: a full copy of a large checkpoint for the price of a directory entry.
+    """
+    import shutil
+
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
