@@ -35,6 +35,9 @@ SLOW |= {
     "vgg19",
     "vgg19_bn",
 }
+# larger siblings of a family member that stays in the default run (each family keeps at least one)
+SLOW |= {"vgg16", "wide_resnet101_2", "resnext101_32x8d", "resnext101_64x4d", "swin_b", "swin_v2_b"}
+SLOW |= {"efficientnet_b6", "efficientnet_b7", "regnet_x_16gf", "regnet_y_16gf", "resnet152"}
 
 # the smallest input each family accepts (ViTs are built for it via image_size)
 SIZE = {"inception_v3": 75, "maxvit_t": 224}

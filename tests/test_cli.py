@@ -72,7 +72,6 @@ def digits_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 def test_run_folder_is_complete_and_valid(digits_run):
     from transferkit.checkpoint import load_checkpoint
-
     from transferkit.report import read_metrics_csv
 
     run, proc = digits_run
@@ -161,7 +160,10 @@ def _ckpt_epoch(path: Path) -> int:
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    args = [*FAST, *SUBSET, "--epochs", "4", "--lr", "0.01"]
+    # a freeze schedule (block thaws at epoch 1, stem at 2), per-step cosine LR, random augmentation in a
+    # DataLoader worker: everything resume must restore
+    args = [*FAST, *SUBSET, "--epochs", "4", "--lr", "0.01", "--freeze", "backbone", "--unfreeze-every", "1"]
+    args += ["--workers", "1"]
     ref = run_cli([*args, "--output", "ref"], tmp_path)
     assert ref.returncode == 0, ref.stderr
 
@@ -175,11 +177,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     assert _ckpt_epoch(last) < 3
 
-    resumed = run_cli([*args, "--output", "killed", "--resume"], tmp_path)
+    # the run's args.yaml supplies every flag: --resume FOLDER is enough
+    resumed = run_cli(["--resume", "killed"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout
 
     from safetensors.torch import load_file
+
     from transferkit.checkpoint import load_checkpoint
 
     a = load_checkpoint(tmp_path / "ref" / "last.pt")["models"]["model"]
@@ -238,6 +242,8 @@ BAD = [
     (["--resume", "no_run_here"], "no checkpoint", None),
     (["--freeze", "layerX"], "unknown layer group", None),
     (["--unfreeze-at", "x:block"], "not an integer", None),
+    (["--optimizer", "adamx"], "unknown optimizer", None),
+    (["--lr", "-1"], "--lr must be a positive number", None),
 ]
 if not torch.cuda.is_available():
     BAD.append((["--device", "cuda"], "CUDA is not available", None))

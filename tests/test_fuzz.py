@@ -41,7 +41,7 @@ FIXTURE_SEEDS = [
     "mnist_tinycnn.safetensors",
 ]
 SELF_SEEDS = ["zip", "legacy", "safetensors", "training"]
-MUTATIONS_PER_SEED = {"default": 24, "slow": 240}
+MUTATIONS_PER_SEED = {"default": 40, "slow": 400}
 HYPOTHESIS_EXAMPLES = {"default": 60, "slow": 600}
 HYPOTHESIS_TESTS = 3
 DEFAULT_CASES = (len(FIXTURE_SEEDS) + len(SELF_SEEDS)) * MUTATIONS_PER_SEED["default"] + HYPOTHESIS_TESTS * (
@@ -79,7 +79,6 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 def _readers() -> dict[str, Callable[[Path], object]]:
     from transferkit.checkpoint import extract_state_dict, load_checkpoint
-
     from transferkit.inspect import inspect_checkpoint
     from transferkit.partial import load_partial
     from transferkit.salvage import salvage_load
@@ -407,6 +406,34 @@ def test_hypothesis_damage_thousands(seed: str, tmp_path: Path, self_seeds: dict
     tally = Tally()
     HYPOTHESIS_RUNS[seed](HYPOTHESIS_EXAMPLES["slow"])(tally, tmp_path, self_seeds[seed])
     tally.assert_clean(int(0.9 * HYPOTHESIS_EXAMPLES["slow"]))
+
+
+# --- inputs the fuzzer found, kept as fixed regression cases ------------------------------------------------
+
+
+def _several_disks(data: bytes) -> bytes:
+    """Flip one bit of the zip64 locator's 'total number of disks' (zipfile: 'span multiple disks')."""
+    out = bytearray(data)
+    locator = out.rfind(b"PK\x06\x07")
+    assert locator >= 0, "torch writes a zip64 end-of-central-directory locator"
+    out[locator + 16] ^= 0x02
+    return bytes(out)
+
+
+def _pickle_opcode_garbage(data: bytes) -> bytes:
+    pickle_name = next(n for n in _members(data) if n.endswith("/data.pkl"))
+    return _rezip(data, lambda n, b: (n, b"\x80\x02\xff." if n == pickle_name else b))
+
+
+FOUND_CASES = {"zip_spanning_several_disks": _several_disks, "unknown_pickle_opcode": _pickle_opcode_garbage}
+
+
+@pytest.mark.parametrize("case", sorted(FOUND_CASES))
+def test_found_cases(case: str, tmp_path: Path, self_seeds: dict[str, Path]) -> None:
+    tally = Tally()
+    mutated = FOUND_CASES[case](self_seeds["zip"].read_bytes())
+    tally.check(tmp_path / "found.pt", mutated, case)
+    tally.assert_clean(1)
 
 
 def test_case_limit_catches_a_hang() -> None:

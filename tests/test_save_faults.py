@@ -211,8 +211,8 @@ def forkserver() -> multiprocessing.context.BaseContext:
 
 
 def _is_recognisable_temp(name: str, final: str) -> bool:
-    """A leftover of a killed save must be visibly a temporary of the checkpoint, never look like one."""
-    return name != final and final in name and bool(re.search(r"tmp|temp|partial", name, re.IGNORECASE))
+    """A leftover of a killed save must be a hidden ``.<name>.tmp-<random>`` (checkpoint.py's naming)."""
+    return re.fullmatch(rf"\.{re.escape(final)}\.tmp-\w+", name) is not None
 
 
 def _kill_loop(tmp_path: Path, context: Any, kills: int) -> dict[str, int]:

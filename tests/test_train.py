@@ -125,3 +125,31 @@ def test_trainer_rejects_bad_arguments():
         Trainer(model, opt, train, val, epochs=0)
     with pytest.raises(ConfigError, match="inputs"):
         Trainer(model, opt, train, val, epochs=1, inputs="pixels")
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_plain_keys(tmp_path):
+    """--compile: torch.compile'd forward; checkpoints keep the model's own key names."""
+    from transferkit.checkpoint import load_checkpoint
+
+    trainer = make_trainer(tmp_path, epochs=1, gradual=False)
+    trainer.compile = True
+    trainer._wrap()
+    trainer.fit()
+    keys = load_checkpoint(tmp_path / "last.pt")["models"]["model"].keys()
+    assert keys == trainer.model.state_dict().keys() and not any("_orig_mod" in k for k in keys)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_amp_channels_last(tmp_path):
+    torch.manual_seed(0)
+    model = create_model(TINY, 10, weights=None)
+    opt = build_optimizer(model, "adamw", lr=3e-3)
+    train, val = make_loaders(digits(), 16, pin_memory=True)
+    trainer = Trainer(
+        model, opt, train, val, epochs=2, device="cuda", amp=True, channels_last=True, run_dir=tmp_path
+    )
+    result = trainer.fit()
+    assert next(model.parameters()).is_cuda and result.last_eval.count == 48
+    assert (tmp_path / "best.pt").is_file()

@@ -173,6 +173,9 @@ def test_timm_weights_from_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     for key, value in state.items():
         if not key.startswith("head."):
             torch.testing.assert_close(adapter.backbone.state_dict()[key], value, rtol=0, atol=0)
+    # timm's ImageNet class names are known too: head surgery by label
+    tench = create_model("timm:test_vit", num_classes=2, weights="auto", class_names=["x", "tench"])
+    torch.testing.assert_close(tench.head.weight[1], state["head.weight"][0], rtol=0, atol=0)
 
 
 def test_user_factory_has_no_pretrained_weights() -> None:

@@ -27,6 +27,47 @@ _EXPORTS: dict[str, str] = {
     "UnsafeCheckpointError": "errors",
     "LoadError": "errors",
     "ConfigError": "errors",
+    # checkpoint
+    "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "restore_checkpoint": "checkpoint",
+    "extract_state_dict": "checkpoint",
+    "snapshot_state": "checkpoint",
+    "save_weights": "checkpoint",
+    "atomic_write": "checkpoint",
+    "describe_unsafe_globals": "checkpoint",
+    # salvage
+    "salvage_load": "salvage",
+    "find_placeholders": "salvage",
+    "Placeholder": "salvage",
+    # rename
+    "Prefix": "rename",
+    "Regex": "rename",
+    "parse_rule": "rename",
+    "RenameOnLoadMixin": "rename",
+    # partial
+    "load_partial": "partial",
+    "LoadReport": "partial",
+    # inspect
+    "inspect_checkpoint": "inspect",
+    # backbones
+    "create_model": "backbones",
+    "list_backbones": "backbones",
+    "replace_head": "backbones",
+    "Adapter": "backbones",
+    # freeze
+    "freeze": "freeze",
+    "unfreeze": "freeze",
+    "freeze_backbone": "freeze",
+    "trainable_parameters": "freeze",
+    "summary": "freeze",
+    "convert_frozen_bn": "freeze",
+    # optim
+    "build_optimizer": "optim",
+    "add_param_group": "optim",
+    # schedule
+    "GradualUnfreeze": "schedule",
+    "LRSchedule": "schedule",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -46,10 +87,35 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from transferkit.errors import (  # noqa: F401
+    from transferkit.backbones import Adapter, create_model, list_backbones, replace_head
+    from transferkit.checkpoint import (
+        atomic_write,
+        describe_unsafe_globals,
+        extract_state_dict,
+        load_checkpoint,
+        restore_checkpoint,
+        save_checkpoint,
+        save_weights,
+        snapshot_state,
+    )
+    from transferkit.errors import (
         CheckpointError,
         ConfigError,
         LoadError,
         TransferkitError,
         UnsafeCheckpointError,
     )
+    from transferkit.freeze import (
+        convert_frozen_bn,
+        freeze,
+        freeze_backbone,
+        summary,
+        trainable_parameters,
+        unfreeze,
+    )
+    from transferkit.inspect import inspect_checkpoint
+    from transferkit.optim import add_param_group, build_optimizer
+    from transferkit.partial import LoadReport, load_partial
+    from transferkit.rename import Prefix, Regex, RenameOnLoadMixin, parse_rule
+    from transferkit.salvage import Placeholder, find_placeholders, salvage_load
+    from transferkit.schedule import GradualUnfreeze, LRSchedule

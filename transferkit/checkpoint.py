@@ -47,6 +47,7 @@ import stat
 import struct
 import sys
 import tempfile
+import warnings
 import weakref
 import zipfile
 from collections import Counter, OrderedDict
@@ -151,16 +152,42 @@ def _check_file(path: Any) -> Path:
 _CKPT_SUFFIXES = frozenset({".pt", ".pth", ".tar", ".th", ".bin", ".ckpt", ".safetensors", ".pkl"})
 
 
-def _detect_format(path: Path) -> str:
-    """``"zip"``, ``"legacy"`` or ``"safetensors"``, from the file's first bytes (never its suffix)."""
+@contextlib.contextmanager
+def _pinned(path: Path) -> Iterator[str]:
+    """A name for the file that stays bound to the same inode while it is read.
+
+    ``torch.load(mmap=True)`` opens its path twice (zip reader, then the storage mapping); a save
+    replacing the file in between would mix two files. Reading through ``/proc/self/fd/N`` of one open
+    descriptor makes every open see the same file. Elsewhere the path itself is used.
+    """
+    if not os.path.isdir("/proc/self/fd"):
+        yield str(path)
+        return
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot open it ({err.strerror or err})") from err
+    try:
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def _detect_format(path: Path, source: str | Path | None = None) -> str:
+    """``"zip"``, ``"legacy"`` or ``"safetensors"``, from the file's first bytes (never its suffix)."""
+    source = path if source is None else source
+    try:
+        with open(source, "rb") as f:
             head = f.read(512)
-        size = path.stat().st_size
+            size = os.fstat(f.fileno()).st_size
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read it ({err.strerror or err})") from err
     if head[:2] == b"PK":
-        if not zipfile.is_zipfile(path):
+        try:
+            complete = zipfile.is_zipfile(source)
+        except Exception:  # is_zipfile itself raises BadZipFile on some damaged archives
+            complete = False
+        if not complete:
             raise CheckpointError(
                 f"{path}: a zip archive that is truncated or damaged (no end-of-archive record); "
                 "re-download or re-save it"
@@ -191,10 +218,10 @@ def _describe_head(head: bytes) -> str:
     )
 
 
-def _check_torch_zip(path: Path) -> list[str]:
+def _check_torch_zip(path: Path, source: str | Path | None = None) -> list[str]:
     """The zip's member names; CheckpointError when it cannot be a torch checkpoint."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(path if source is None else source) as archive:
             names = archive.namelist()
     except Exception as err:  # zipfile raises many types on damaged archives
         raise CheckpointError(f"{path}: the zip archive is damaged ({type(err).__name__}: {err})") from err
@@ -261,29 +288,37 @@ def load_checkpoint(
     path = _check_file(path)
     if salvage:
         return _salvage(path, map_location)
-    kind = _detect_format(path)
-    if kind == "safetensors":
-        return _load_safetensors(path, map_location)
-    if kind == "zip":
-        _check_torch_zip(path)
-    use_mmap = kind == "zip" and (_maps_to_cpu(map_location) if mmap is None else bool(mmap))
-    allowed = _resolve_safe_globals(safe_globals)
-    try:
-        if trusted:
-            logger.warning("fully unpickling %s (trusted=True): this runs code stored in the file", path)
-            obj = torch.load(path, map_location=map_location, weights_only=False, mmap=use_mmap)
-        else:
-            with torch.serialization.safe_globals(allowed):
-                obj = torch.load(path, map_location=map_location, weights_only=True, mmap=use_mmap)
-    except pickle.UnpicklingError as err:
-        if "weights only load failed" in str(err).lower():
-            raise _refusal(path, err, allowed) from err
-        raise CheckpointError(_read_failure(path, err)) from err
-    except Exception as err:  # torch.load raises anything on damaged input; one clear error instead
-        raise CheckpointError(_read_failure(path, err)) from err
+    with _pinned(path) as source:
+        kind = _detect_format(path, source)
+        if kind == "safetensors":
+            return _load_safetensors(path, map_location, source)
+        if kind == "zip":
+            _check_torch_zip(path, source)
+        use_mmap = kind == "zip" and (_maps_to_cpu(map_location) if mmap is None else bool(mmap))
+        obj = _torch_load(path, source, map_location, trusted, _resolve_safe_globals(safe_globals), use_mmap)
     _remember_source(obj, path)
     logger.debug("loaded %s (%s%s)", path, kind, ", mmap" if use_mmap else "")
     return obj
+
+
+def _torch_load(
+    path: Path, source: str, map_location: MapLocation, trusted: bool, allowed: list[Any], use_mmap: bool
+) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # damaged files make torch warn about odd pickle protocols before it fails; the error says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            if trusted:
+                logger.warning("fully unpickling %s (trusted=True): this runs code stored in the file", path)
+                return torch.load(source, map_location=map_location, weights_only=False, mmap=use_mmap)
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(source, map_location=map_location, weights_only=True, mmap=use_mmap)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" in str(err).lower():
+            raise _refusal(path, source, err, allowed) from err
+        raise CheckpointError(_read_failure(path, err).replace(source, str(path))) from err
+    except Exception as err:  # torch.load raises anything on damaged input; one clear error instead
+        raise CheckpointError(_read_failure(path, err).replace(source, str(path))) from err
 
 
 def _salvage(path: Path, map_location: MapLocation) -> Any:
@@ -331,10 +366,10 @@ def _resolve_safe_globals(items: Iterable[Any]) -> list[Any]:
     return resolved
 
 
-def _refusal(path: Path, err: Exception, allowed: list[Any]) -> CheckpointError:
+def _refusal(path: Path, source: str, err: Exception, allowed: list[Any]) -> CheckpointError:
     """UnsafeCheckpointError naming the globals, or CheckpointError when the pickle is just damaged."""
     try:
-        names = describe_unsafe_globals(path, allowed=allowed)
+        names = _unsafe_globals(path, source, allowed)
     except CheckpointError:
         names = []
     if not names:
@@ -371,7 +406,7 @@ def _read_failure(path: Path, err: BaseException) -> str:
     return f"{path}: the file is damaged or not a checkpoint ({type(err).__name__}: {text})"
 
 
-def _load_safetensors(path: Path, map_location: MapLocation) -> dict[str, Tensor]:
+def _load_safetensors(path: Path, map_location: MapLocation, source: str | None = None) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
     device: Any = "cpu"
@@ -380,7 +415,7 @@ def _load_safetensors(path: Path, map_location: MapLocation) -> dict[str, Tensor
     elif isinstance(map_location, Mapping):
         device = str(map_location.get("cpu", "cpu"))
     try:
-        tensors = load_file(str(path), device=device)
+        tensors = load_file(str(path if source is None else source), device=device)
     except Exception as err:  # SafetensorError, OSError, ...: one clear error
         raise CheckpointError(
             f"{path}: not a readable safetensors file ({type(err).__name__}: {err})"
@@ -457,11 +492,16 @@ def describe_unsafe_globals(path: PathLike, *, allowed: Iterable[Any] = ()) -> l
         ['__main__.P']
     """
     path = _check_file(path)
-    kind = _detect_format(path)
+    with _pinned(path) as source:
+        return _unsafe_globals(path, source, allowed)
+
+
+def _unsafe_globals(path: Path, source: str, allowed: Iterable[Any]) -> list[str]:
+    kind = _detect_format(path, source)
     if kind == "safetensors":
         return []
     try:
-        found = _globals_in_zip(path) if kind == "zip" else _globals_in_legacy(path)
+        found = _globals_in_zip(path, source) if kind == "zip" else _globals_in_legacy(source)
     except TransferkitError:
         raise
     except Exception as err:
@@ -483,8 +523,8 @@ def _safe_global_names() -> set[str]:
         return set()
 
 
-def _globals_in_zip(path: Path) -> list[str]:
-    with zipfile.ZipFile(path) as archive:
+def _globals_in_zip(path: Path, source: str) -> list[str]:
+    with zipfile.ZipFile(source) as archive:
         names = [n for n in archive.namelist() if n.endswith(".pkl")]
         if not names:
             raise CheckpointError(f"{path}: a zip archive but not a PyTorch checkpoint (no data.pkl inside)")
@@ -495,11 +535,11 @@ def _globals_in_zip(path: Path) -> list[str]:
     return list(found)
 
 
-def _globals_in_legacy(path: Path) -> list[str]:
+def _globals_in_legacy(source: str) -> list[str]:
     # A legacy torch file is five pickles (magic, protocol, sys info, the object, storage keys) followed
     # by raw storage bytes; a plain pickle is one. Scan pickles until the stream stops being one.
     found: dict[str, None] = {}
-    with open(path, "rb") as stream:
+    with open(source, "rb") as stream:
         for index in range(5):
             start = stream.tell()
             if not stream.read(1):

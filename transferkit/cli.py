@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "init_checkpoint": None,
     "rule": [],
     "key": None,
-    "epochs": 8,
+    "epochs": 10,
     "batch_size": 64,
     "lr": 1e-3,
     "optimizer": "adamw",
@@ -731,6 +731,34 @@ def _run(cfg: dict[str, Any], dist_ctx: Any, device: Any, console: _Console, res
     freeze_sched, freeze_desc, opt_lr_decay = _setup_freeze(cfg, model, pretrained)
     bundle = _load_bundle(cfg, split, model, augment)
     resume_ckpt = _load_resume(resume_path) if resume_path is not None and not cfg["eval_only"] else None
+    backbone_frozen = freeze_sched is None and all(
+        not p.requires_grad for n, p in model.named_parameters() if n not in set(model.head_parameter_names())
+    )
+    use_cache = (
+        cfg["feature_cache"] if cfg["feature_cache"] is not None else (backbone_frozen and not augment)
+    )
+    if use_cache and not backbone_frozen:
+        raise ConfigError(
+            "--feature-cache needs the whole backbone frozen for the whole run (--linear-probe)"
+        )
+    optimizer = lr_schedule = None
+    if not cfg["eval_only"]:
+        from transferkit.data import make_loaders
+        from transferkit.optim import build_optimizer
+
+        # the loaders' length is known before any feature cache: same datasets, same sizes
+        probe_loader, _ = make_loaders(
+            bundle, cfg["batch_size"], rank=dist_ctx.rank, world_size=dist_ctx.world_size
+        )
+        if len(probe_loader) == 0:
+            raise ConfigError(
+                f"the training set ({len(bundle.train)} images) is smaller than one batch per process; "
+                "lower --batch-size or add images"
+            )
+        optimizer = build_optimizer(
+            model, cfg["optimizer"], lr=cfg["lr"], weight_decay=cfg["weight_decay"], lr_decay=opt_lr_decay
+        )
+        lr_schedule = _make_lr_schedule(cfg, optimizer, len(probe_loader))
 
     run_dir: Path | None = None
     if not cfg["eval_only"]:
@@ -760,19 +788,8 @@ def _run(cfg: dict[str, Any], dist_ctx: Any, device: Any, console: _Console, res
         return _eval_only(cfg, model, bundle, device, dist_ctx, console, resume_path)
 
     from transferkit.data import cache_features, make_loaders
-    from transferkit.optim import build_optimizer
     from transferkit.train import Trainer, amp_dtype_for
 
-    backbone_frozen = freeze_sched is None and all(
-        not p.requires_grad for n, p in model.named_parameters() if n not in set(model.head_parameter_names())
-    )
-    use_cache = (
-        cfg["feature_cache"] if cfg["feature_cache"] is not None else (backbone_frozen and not augment)
-    )
-    if use_cache and not backbone_frozen:
-        raise ConfigError(
-            "--feature-cache needs the whole backbone frozen for the whole run (--linear-probe)"
-        )
     if use_cache:
         amp_dtype = amp_dtype_for(device) if cfg["amp"] else None
         bundle = cache_features(
@@ -794,14 +811,6 @@ def _run(cfg: dict[str, Any], dist_ctx: Any, device: Any, console: _Console, res
         world_size=dist_ctx.world_size,
         pin_memory=device.type == "cuda",
     )
-    if len(train_loader) == 0:
-        raise ConfigError(
-            f"the training set ({len(bundle.train)} images) is smaller than one batch per process"
-        )
-    optimizer = build_optimizer(
-        model, cfg["optimizer"], lr=cfg["lr"], weight_decay=cfg["weight_decay"], lr_decay=opt_lr_decay
-    )
-    lr_schedule = _make_lr_schedule(cfg, optimizer, len(train_loader))
     facts = _resolved_facts(
         cfg, model, bundle, device, dist_ctx, pretrained, freeze_desc, use_cache, train_loader, init_report
     )

@@ -13,7 +13,7 @@ Example:
     >>> path = Path(tempfile.mkdtemp()) / "w.pt"
     >>> torch.save({"epoch": 3, "state_dict": torch.nn.Linear(2, 3).state_dict()}, path)
     >>> print(inspect_checkpoint(path).splitlines()[0])  # doctest: +ELLIPSIS
-    checkpoint: w.pt (... bytes, zip torch file)
+    checkpoint: w.pt (... KB, zip torch file)
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ from transferkit.rename import (
     Prefix,
     RenameOnLoadMixin,
     Rule,
+    apply_rules,
+    check_no_collisions,
     clean_keys,
     module_rule_renames,
     normalize_rules,
@@ -558,40 +560,18 @@ def load_partial(
     notes.extend(clean_notes)
     passed, final = _rename_chain(target, raw_keys, cleaned, rules_t)
 
-    renamed = {raw: final[raw] for raw in raw_keys if final[raw] is not None and final[raw] != raw}
-    dropped = [raw for raw in raw_keys if final[raw] is None]
-    mismatched: dict[str, tuple[Shape, Shape]] = {}
-    fits: dict[str, Any] = {}  # model key -> checkpoint tensor, for the report
-    to_load: dict[str, Any] = {}  # key as load_state_dict receives it -> tensor
-    for raw in raw_keys:
-        name = final[raw]
-        if name is None:
-            continue
-        value, mine = state[raw], model_state.get(name)
-        if isinstance(value, torch.Tensor) and isinstance(mine, torch.Tensor) and value.shape != mine.shape:
-            mismatched[name] = (tuple(value.shape), tuple(mine.shape))
-            continue
-        fits[name] = value
-        if name in model_state:
-            to_load[passed[raw]] = value
+    mismatched, fits, to_load = _classify(state, passed, final, model_state)
     report = build_report(
         model_state,
         fits,
-        renamed=renamed,
+        renamed={raw: new for raw, new in final.items() if new is not None and new != raw},
         mismatched=mismatched,
         notes=notes,
-        dropped=dropped,
+        dropped=[raw for raw, new in final.items() if new is None],
         source=description,
         dry_run=dry_run,
     )
-    if report.unexpected and report.missing:
-        hint = suggest_prefix_rule(
-            report.unexpected, _significant_missing(report.missing), **_shapes(state, final, model_state)
-        )
-        if hint is not None:
-            report.notes.append(
-                f"the rule {hint[0]!r} (CLI --rule '{hint[0]}') would match {hint[1]} more key(s)"
-            )
+    _add_hint(report, state, final, model_state)
     _check(
         report,
         target,
@@ -620,31 +600,54 @@ def load_partial(
     return report
 
 
+def _classify(
+    state: Mapping[str, Any],
+    passed: Mapping[str, str | None],
+    final: Mapping[str, str | None],
+    model_state: Mapping[str, Any],
+) -> tuple[dict[str, tuple[Shape, Shape]], dict[str, Any], dict[str, Any]]:
+    """Split the checkpoint into skipped-for-shape, what fits (model names), and what to pass to the model."""
+    mismatched: dict[str, tuple[Shape, Shape]] = {}
+    fits: dict[str, Any] = {}  # model key -> checkpoint tensor (keys unknown to the model become unexpected)
+    to_load: dict[str, Any] = {}  # key as load_state_dict receives it -> tensor
+    for raw, name in final.items():
+        if name is None:
+            continue
+        value, mine = state[raw], model_state.get(name)
+        if isinstance(value, torch.Tensor) and isinstance(mine, torch.Tensor) and value.shape != mine.shape:
+            mismatched[name] = (tuple(value.shape), tuple(mine.shape))
+            continue
+        fits[name] = value
+        if name in model_state:
+            to_load[passed[raw]] = value  # type: ignore[index]
+    return mismatched, fits, to_load
+
+
+def _add_hint(
+    report: LoadReport,
+    state: Mapping[str, Any],
+    final: Mapping[str, str | None],
+    model_state: Mapping[str, Any],
+) -> None:
+    """Note a prefix swap that would load most of the unexpected keys into missing ones."""
+    if not (report.unexpected and report.missing):
+        return
+    shapes = _shapes(state, final, model_state)
+    hint = suggest_prefix_rule(report.unexpected, _significant_missing(report.missing), **shapes)
+    if hint is not None and hint[1] * 2 >= len(report.unexpected):
+        report.notes.append(f"the rule {hint[0]!r} (CLI --rule '{hint[0]}') would load {hint[1]} more key(s)")
+
+
 def _rename_chain(
     target: nn.Module, raw_keys: Sequence[str], cleaned: Mapping[str, str], rules: Sequence[Rule]
 ) -> tuple[dict[str, str | None], dict[str, str | None]]:
     """raw key -> the key load_state_dict receives (after rules) -> the model key (after mixin renames)."""
-    from transferkit.rename import apply_rules
-
     passed: dict[str, str | None] = {raw: apply_rules(cleaned[raw], rules) for raw in raw_keys}
-    _no_collisions(passed)
+    check_no_collisions(passed)
     through_mixins = module_rule_renames(target, [p for p in passed.values() if p is not None])
     final = {raw: (None if p is None else through_mixins[p]) for raw, p in passed.items()}
-    _no_collisions(final)
+    check_no_collisions(final)
     return passed, final
-
-
-def _no_collisions(mapping: Mapping[str, str | None]) -> None:
-    owner: dict[str, str] = {}
-    for raw, new in mapping.items():
-        if new is None:
-            continue
-        if new in owner:
-            raise LoadError(
-                f"rename conflict: checkpoint keys {owner[new]!r} and {raw!r} both map to {new!r}; "
-                "make the rules more specific (anchor a Regex with ^) or drop one key with a callable rule"
-            )
-        owner[new] = raw
 
 
 def _fail(message: str, report: LoadReport) -> LoadError:
@@ -748,6 +751,8 @@ def _zero_message(
             f"{_first_segments(model_keys)}, e.g. {model_keys[0] if model_keys else '-'!r}."
         )
     suggestion = suggest_prefix_rule(ckpt_keys, model_keys, **_shapes(state, final, model_state))
+    if suggestion is not None and suggestion[1] * 2 < len(ckpt_keys):
+        suggestion = None  # a swap that fits a few keys by coincidence of shape is not a fix
     if suggestion is not None:
         rule, hits = suggestion
         message += (

@@ -42,6 +42,7 @@ __all__ = [
     "strip_wrappers",
     "clean_keys",
     "module_rule_renames",
+    "check_no_collisions",
     "RenameOnLoadMixin",
 ]
 
@@ -345,21 +346,26 @@ def module_rule_renames(
         renamed = rename_keys([c[len(prefix) :] for c in live], rules)
         for orig, new_rel in zip(live.values(), renamed.values()):
             current[orig] = None if new_rel is None else prefix + new_rel
-        _check_no_collision(current)
+        check_no_collisions(current)
     return current
 
 
-def _check_no_collision(current: Mapping[str, str | None]) -> None:
+def check_no_collisions(mapping: Mapping[str, str | None]) -> None:
+    """Raise when two source keys of ``{source_key: target_key_or_None}`` share one target.
+
+    Raises:
+        LoadError: naming both source keys and the target.
+    """
     owner: dict[str, str] = {}
-    for orig, new in current.items():
-        if new is None:
+    for source, target in mapping.items():
+        if target is None:
             continue
-        if new in owner:
+        if target in owner:
             raise LoadError(
-                f"rename conflict: checkpoint keys {owner[new]!r} and {orig!r} both map to {new!r}; "
-                "make the rules more specific"
+                f"rename conflict: checkpoint keys {owner[target]!r} and {source!r} both map to {target!r}; "
+                "make the rules more specific (anchor a Regex with ^) or drop one key with a callable rule"
             )
-        owner[new] = orig
+        owner[target] = source
 
 
 class RenameOnLoadMixin:

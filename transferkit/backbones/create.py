@@ -35,6 +35,7 @@ import logging
 import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -129,36 +130,18 @@ def create_model(
     spec = resolve_backbone(name)
     plan = resolve_weights(spec, weights)
     build_kwargs = _build_kwargs(spec, plan, num_classes, kwargs)
-    state, ckpt_meta = _read_state(plan, key) if plan.pretrained else (None, {})
-    use_meta = fast and state is not None and not spec.name.startswith(SLOW_BUILD)
-    net = _build(spec, build_kwargs, meta=use_meta)
-    if use_meta and not _meta_safe(net):
-        logger.debug("%s computes tensors no checkpoint holds; building it the normal way", spec.full_name)
-        net, use_meta = _build(spec, build_kwargs, meta=False), False
-    info = _fit_head(net, num_classes, head_name)
-    report, notes, rows, head_src = None, list(plan.notes), {}, {}
-    if state is not None:
-        ckpt_classes = pretrained_classes or ckpt_meta.get("class_names") or plan.categories
-        report, notes2, rows, head_src = _load(
-            net, info, state, rules, class_names, ckpt_classes, head, plan, assign=use_meta, spec=spec
+    notes = list(plan.notes)
+    report = None
+    if plan.pretrained:
+        state, ckpt_meta = _read_state(plan, key)
+        request = _HeadRequest(
+            class_names, pretrained_classes or ckpt_meta.get("class_names") or plan.categories, head
         )
-        notes += notes2
-        if use_meta and not _materialize(net, info):
-            logger.debug("%s: tensors the checkpoint lacks cannot be initialised on meta; normal build", name)
-            net = _build(spec, build_kwargs, meta=False)
-            info = _fit_head(net, num_classes, head_name)
-            report, _, rows, head_src = _load(
-                net, info, state, rules, class_names, ckpt_classes, head, plan, assign=False, spec=spec
-            )
-        if use_meta:
-            report.notes[:] = [n for n in report.notes if "still on the meta device" not in n]
-            fresh = [k for k in report.missing if k not in _head_keys(info)]
-            if fresh:
-                report.notes.append(
-                    f"initialised {len(fresh)} tensor(s) the checkpoint lacks with their modules' defaults"
-                )
-        if rows:
-            _surgery(net, info, state, head_src, rows)
+        net, report = _build_pretrained(spec, plan, build_kwargs, state, request, rules, head_name, fast)
+        notes += [n for n in report.notes if n.startswith("head:")]
+    else:
+        net = _build(spec, build_kwargs, meta=False)
+        _fit_head(net, num_classes, head_name)
     strategy, built_chans = "none", _first_conv_channels(net)
     if in_chans is not None and in_chans != built_chans:
         strategy, conv = adapt_input_channels(net, in_chans)
@@ -181,6 +164,51 @@ def create_model(
         report.notes.extend(n for n in notes if n not in report.notes)
         adapter.load_report = report
     return adapter
+
+
+@dataclass(frozen=True)
+class _HeadRequest:
+    class_names: Sequence[str] | None
+    ckpt_classes: Sequence[str] | None
+    policy: str
+
+
+def _build_pretrained(
+    spec: BackboneSpec,
+    plan: WeightsPlan,
+    build_kwargs: dict[str, Any],
+    state: dict[str, Tensor],
+    request: _HeadRequest,
+    rules: Any,
+    head_name: str | None,
+    fast: bool,
+) -> tuple[nn.Module, Any]:
+    """Build the network and load ``state`` into it: on the meta device when that is safe, else normally."""
+    num_classes = build_kwargs["num_classes"]
+    use_meta = fast and not spec.name.startswith(SLOW_BUILD)
+    net = _build(spec, build_kwargs, meta=use_meta)
+    if use_meta and not _meta_safe(net):
+        logger.debug("%s computes tensors no checkpoint holds; building it the normal way", spec.full_name)
+        net, use_meta = _build(spec, build_kwargs, meta=False), False
+    info = _fit_head(net, num_classes, head_name)
+    report, rows, head_src = _load(net, info, state, rules, request, plan, spec, assign=use_meta)
+    if use_meta and not _materialize(net, info):
+        logger.debug(
+            "%s: a tensor the checkpoint lacks cannot be initialised on meta; normal build", spec.name
+        )
+        net, use_meta = _build(spec, build_kwargs, meta=False), False
+        info = _fit_head(net, num_classes, head_name)
+        report, rows, head_src = _load(net, info, state, rules, request, plan, spec, assign=False)
+    if use_meta:
+        report.notes[:] = [n for n in report.notes if "still on the meta device" not in n]
+        fresh = [k for k in report.missing if k not in _head_keys(info)]
+        if fresh:
+            report.notes.append(
+                f"initialised {len(fresh)} tensor(s) the checkpoint lacks with their modules' defaults"
+            )
+    if rows:
+        _surgery(net, info, state, head_src, rows)
+    return net, report
 
 
 def _validate(num_classes: Any, in_chans: Any, class_names: Sequence[str] | None, head: str) -> None:
@@ -289,14 +317,13 @@ def _load(
     info: HeadInfo,
     state: dict[str, Tensor],
     rules: Any,
-    class_names: Sequence[str] | None,
-    ckpt_classes: Sequence[str] | None,
-    policy: str,
+    request: _HeadRequest,
     plan: WeightsPlan,
+    spec: BackboneSpec,
     *,
     assign: bool,
-    spec: BackboneSpec,
-) -> tuple[Any, list[str], dict[int, int], dict[str, str]]:
+) -> tuple[Any, dict[int, int], dict[str, str]]:
+    """Decide the head's fate, then load; returns the report, the rows for surgery and the head's keys."""
     from transferkit.partial import load_partial
     from transferkit.rename import apply_rules, clean_keys, normalize_rules
 
@@ -310,16 +337,15 @@ def _load(
     head_src = {new: orig for orig, new in to_model.items() if new in head_keys}
     main_w = f"{info.main}.weight"
     fits = main_w in head_src and tuple(state[head_src[main_w]].shape) == tuple(model_state[main_w].shape)
-    action, rows, reason = decide_head(fits, class_names, ckpt_classes, policy)
-    notes = [f"head: {reason}"]
+    action, rows, reason = decide_head(fits, request.class_names, request.ckpt_classes, request.policy)
     logger.info("%s: head %s", spec.full_name, reason)
     # a head that does not fit is left in: load_partial skips and reports it for shape
     drop = set(head_src.values()) if fits and action != "keep" else set()
     source = {k: v for k, v in state.items() if k not in drop} if drop else state
     with _module_versions(net, getattr(state, "_metadata", None)):
         report = load_partial(net, source, rules=rules, assign=assign)
-    report.notes.extend(notes)
-    return report, notes, rows, head_src
+    report.notes.append(f"head: {reason}")
+    return report, rows, head_src
 
 
 @contextlib.contextmanager

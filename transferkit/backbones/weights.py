@@ -269,6 +269,13 @@ def _hf_cache_dir() -> str:
 
 
 def _timm_plan(spec: BackboneSpec, requested: Any, explicit: bool) -> WeightsPlan:
+    plan = _timm_source(spec, requested, explicit)
+    if plan.pretrained and plan.categories is None and plan.pretrained_cfg:
+        plan.categories = _timm_categories(plan.pretrained_cfg)
+    return plan
+
+
+def _timm_source(spec: BackboneSpec, requested: Any, explicit: bool) -> WeightsPlan:
     import timm.models
 
     cfg = timm.models.get_pretrained_cfg(spec.name, allow_unregistered=True)
@@ -312,6 +319,20 @@ def _timm_plan(spec: BackboneSpec, requested: Any, explicit: bool) -> WeightsPla
     plan = _not_cached(desc, " or ".join(c for c, _ in candidates), requested, explicit)
     plan.pretrained_cfg = cfg_dict
     return plan
+
+
+def _timm_categories(cfg_dict: dict[str, Any]) -> list[str] | None:
+    """ImageNet class names of a timm pretrained head (first synonym, as torchvision names them)."""
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(cfg_dict)
+        if not subset:
+            return None
+        return [d.split(",")[0].strip() for d in ImageNetInfo(subset).label_descriptions()]
+    except Exception as exc:  # noqa: BLE001 - class names are a bonus (head surgery), never a requirement
+        logger.debug("no ImageNet class names for %s: %s", cfg_dict.get("architecture"), exc)
+        return None
 
 
 def _timm_download(cfg: Any, desc: str, requested: Any, cfg_dict: dict[str, Any]) -> WeightsPlan:
