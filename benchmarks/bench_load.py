@@ -173,7 +173,8 @@ def _table(results: dict[str, dict], ckpt_mb: float, repeat: int) -> str:
         f"Checkpoint: torchvision vit_b_16 state dict, 1000 classes, {ckpt_mb:.0f} MB; target 10 classes. "
         f"Median of {repeat} fresh process(es) per path; {os.cpu_count()} CPU(s); torch threads <= 4.",
         "",
-        "| path | build s | load s | load / ref | peak RSS above model, MB (x ckpt) | peak above imports, MB | tensors loaded |",
+        "| path | build s | load s | load / ref | peak RSS above model, MB (x ckpt) | peak above imports, MB "
+        "| tensors loaded |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for pid, label in PATHS.items():

@@ -10,7 +10,7 @@ more steps and writes the resulting parameters to OUT (safetensors): the fresh-p
 Example:
     >>> state = build(seed=0)
     >>> sorted(state.models), sorted(state.optimizers)
-    ['D', 'G']
+    (['D', 'G'], ['D', 'G'])
 """
 
 from __future__ import annotations

@@ -173,6 +173,41 @@ def test_restore_checks_names_and_shapes(trained_checkpoint: tuple[Path, Any], t
         restore_checkpoint(plain, model=nn.Linear(2, 2))
 
 
+def test_restore_checks_every_name_before_loading_anything(trained_checkpoint: tuple[Path, Any]) -> None:
+    path, _ = trained_checkpoint
+    fresh = build(seed=7)
+    before = parameters(fresh)
+    with pytest.raises(CheckpointError, match="no optimizer named 'X'"):
+        restore_checkpoint(path, models=fresh.models, optimizers={"X": fresh.optimizers["G"]})
+    _assert_same(parameters(fresh), before)  # the models were not half-restored
+
+
+_SCHEDULERS = {
+    "onecycle": lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=10),
+    "lambda": lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda epoch: 0.9**epoch),
+    "plateau": lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o),
+    "warm-restarts": lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, 5),
+    "sequential": lambda o: torch.optim.lr_scheduler.SequentialLR(
+        o, [torch.optim.lr_scheduler.LinearLR(o), torch.optim.lr_scheduler.StepLR(o, 2)], milestones=[3]
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_SCHEDULERS))
+def test_builtin_schedulers_round_trip(tmp_path: Path, kind: str) -> None:
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = _SCHEDULERS[kind](optimizer)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step(1.0) if kind == "plateau" else scheduler.step()
+    path = save_checkpoint(tmp_path / "c.pt", model=model, optimizer=optimizer, scheduler=scheduler)
+    other = _SCHEDULERS[kind](torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9))
+    restore_checkpoint(path, scheduler=other)
+    assert other.state_dict().keys() == scheduler.state_dict().keys()
+    assert getattr(other, "last_epoch", None) == getattr(scheduler, "last_epoch", None)
+
+
 def test_unstorable_extra_is_refused_before_writing(tmp_path: Path) -> None:
     path = tmp_path / "c.pt"
     save_checkpoint(path, model=nn.Linear(2, 2), epoch=1)
@@ -264,6 +299,23 @@ def test_atomic_write_replaces_whole_files_only(tmp_path: Path) -> None:
         f.write(b"second")
     assert path.read_bytes() == b"second"
     assert path.stat().st_mode & 0o777 == 0o640  # the old file's permissions are kept
+
+
+def test_saving_over_a_symlink_writes_through_it(tmp_path: Path) -> None:
+    target = save_checkpoint(tmp_path / "epoch_1.pt", model=nn.Linear(2, 2), epoch=1)
+    link = tmp_path / "last.pt"
+    link.symlink_to(target.name)
+    save_checkpoint(link, model=nn.Linear(2, 2), epoch=2)
+    assert link.is_symlink() and load_checkpoint(target)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_1.pt", "last.pt"]
+
+
+def test_a_disabled_grad_scaler_round_trips(tmp_path: Path) -> None:
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    path = save_checkpoint(tmp_path / "c.pt", model=nn.Linear(2, 2), scaler=scaler)
+    ckpt = load_checkpoint(path)
+    assert ckpt["scaler"] == {}
+    restore_checkpoint(ckpt, model=nn.Linear(2, 2), scaler=torch.amp.GradScaler("cpu", enabled=False))
 
 
 # --- safety -------------------------------------------------------------------------------------------------
@@ -604,6 +656,14 @@ def test_bad_files_raise_checkpoint_error_naming_the_path(tmp_path: Path, case: 
         assert describe_unsafe_globals(path) == []
     except CheckpointError as exc:
         assert str(path) in str(exc)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_torchscript_archive_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(path))
+    with pytest.raises(CheckpointError, match=r"scripted\.pt.*TorchScript.*torch\.jit\.load"):
+        load_checkpoint(path)
 
 
 def test_a_checkpoint_without_tensors(tmp_path: Path) -> None:

@@ -92,7 +92,7 @@ def test_run_folder_is_complete_and_valid(digits_run):
     assert args["resolved"]["train_images"] == 160 and args["resolved"]["val_images"] == 80
 
     rows = read_metrics_csv(run / "metrics.csv")
-    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert all(r["lr_head"] > 0 and r["seconds"] > 0 and 0 <= r["val_acc"] <= 1 for r in rows)
     for name in ("loss.png", "accuracy.png", "confusion_matrix.png"):
         with Image.open(run / name) as img:
@@ -101,7 +101,7 @@ def test_run_folder_is_complete_and_valid(digits_run):
     best_acc = max(r["val_acc"] for r in rows)
     assert f"{best_acc:.2%}" in last
     best = load_checkpoint(run / "best.pt")
-    assert best["epoch"] == max(rows, key=lambda r: r["val_acc"])["epoch"]
+    assert best["epoch"] + 1 == max(rows, key=lambda r: r["val_acc"])["epoch"]  # checkpoints count from 0
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
     labels = json.loads((run / "labels.json").read_text())
     assert labels["class_names"] == [str(i) for i in range(10)]

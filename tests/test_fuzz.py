@@ -104,13 +104,17 @@ class Tally:
     failures: list[str] = field(default_factory=list)
 
     def check(self, path: Path, data: bytes, description: str) -> None:
+        """Write ``data`` to ``path`` and run every reader on it."""
         path.write_bytes(data)
+        self.read_all(path, description)
+        path.unlink()
+
+    def read_all(self, path: Path, description: str) -> None:
         self.cases += 1
         for name, read in _readers().items():
             self.calls += 1
             outcome = self._run(name, read, path, description)
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        path.unlink()
 
     def _run(self, name: str, read: Callable[[Path], object], path: Path, description: str) -> str:
         try:
@@ -433,6 +437,34 @@ def test_found_cases(case: str, tmp_path: Path, self_seeds: dict[str, Path]) -> 
     tally = Tally()
     mutated = FOUND_CASES[case](self_seeds["zip"].read_bytes())
     tally.check(tmp_path / "found.pt", mutated, case)
+    tally.assert_clean(1)
+
+
+NOT_A_CHECKPOINT = {
+    "missing": None,
+    "directory": None,
+    "empty": b"",
+    "random": bytes(random.Random(0).randrange(256) for _ in range(4096)),
+    "git_lfs_pointer": b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n",
+    "html_error_page": b"<!DOCTYPE html><html><body>404</body></html>",
+    "plain_zip": None,
+    "text_with_pk_prefix": b"PK this is not a zip",
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_A_CHECKPOINT))
+def test_paths_that_are_not_checkpoints(case: str, tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    if case == "directory":
+        path.mkdir()
+    elif case == "plain_zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("readme.txt", "hello")
+    elif NOT_A_CHECKPOINT[case] is not None:
+        path.write_bytes(NOT_A_CHECKPOINT[case])
+    tally = Tally()
+    tally.read_all(path, case)
+    assert "ok" not in tally.outcomes, tally.outcomes
     tally.assert_clean(1)
 
 

@@ -418,3 +418,12 @@ def test_callable_rule_drops_keys_and_a_near_miss_gets_a_hint() -> None:
     assert any("Prefix('enc.', 'backbone.')" in note for note in report.notes)
     with pytest.raises(LoadError, match="dropped all"):
         load_partial(two_part(), src, rules=[lambda k: None])
+
+
+def test_coverage_lists_the_parts_of_a_single_wrapper_module() -> None:
+    src, dst = nn.Module(), nn.Module()
+    src.net, dst.net = two_part(), two_part()
+    dst.net.head = nn.Linear(4, 7)
+    report = load_partial(dst, src)
+    assert report.coverage == {"net.backbone": 1.0, "net.head": 0.0}
+    assert "net.backbone 100%  net.head 0%" in str(report)

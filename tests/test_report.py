@@ -40,7 +40,7 @@ def test_metrics_csv_has_every_group_and_parses(tmp_path):
         "seconds",
     ]
     rows = read_metrics_csv(path)
-    assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["epoch"] for r in rows] == [1, 2]  # counted from 1, as printed
     assert rows[0]["lr_layer4"] is None and rows[1]["lr_layer4"] == 2.5e-4  # thawed at epoch 1
     assert rows[1]["val_acc"] == 0.75 and rows[0]["seconds"] == 1.25
     assert not list(tmp_path.glob(".*"))  # atomic writes leave no temp files

@@ -143,7 +143,6 @@ def test_lightning11_reports_what_was_replaced(fixtures_dir: Path, caplog: pytes
 
 def test_lightning11_loads_into_a_model_only_with_salvage(fixtures_dir: Path) -> None:
     from transferkit.checkpoint import extract_state_dict, load_checkpoint
-
     from transferkit.partial import load_partial
 
     class Net(nn.Module):

@@ -225,6 +225,10 @@ def _check_torch_zip(path: Path, source: str | Path | None = None) -> list[str]:
             names = archive.namelist()
     except Exception as err:  # zipfile raises many types on damaged archives
         raise CheckpointError(f"{path}: the zip archive is damaged ({type(err).__name__}: {err})") from err
+    if any(name.endswith("/constants.pkl") for name in names):
+        raise CheckpointError(
+            f"{path}: a TorchScript archive (torch.jit.save), not a checkpoint; load it with torch.jit.load"
+        )
     if not any(name.endswith("data.pkl") for name in names):
         shown = ", ".join(names[:5]) or "none"
         raise CheckpointError(
@@ -510,7 +514,12 @@ def _unsafe_globals(path: Path, source: str, allowed: Iterable[Any]) -> list[str
         ) from err
     safe = _safe_global_names()
     for item in allowed:
-        safe.add(item if isinstance(item, str) else f"{item.__module__}.{item.__qualname__}")
+        if isinstance(item, str):
+            safe.add(item)
+        else:
+            safe.add(
+                f"{getattr(item, '__module__', '')}.{getattr(item, '__qualname__', getattr(item, '__name__', ''))}"
+            )
     return [name for name in found if name not in safe]
 
 
@@ -788,7 +797,7 @@ def snapshot_state(model_or_state_dict: nn.Module | Mapping[str, Any]) -> dict[s
         >>> model = torch.nn.Linear(2, 1)
         >>> best = snapshot_state(model)
         >>> with torch.no_grad():
-        ...     model.weight.add_(1.0)
+        ...     _ = model.weight.add_(1.0)
         >>> bool(torch.equal(best["weight"], model.weight))
         False
     """
@@ -824,6 +833,11 @@ def _describe_os_error(err: BaseException) -> str:
             reason += " (the disk is full)"
         return reason
     return f"{type(err).__name__}: {err}"
+
+
+def _resolve_link(path: Path) -> Path:
+    """Write through a symlink (``last.pt -> epoch_9.pt``) like ``open`` would, instead of replacing it."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def _make_temp(path: Path) -> tuple[int, str]:
@@ -870,7 +884,7 @@ def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
 
     Yields a binary file object on a temporary file ``.<name>.tmp-<random>`` in the same folder (created
     if missing). On a clean exit the data is flushed and fsynced, the temp file is ``os.replace``-d over
-    ``path`` and the folder is fsynced. On any exception the temp file is removed and the old file at
+    ``path`` (through a symlink, as ``open`` would) and the folder is fsynced. On any exception the temp file is removed and the old file at
     ``path`` is untouched; ``OSError`` s (disk full, permission denied) become :class:`CheckpointError`,
     other exceptions propagate unchanged.
 
@@ -883,7 +897,7 @@ def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
         >>> path.read_bytes()
         b'hello'
     """
-    path = _as_path(path)
+    path = _resolve_link(_as_path(path))
     mode = _file_mode(path)
     fd, tmp = _make_temp(path)
     try:
@@ -893,7 +907,8 @@ def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
             os.close(fd)
             raise
         with f:
-            os.fchmod(f.fileno(), mode)
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), mode)
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -909,6 +924,7 @@ def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
 @contextlib.contextmanager
 def _atomic_path(path: Path) -> Iterator[str]:
     """Like :func:`atomic_write`, for writers that insist on a path (safetensors' ``save_file``)."""
+    path = _resolve_link(path)
     mode = _file_mode(path)
     fd, tmp = _make_temp(path)
     try:
@@ -1089,7 +1105,7 @@ def _named(single: Any, several: Mapping[str, Any] | None, name: str) -> dict[st
     return out
 
 
-_PLAIN = (str, int, float, bool, complex, bytes, bytearray, type(None), torch.dtype, torch.device, slice)
+_PLAIN = (str, int, float, bool, complex, bytes, bytearray, type(None), torch.dtype, torch.device)
 
 
 def _plain(value: Any, where: str) -> Any:

@@ -895,7 +895,7 @@ def _run(cfg: dict[str, Any], dist_ctx: Any, device: Any, console: _Console, res
             "mean": list(model.data_config["mean"]),
             "std": list(model.data_config["std"]),
             "in_chans": getattr(model, "in_chans", 3),
-            "epoch": trainer.best_epoch,
+            "epoch": trainer.best_epoch + 1,
             "val_acc": final.acc,
             "data": facts["data"],
         }

@@ -80,15 +80,14 @@ def inspect_checkpoint(
     if isinstance(model, str) and num_classes is None:
         raise ConfigError(f"inspecting against backbone {model!r} needs num_classes (CLI: --classes N)")
     rules_t = normalize_rules(rules)
-    lines = [f"checkpoint: {path.name} ({_size(path)}, {_format(path)})"]
     devices: Counter[str] = Counter()
     try:
-        obj = load_checkpoint(
-            path, map_location=_recorder(devices), mmap=zipfile.is_zipfile(path), salvage=salvage
-        )
+        # load_checkpoint validates the path first (missing, a folder, damaged -> CheckpointError);
+        # mmap=True only applies to zip files, so storages are mapped, not read
+        obj = load_checkpoint(path, map_location=_recorder(devices), mmap=True, salvage=salvage)
     except UnsafeCheckpointError as exc:
-        lines.extend(_describe_unsafe(path, exc))
-        return "\n".join(lines)
+        return "\n".join([_header(path), *_describe_unsafe(path, exc)])
+    lines = [_header(path)]
     if salvage:
         lines.extend(_describe_salvaged(obj))
     lines.extend(describe_object(obj, key=key, devices=devices, path=path))
@@ -135,11 +134,18 @@ def _size(path: Path) -> str:
     return f"{n} bytes"
 
 
+def _header(path: Path) -> str:
+    return f"checkpoint: {path.name} ({_size(path)}, {_format(path)})"
+
+
 def _format(path: Path) -> str:
-    if zipfile.is_zipfile(path):
-        return "zip torch file"
-    with open(path, "rb") as f:
-        head = f.read(16)
+    try:
+        if zipfile.is_zipfile(path):
+            return "zip torch file"
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return "unknown format"
     if len(head) >= 9 and head[8:9] == b"{":
         return "safetensors"
     if head[:1] == b"\x80":
@@ -158,7 +164,8 @@ def _describe_unsafe(path: Path, exc: UnsafeCheckpointError) -> list[str]:
         "(nothing from it was executed)",
         f"globals it needs ({len(names)}):",
         *(f"  {g}" for g in names),
-        "to get the tensors out without running code: inspect --salvage (load_checkpoint(..., salvage=True)); "
+        "to get the tensors out without running code: inspect --salvage "
+        "(load_checkpoint(..., salvage=True)); "
         "a full unpickle (trusted=True) runs code from the file: only for files you trust",
     ]
     return lines
@@ -183,7 +190,7 @@ def _state_dict(obj: Any, key: str | None) -> dict[str, Any]:
 def describe_object(
     obj: Any, *, key: str | None = None, devices: Mapping[str, int] | None = None, path: Path | None = None
 ) -> list[str]:
-    """Describe a loaded checkpoint object: structure, weights, dtypes, devices, prefixes, metadata, optimizer.
+    """Describe a loaded checkpoint: structure, weights, dtypes, devices, prefixes, metadata, optimizer.
 
     Returns:
         Lines of text.

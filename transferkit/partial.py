@@ -7,7 +7,8 @@ so when ``load_partial`` raises, the model is exactly as it was.
 
 Example:
     >>> from torch import nn
-    >>> src, dst = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 3)), nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 5))
+    >>> src = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 3))
+    >>> dst = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 5))
     >>> report = load_partial(dst, src)
     >>> report.loaded, list(report.mismatched)
     (['0.weight', '0.bias'], ['1.weight', '1.bias'])
@@ -58,7 +59,8 @@ class LoadReport:
         unexpected: checkpoint keys the model has no place for.
         cast: ``{model_key: (checkpoint_dtype, model_dtype)}`` for loaded tensors whose dtype was converted.
         coverage: ``{top_level_module: fraction}`` of each module's parameter *elements* that were loaded
-            (buffers such as BatchNorm running stats and ``num_batches_tracked`` are not counted).
+            (buffers such as BatchNorm running stats and ``num_batches_tracked`` are not counted). When all
+            parameters sit under one module (an Adapter's ``backbone``), its children are listed instead.
         notes: free-text lines (wrapper prefixes stripped, head decisions, suggestions).
         dropped: checkpoint keys a rule dropped on purpose (a callable returned ``None``).
         loaded_params: parameter elements loaded.
@@ -121,7 +123,7 @@ class LoadReport:
         verb = "would load" if self.dry_run else "loaded"
         return (
             f"{verb} {len(self.loaded)}/{n_ckpt} checkpoint tensors "
-            f"({self.loaded_params:,}/{self.total_params:,} parameters, {self.total_coverage:.1%}); "
+            f"({self.loaded_params:,}/{self.total_params:,} parameters, {_pct(self.total_coverage)}); "
             f"renamed {len(self.renamed)}, skipped for shape {len(self.mismatched)}, "
             f"missing {len(self.missing)}, unexpected {len(self.unexpected)}, cast {len(self.cast)}"
         )
@@ -135,10 +137,7 @@ class LoadReport:
         lines.append("  " + self.summary())
         if self.coverage:
             lines.append("coverage (fraction of parameters loaded, per top-level module)")
-            cells = [
-                f"{name} {frac:.0%}" if frac in (0.0, 1.0) else f"{name} {frac:.1%}"
-                for name, frac in self.coverage.items()
-            ]
+            cells = [f"{name} {_pct(frac)}" for name, frac in self.coverage.items()]
             lines.extend(_wrap(cells, 100))
         if self.mismatched:
             lines.append(f"skipped for shape ({len(self.mismatched)}): checkpoint -> model")
@@ -186,7 +185,7 @@ def _wrap(cells: list[str], width: int) -> list[str]:
     return [o.rstrip() for o in out]
 
 
-# ---------------------------------------------------------------------------------------------- key compaction
+# ------------------------------------------------------------------------------------------- key compaction
 
 _TRAILING_NUMBER = re.compile(r"^(.*?)(\d+)$")
 
@@ -347,17 +346,34 @@ def build_report(
 
 
 def _coverage(model_state: Mapping[str, Any], loaded: set[str]) -> tuple[dict[str, float], int, int]:
+    """Fraction of parameter elements loaded per top-level module (one level down while there is only one)."""
+    params = [(key, value.numel()) for key, value in model_state.items() if isinstance(value, nn.Parameter)]
+    depth = 1
+    # A wrapper such as an Adapter holds everything under one name ("backbone"); show its parts instead.
+    while len({_group(k, depth) for k, _ in params}) == 1 and all(k.count(".") >= depth for k, _ in params):
+        depth += 1
     total: dict[str, int] = {}
     done: dict[str, int] = {}
-    for key, value in model_state.items():
-        if not isinstance(value, nn.Parameter):
-            continue
-        top = key.split(".", 1)[0]
-        total[top] = total.get(top, 0) + value.numel()
-        if key in loaded:
-            done[top] = done.get(top, 0) + value.numel()
-    coverage = {top: (done.get(top, 0) / n if n else 1.0) for top, n in total.items()}
+    for key, n in params:
+        group = _group(key, depth)
+        total[group] = total.get(group, 0) + n
+        done[group] = done.get(group, 0) + (n if key in loaded else 0)
+    coverage = {group: (done[group] / n if n else 1.0) for group, n in total.items()}
     return coverage, sum(done.values()), sum(total.values())
+
+
+def _group(key: str, depth: int) -> str:
+    return ".".join(key.split(".")[:depth])
+
+
+def _pct(fraction: float) -> str:
+    """A percentage that never rounds a partial load up to 100% (or a tiny one down to 0%)."""
+    if fraction in (0.0, 1.0):
+        return f"{fraction:.0%}"
+    text = f"{fraction:.1%}"
+    if text == "100.0%":
+        return ">99.9%"
+    return "<0.1%" if text == "0.0%" else text
 
 
 def _module_coverage(model_state: Mapping[str, Any], loaded: set[str], module: str) -> float | None:
@@ -389,8 +405,8 @@ def suggest_prefix_rule(
         ``(rule, hits)`` or ``None`` when no swap matches anything.
 
     Example:
-        >>> suggest_prefix_rule(["encoder.0.weight", "encoder.0.bias"], ["backbone.0.weight", "backbone.0.bias"])
-        (Prefix('encoder.', 'backbone.'), 2)
+        >>> suggest_prefix_rule(["enc.0.weight", "enc.0.bias"], ["backbone.0.weight", "backbone.0.bias"])
+        (Prefix('enc.', 'backbone.'), 2)
     """
     by_suffix: dict[str, set[str]] = defaultdict(set)
     for m in model_keys:
@@ -488,7 +504,8 @@ def _resolve_source(
 
         return dict(extract_state_dict(source, key))
     raise ConfigError(
-        f"load_partial source must be a path, a state dict, a checkpoint dict or an nn.Module; got {type(source).__name__}"
+        "load_partial source must be a path, a state dict, a checkpoint dict or an nn.Module; "
+        f"got {type(source).__name__}"
     )
 
 
@@ -544,7 +561,8 @@ def load_partial(
 
     Example:
         >>> from torch import nn
-        >>> report = load_partial(nn.Linear(3, 2), {"module.weight": torch.ones(2, 3), "module.bias": torch.zeros(2)})
+        >>> ckpt = {"module.weight": torch.ones(2, 3), "module.bias": torch.zeros(2)}
+        >>> report = load_partial(nn.Linear(3, 2), ckpt)
         >>> report.loaded
         ['weight', 'bias']
     """
@@ -688,8 +706,9 @@ def _check(
         ]
         if meta:
             raise ConfigError(
-                f"{len(meta)} target tensors are on the meta device (e.g. {meta[0]!r}); copying into them does nothing. "
-                "Pass assign=True to materialise them from the checkpoint, or dry_run=True to only check"
+                f"{len(meta)} target tensors are on the meta device (e.g. {meta[0]!r}); copying into them "
+                "does nothing. Pass assign=True to materialise them from the checkpoint, or dry_run=True "
+                "to only check"
             )
 
 
@@ -702,8 +721,8 @@ def _check_mixin_policies(report: LoadReport, target: nn.Module) -> None:
         if bad:
             listing = "; ".join(f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, (a, b) in bad.items())
             raise _fail(
-                f"{type(module).__name__} at {name or '<root>'!r} has on_shape_mismatch='error' and the checkpoint "
-                f"differs in shape: {listing}; nothing was written",
+                f"{type(module).__name__} at {name or '<root>'!r} has on_shape_mismatch='error' and the "
+                f"checkpoint differs in shape: {listing}; nothing was written",
                 report,
             )
 
@@ -738,16 +757,17 @@ def _zero_message(
         first = next(iter(report.mismatched))
         a, b = report.mismatched[first]
         message = (
-            f"no tensor loaded: {len(report.mismatched)} of {len(ckpt_keys)} checkpoint keys match model keys by "
-            f"name but all differ in shape (e.g. {first!r}: checkpoint {list(a)} vs model {list(b)}) and "
+            f"no tensor loaded: {len(report.mismatched)} of {len(ckpt_keys)} checkpoint keys match model "
+            f"keys by name but all differ in shape (e.g. {first!r}: checkpoint {list(a)} vs model {list(b)}) "
+            "and "
             f"{len(report.unexpected)} have no counterpart; nothing was written. Is this checkpoint for a "
             "different architecture or size?"
         )
     else:
         message = (
-            f"no tensor loaded: none of the {len(ckpt_keys)} checkpoint keys (after cleaning and rules) matches "
-            f"one of the model's {len(model_keys)} keys; nothing was written. Checkpoint keys start with "
-            f"{_first_segments(ckpt_keys)}, e.g. {ckpt_keys[0]!r}; model keys with "
+            f"no tensor loaded: none of the {len(ckpt_keys)} checkpoint keys (after cleaning and rules) "
+            f"matches one of the model's {len(model_keys)} keys; nothing was written. Checkpoint keys start "
+            f"with {_first_segments(ckpt_keys)}, e.g. {ckpt_keys[0]!r}; model keys with "
             f"{_first_segments(model_keys)}, e.g. {model_keys[0] if model_keys else '-'!r}."
         )
     suggestion = suggest_prefix_rule(ckpt_keys, model_keys, **_shapes(state, final, model_state))
@@ -778,7 +798,8 @@ def _check_coverage(
         if got is None:
             tops = ", ".join(report.coverage) or "-"
             raise ConfigError(
-                f"min_coverage names {module!r}, which has no parameters in the model; top-level modules: {tops}"
+                f"min_coverage names {module!r}, which has no parameters in the model; "
+                f"top-level modules: {tops}"
             )
         if got < fraction:
             raise _fail(

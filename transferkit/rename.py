@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
 import torch
@@ -183,7 +183,8 @@ def normalize_rules(rules: Rule | str | Iterable[Rule | str] | None) -> tuple[Ru
             out.append(rule)
         else:
             raise ConfigError(
-                f"a rename rule must be Prefix, Regex, a callable key -> key | None, or a string {RULE_FORMS}; "
+                "a rename rule must be Prefix, Regex, a callable key -> key | None, "
+                f"or a string {RULE_FORMS}; "
                 f"got {type(rule).__name__}: {rule!r}"
             )
     return tuple(out)
@@ -436,74 +437,80 @@ class RenameOnLoadMixin:
 
         if self.on_shape_mismatch not in ("skip", "error"):
             raise ConfigError(
-                f"{type(self).__name__}.on_shape_mismatch must be 'skip' or 'error'; got {self.on_shape_mismatch!r}"
+                f"{type(self).__name__}.on_shape_mismatch must be 'skip' or 'error'; "
+                f"got {self.on_shape_mismatch!r}"
             )
-        rules = normalize_rules(self.load_rules)
-        local = [k for k in state_dict if k.startswith(prefix)]
-        rel_keys = [k[len(prefix) :] for k in local]
-        # Every key under the prefix is in `rel_keys`, so rename_keys also catches a rename onto a kept key.
-        own = rename_keys(rel_keys, rules)
-        # Keys as this module's descendants will finally see them (nested mixins rename further).
-        final = module_rule_renames(self, [n for n in own.values() if n is not None], include_root=False)  # type: ignore[arg-type]
         expected = self.state_dict(keep_vars=True)  # type: ignore[attr-defined]
-        renamed: dict[str, str] = {}
-        mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-        dropped: list[str] = []
-        checkpoint: dict[str, Any] = {}
-        edits: dict[str, Any] = {}
-        for rel, new in own.items():
-            value = state_dict[prefix + rel]
-            target = None if new is None else final[new]
-            if target is None:
-                dropped.append(prefix + rel)
-                edits[prefix + rel] = None
-                continue
-            if target != rel:
-                renamed[prefix + rel] = prefix + target
-            mine = expected.get(target)
-            if (
-                isinstance(value, torch.Tensor)
-                and isinstance(mine, torch.Tensor)
-                and value.shape != mine.shape
-            ):
-                mismatched[prefix + target] = (tuple(value.shape), tuple(mine.shape))
-                edits[prefix + rel] = None
-                continue
-            checkpoint[target] = value
-            if new != rel:
-                edits[prefix + rel] = (prefix + new, value)
-        if mismatched and self.on_shape_mismatch == "error":
-            lines = "; ".join(
-                f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in _flat(mismatched)
+        plan = _plan_renames(self, state_dict, prefix, expected)  # type: ignore[arg-type]
+        if plan.mismatched and self.on_shape_mismatch == "error":
+            listing = "; ".join(
+                f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, (a, b) in plan.mismatched.items()
             )
             raise LoadError(
-                f"{type(self).__name__} at {prefix or '<root>'!r} refuses tensors whose shape differs: {lines}; "
-                "set on_shape_mismatch='skip' to drop them, or add rules that map them elsewhere"
+                f"{type(self).__name__} at {prefix or '<root>'!r} refuses tensors whose shape differs: "
+                f"{listing}; set on_shape_mismatch='skip' to drop them, or add rules that map them elsewhere"
             )
-        for old in edits:
+        # Delete every old key before inserting any new one, so that swaps (a->b, b->a) work.
+        for old in plan.edits:
             del state_dict[old]
-        for edit in edits.values():
+        for edit in plan.edits.values():
             if edit is not None:
                 state_dict[edit[0]] = edit[1]
         self.load_report = build_report(
             expected,
-            checkpoint,
-            renamed=renamed,
-            mismatched=mismatched,
+            plan.checkpoint,
+            renamed=plan.renamed,
+            mismatched=plan.mismatched,
             prefix=prefix,
-            notes=[f"dropped by a rule: {k}" for k in dropped],
+            dropped=plan.dropped,
         )
-        if renamed or mismatched:
+        if plan.renamed or plan.mismatched:
             logger.debug(
                 "%s at %r: %d renamed, %d skipped for shape",
                 type(self).__name__,
                 prefix,
-                len(renamed),
-                len(mismatched),
+                len(plan.renamed),
+                len(plan.mismatched),
             )
 
 
-def _flat(
-    mismatched: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]],
-) -> list[tuple[str, tuple, tuple]]:
-    return [(k, a, b) for k, (a, b) in mismatched.items()]
+@dataclass
+class _Plan:
+    edits: dict[str, tuple[str, Any] | None] = field(
+        default_factory=dict
+    )  # old key -> (new key, value) | drop
+    renamed: dict[str, str] = field(default_factory=dict)
+    mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    checkpoint: dict[str, Any] = field(default_factory=dict)  # final relative key -> value that will load
+
+
+def _plan_renames(
+    module: nn.Module, state_dict: Mapping[str, Any], prefix: str, expected: Mapping[str, Any]
+) -> _Plan:
+    """Decide, without editing anything, what a mixin module does to the keys under ``prefix``."""
+    rules = normalize_rules(module.load_rules)  # type: ignore[attr-defined]
+    rel_keys = [k[len(prefix) :] for k in state_dict if k.startswith(prefix)]
+    # Every key under the prefix is in rel_keys, so rename_keys also catches a rename onto a kept key.
+    own = rename_keys(rel_keys, rules)
+    # The names this module's descendants finally see (nested mixins rename further).
+    final = module_rule_renames(module, [n for n in own.values() if n is not None], include_root=False)
+    plan = _Plan()
+    for rel, new in own.items():
+        value = state_dict[prefix + rel]
+        target = None if new is None else final[new]
+        if target is None:
+            plan.dropped.append(prefix + rel)
+            plan.edits[prefix + rel] = None
+            continue
+        if target != rel:
+            plan.renamed[prefix + rel] = prefix + target
+        mine = expected.get(target)
+        if isinstance(value, torch.Tensor) and isinstance(mine, torch.Tensor) and value.shape != mine.shape:
+            plan.mismatched[prefix + target] = (tuple(value.shape), tuple(mine.shape))
+            plan.edits[prefix + rel] = None
+            continue
+        plan.checkpoint[target] = value
+        if new != rel:
+            plan.edits[prefix + rel] = (prefix + new, value)  # type: ignore[operator]
+    return plan

@@ -8,6 +8,9 @@ A run folder holds::
     last.pt, best.pt     full training state (written by transferkit.train)
     model.safetensors    the best weights, with labels.json (class names and preprocessing)
 
+Epochs are counted from 1 in everything people read (metrics.csv, plots, printed lines, labels.json);
+the ``epoch`` field inside ``last.pt``/``best.pt`` is the 0-based index the training loop uses.
+
 Every file is written atomically (temp file, fsync, ``os.replace``), so a run killed at any moment leaves
 either the previous version or the new one, never half a file. Plots use matplotlib's Agg backend.
 
@@ -17,8 +20,9 @@ Example:
     >>> rows = [{"epoch": 0, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 0.9, "val_acc": 0.6,
     ...          "lr": {"head": 0.001}, "seconds": 1.5}]
     >>> _ = write_metrics_csv(d / "metrics.csv", rows)
-    >>> next(csv.DictReader(open(d / "metrics.csv")))["lr_head"]
-    '0.001'
+    >>> row = next(csv.DictReader(open(d / "metrics.csv")))
+    >>> row["epoch"], row["lr_head"]
+    ('1', '0.001')
 """
 
 from __future__ import annotations
@@ -118,7 +122,7 @@ def write_metrics_csv(path: str | os.PathLike, history: Sequence[Mapping[str, An
     for row in history:
         lrs = row.get("lr", {})
         writer.writerow(
-            [row["epoch"], *(_fmt(row.get(c)) for c in _BASE_COLUMNS[1:])]
+            [row["epoch"] + 1, *(_fmt(row.get(c)) for c in _BASE_COLUMNS[1:])]
             + [_fmt(lrs.get(g)) for g in groups]
             + [_fmt(row.get("seconds"), 2)]
         )
@@ -134,7 +138,7 @@ def _fmt(value: Any, digits: int = 6) -> str:
 
 
 def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
-    """Read ``metrics.csv`` back: numbers as floats (``epoch`` as int), empty cells as None."""
+    """Read ``metrics.csv`` back: numbers as floats (``epoch`` as int, 1-based), empty cells as None."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     out = []
@@ -165,7 +169,7 @@ def _pyplot() -> Any:
 def plot_curves(history: Sequence[Mapping[str, Any]], run_dir: str | os.PathLike) -> list[Path]:
     """``loss.png`` and ``accuracy.png``: train and validation curves per epoch."""
     plt = _pyplot()
-    epochs = [r["epoch"] for r in history]
+    epochs = [r["epoch"] + 1 for r in history]
     out = []
     for key, title, scale in (("loss", "loss", 1.0), ("acc", "accuracy (%)", 100.0)):
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
