@@ -427,3 +427,15 @@ def test_coverage_lists_the_parts_of_a_single_wrapper_module() -> None:
     report = load_partial(dst, src)
     assert report.coverage == {"net.backbone": 1.0, "net.head": 0.0}
     assert "net.backbone 100%  net.head 0%" in str(report)
+
+
+def test_module_versions_reach_version_dependent_loaders() -> None:
+    """A plain dict has no ``_metadata``; torchvision's MNASNet refuses ``version=None`` without it."""
+    import torchvision
+
+    source = torchvision.models.mnasnet0_5(num_classes=5)
+    plain = {k: v.clone() for k, v in source.state_dict().items()}  # e.g. rebuilt by user code
+    model = torchvision.models.mnasnet0_5(num_classes=10)
+    report = load_partial(model, plain)
+    assert sorted(report.mismatched) == ["classifier.1.bias", "classifier.1.weight"]
+    assert torch.equal(model.layers[0].weight, source.layers[0].weight)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -603,9 +603,10 @@ def load_partial(
     )
     if dry_run:
         return report
+    renamed_any = any(passed[r] != r for r in raw_keys)
     _write(
         target,
-        to_load,
+        _with_versions(to_load, target, None if renamed_any else getattr(state, "_metadata", None)),
         model_state,
         {passed[r]: final[r] for r in raw_keys if final[r] is not None},
         assign,
@@ -807,6 +808,26 @@ def _check_coverage(
                 f"{fraction:.1%}; nothing was written\n{report}",
                 report,
             )
+
+
+def _with_versions(
+    to_load: dict[str, Any], target: nn.Module, source_versions: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Attach per-module ``version`` metadata, as ``torch.load`` gives ``model.state_dict()`` output.
+
+    ``load_state_dict`` hands each module ``state_dict._metadata[prefix]``; modules whose loading depends
+    on it (torchvision's MNASNet refuses ``version=None``) need it on the filtered dict too. The file's own
+    versions win where its prefixes are the model's (no renames); elsewhere the model's current ones apply.
+    """
+    versions: dict[str, Any] = {
+        prefix: {"version": module._version} for prefix, module in target.named_modules()
+    }
+    for prefix, meta in (source_versions or {}).items():
+        if prefix in versions and isinstance(meta, Mapping):
+            versions[prefix] = dict(meta)
+    out = OrderedDict(to_load)
+    out._metadata = versions  # type: ignore[attr-defined]
+    return out
 
 
 def _write(

@@ -30,11 +30,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -342,35 +341,9 @@ def _load(
     # a head that does not fit is left in: load_partial skips and reports it for shape
     drop = set(head_src.values()) if fits and action != "keep" else set()
     source = {k: v for k, v in state.items() if k not in drop} if drop else state
-    with _module_versions(net, getattr(state, "_metadata", None)):
-        report = load_partial(net, source, rules=rules, assign=assign)
+    report = load_partial(net, source, rules=rules, assign=assign)
     report.notes.append(f"head: {reason}")
     return report, rows, head_src
-
-
-@contextlib.contextmanager
-def _module_versions(net: nn.Module, source_metadata: Mapping[str, Any] | None) -> Iterator[None]:
-    """Hand the network's ``load_state_dict`` the per-module versions a plain dict lacks.
-
-    ``load_state_dict`` passes each module ``state_dict._metadata[prefix]`` (its ``version``); a dict
-    rebuilt by ``load_partial`` has none, and torchvision's MNASNet refuses ``version=None``. The file's
-    own versions win; modules it does not describe get the network's current ones.
-    """
-    versions = dict(getattr(net.state_dict(), "_metadata", {}) or {})
-    versions.update(source_metadata or {})
-    original = net.load_state_dict
-
-    def load_state_dict(state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        if getattr(state_dict, "_metadata", None) is None:
-            state_dict = OrderedDict(state_dict)
-            state_dict._metadata = versions  # type: ignore[attr-defined]
-        return original(state_dict, strict=strict, assign=assign)
-
-    net.load_state_dict = load_state_dict  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del net.load_state_dict
 
 
 def _head_keys(info: HeadInfo) -> set[str]:
