@@ -674,3 +674,19 @@ def test_a_checkpoint_without_tensors(tmp_path: Path) -> None:
     torch.save(torch.ones(3), path)
     with pytest.raises(CheckpointError, match="single tensor"):
         extract_state_dict(load_checkpoint(path))
+
+
+def test_whole_model_pickle_weights_come_out_through_salvage(tmp_path: Path) -> None:
+    """``torch.save(model)`` needs ``trusted=True`` to unpickle, but salvage gets its weights without code."""
+    from transferkit import extract_state_dict, load_checkpoint
+    from transferkit.errors import UnsafeCheckpointError
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    path = tmp_path / "whole.pt"
+    torch.save(model, path)
+    with pytest.raises(UnsafeCheckpointError):
+        load_checkpoint(path)
+    state = extract_state_dict(load_checkpoint(path, salvage=True))
+    assert list(state) == list(model.state_dict())
+    for name, value in model.state_dict().items():
+        assert torch.equal(state[name], value), name

@@ -670,6 +670,13 @@ def _find(obj: Any, where: str | None, label: str) -> tuple[Mapping[str, Tensor]
             f"{label}: {where or 'the file'} is a single tensor of shape {tuple(obj.shape)}, not a dict of "
             "named tensors"
         )
+    if type(obj).__module__ == "transferkit.salvage":
+        # a whole pickled module read by salvage: its recorded _parameters/_buffers are the weights
+        from transferkit.salvage import module_state_dict
+
+        state = module_state_dict(obj)
+        if state:
+            return state, where
     if not isinstance(obj, Mapping | list | tuple):
         raise CheckpointError(
             f"{label}: {where or 'the file'} holds a {type(obj).__name__!r} object, not a dict of named tensors"
