@@ -18,6 +18,18 @@ def fixtures_dir() -> Path:
     return FIXTURES_DIR
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """One intra-op thread: tests use tiny models, and on a 2-core CI machine two threads spinning against
+    other processes (subprocess tests, pytest itself) make forward passes up to 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     """Every test starts from the same torch seed, so tests do not depend on their order."""

@@ -15,15 +15,6 @@ from transferkit.backbones.channels import adapt_conv_weight
 from transferkit.errors import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _save(state: dict, path: Path) -> Path:
     torch.save(state, path)
     return path

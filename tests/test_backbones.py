@@ -44,15 +44,6 @@ SIZE = {"inception_v3": 75, "maxvit_t": 224}
 KWARGS = {"vit_h_14": {"image_size": 28}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin against each other (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _case(name: str):
     marks = [pytest.mark.slow] if name in SLOW else []
     return pytest.param(name, marks=marks, id=name)

@@ -18,14 +18,6 @@ from transferkit.errors import ConfigError, LoadError
 SQUEEZE = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty TORCH_HOME, and any download attempt fails the test."""

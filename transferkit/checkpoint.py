@@ -793,6 +793,15 @@ def extract_state_dict(
     return (state, where) if return_key else state  # type: ignore[return-value]
 
 
+def _module_or_state(obj: Any, caller: str) -> Mapping[str, Any]:
+    """The state dict of a module (wrappers removed), or ``obj`` itself when it already is one."""
+    if isinstance(obj, nn.Module):
+        return _unwrap(obj).state_dict()
+    if isinstance(obj, Mapping):
+        return obj
+    raise ConfigError(f"{caller} takes an nn.Module or a state dict, got {type(obj).__name__}")
+
+
 def snapshot_state(model_or_state_dict: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
     """A detached deep copy of a model's state, e.g. for "best so far" tracking.
 
@@ -808,14 +817,7 @@ def snapshot_state(model_or_state_dict: nn.Module | Mapping[str, Any]) -> dict[s
         >>> bool(torch.equal(best["weight"], model.weight))
         False
     """
-    if isinstance(model_or_state_dict, nn.Module):
-        source: Mapping[str, Any] = _unwrap(model_or_state_dict).state_dict()
-    elif isinstance(model_or_state_dict, Mapping):
-        source = model_or_state_dict
-    else:
-        raise ConfigError(
-            f"snapshot_state takes an nn.Module or a state dict, got {type(model_or_state_dict).__name__}"
-        )
+    source = _module_or_state(model_or_state_dict, "snapshot_state")
     import copy
 
     return {k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in source.items()}
@@ -1337,14 +1339,7 @@ def restore_checkpoint(
 
 
 def _tensor_dict(state_dict_or_module: Any) -> dict[str, Tensor]:
-    if isinstance(state_dict_or_module, nn.Module):
-        state: Mapping[str, Any] = _unwrap(state_dict_or_module).state_dict()
-    elif isinstance(state_dict_or_module, Mapping):
-        state = state_dict_or_module
-    else:
-        raise ConfigError(
-            f"save_weights takes an nn.Module or a state dict, got {type(state_dict_or_module).__name__}"
-        )
+    state = _module_or_state(state_dict_or_module, "save_weights")
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
         raise ConfigError(f"save_weights needs a dict of named tensors; not tensors: {_short(bad)}")
