@@ -45,8 +45,8 @@ def evaluate_export(run: Path, limit_val: int, seed: int = 0) -> float:
     from transferkit.data import limit_dataset, load_digits_data
 
     labels = json.loads((run / "labels.json").read_text())
-    model = create_model(labels["backbone"], labels["num_classes"], weights=None)
-    model.load_state_dict(load_file(run / "model.safetensors"))
+    model = create_model(labels["backbone"], labels["num_classes"], weights=run / "model.safetensors")
+    assert model.pretrained and len(model.load_report.loaded) == len(load_file(run / "model.safetensors"))
     model.eval()
     bundle = load_digits_data(labels["img_size"], labels["mean"], labels["std"], augment=False)
     val = limit_dataset(bundle.val, limit_val, seed)
@@ -126,7 +126,7 @@ def test_inspect_subcommand(digits_run, capsys):
     assert "model.safetensors" in out
 
 
-def test_image_folder_run_and_linear_probe(tmp_path, capsys, monkeypatch):
+def test_image_folder_run_and_linear_probe(tmp_path):
     """--data DIR (class names from folders), --linear-probe with the feature cache, --overwrite."""
     from sklearn.datasets import load_digits
 
@@ -140,12 +140,25 @@ def test_image_folder_run_and_linear_probe(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.csv").write_text("stale\n")
-    monkeypatch.chdir(tmp_path)
-    rc = main(["finetune", *FAST, "--data", "data", "--epochs", "2", "--linear-probe", "--output", "out",
-               "--overwrite", "--lr", "0.05"])  # fmt: skip
-    assert rc == 0
-    captured = capsys.readouterr()
-    assert captured.out.strip().splitlines()[-1].startswith("best val accuracy")
+    proc = run_cli(
+        [
+            *FAST,
+            "--data",
+            "data",
+            "--epochs",
+            "2",
+            "--linear-probe",
+            "--output",
+            "out",
+            "--overwrite",
+            "--lr",
+            "0.05",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith("best val accuracy")
+    assert "skipping 1 unreadable image file" in proc.stderr
     args = yaml.safe_load((out / "args.yaml").read_text())["resolved"]
     assert args["class_names"] == ["one", "two", "zero"] and args["unreadable_images_skipped"] == 1
     assert args["feature_cache"] is True and args["train_images"] + args["val_images"] == 36
@@ -236,7 +249,7 @@ BAD = [
         lambda t: (t / "typo.yaml").write_text("epoch: 2\n") and None,
     ),
     (["--init-checkpoint", "{x}", "--rule", "no-arrow"], "=>", _zero_tensor_checkpoint),
-    (["--init-checkpoint", "{x}"], "", _zero_tensor_checkpoint),
+    (["--init-checkpoint", "{x}"], "no tensor loaded", _zero_tensor_checkpoint),
     (["--epochs", "many"], "invalid int value", None),
     (["--bogus-flag"], "unrecognized arguments", None),
     (["--resume", "no_run_here"], "no checkpoint", None),

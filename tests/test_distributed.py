@@ -11,15 +11,21 @@ from test_cli import FAST, SCRIPT, cli_env, evaluate_export
 
 pytestmark = pytest.mark.distributed
 
+# network set-up failures of the launcher, not of the code under test
+TRANSIENT = ("Address already in use", "EADDRINUSE", "RendezvousConnectionError", "Connection reset by peer")
+
 
 def test_two_process_cpu_run(tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
         *FAST, "--limit-train", "128", "--limit-val", "75", "--epochs", "2", "--device", "cpu",
-        "--lr", "0.02", "--freeze", "backbone", "--unfreeze-every", "1", "--output", "ddp",
+        "--lr", "0.02", "--freeze", "backbone", "--unfreeze-every", "1", "--output", "ddp", "--overwrite",
     ]  # fmt: skip
     env = {**cli_env(), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and any(s in proc.stderr for s in TRANSIENT):
+        # torchrun picks a free port, which another process on a shared machine can take first: retry once
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run = tmp_path / "ddp"
     # only rank 0 prints: one final line

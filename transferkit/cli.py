@@ -29,6 +29,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -504,10 +505,15 @@ def _setup_logging(quiet: bool, rank: int) -> tuple[_DeferredHandler, Callable[[
     old_level = root.level
     root.addHandler(handler)
     root.setLevel(level)
+    # one "saved checkpoint" line per epoch says nothing the epoch line does not
+    saver = logging.getLogger("transferkit.checkpoint")
+    old_saver = saver.level
+    saver.setLevel(max(level, logging.WARNING))
 
     def undo() -> None:
         root.removeHandler(handler)
         root.setLevel(old_level)
+        saver.setLevel(old_saver)
 
     return handler, undo
 
@@ -645,7 +651,7 @@ def _make_lr_schedule(cfg: dict[str, Any], optimizer: Any, steps_per_epoch: int)
     return LRSchedule(optimizer, kind, total_steps=total, warmup_steps=warm, **kwargs)
 
 
-def _prepare_run_dir(cfg: dict[str, Any], resume_path: Path | None, rank: int) -> Path:
+def _prepare_run_dir(cfg: dict[str, Any], resume_path: Path | None) -> Path:
     """Decide the run folder (validating, creating nothing)."""
     if cfg["output"]:
         run_dir = Path(cfg["output"])
@@ -677,7 +683,7 @@ def _broadcast(obj: Any, dist_ctx: Any) -> Any:
 
 
 def _finetune(ns: argparse.Namespace) -> int:
-    explicit = {k: v for k, v in vars(ns).items() if k not in ("func", "command")}
+    explicit = {k: v for k, v in vars(ns).items() if k not in ("func", "command", "argv")}
     cfg = resolve_config(explicit)
     resume_path = None
     if cfg["resume"]:
@@ -693,19 +699,72 @@ def _finetune(ns: argparse.Namespace) -> int:
     bars = dist_ctx.is_main and not cfg["quiet"] and sys.stderr.isatty()
     console = _Console(dist_ctx.rank, bars, log_handler)
     try:
-        return _run(cfg, dist_ctx, device, console, resume_path)
+        return _run(cfg, dist_ctx, device, console, resume_path, list(ns.argv))
     finally:
         undo_logging()
         cleanup_distributed()
 
 
-def _run(cfg: dict[str, Any], dist_ctx: Any, device: Any, console: _Console, resume_path: Path | None) -> int:
+@dataclass
+class _Job:
+    """Everything a validated ``finetune`` run needs; built before anything is written."""
 
+    cfg: dict[str, Any]
+    dist: Any
+    device: Any
+    model: Any
+    bundle: Any
+    class_names: list[str]
+    pretrained: bool
+    weights_requested: Any
+    augment: bool
+    use_cache: bool
+    freeze_schedule: Any = None
+    freeze_desc: str = ""
+    optimizer: Any = None
+    lr_schedule: Any = None
+    init_report: Any = None
+    resume_path: Path | None = None
+    resume_ckpt: Any = None
+    run_dir: Path | None = None
+    argv: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    best_state: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _run(
+    cfg: dict[str, Any],
+    dist_ctx: Any,
+    device: Any,
+    console: _Console,
+    resume_path: Path | None,
+    argv: list[str],
+) -> int:
+    job = _prepare(cfg, dist_ctx, device, resume_path)
+    job.argv = argv
+    console.validated()
+    if not job.pretrained and job.weights_requested is not None and not cfg["eval_only"]:
+        console.warn(
+            "=" * 78 + f"\nWARNING: no pretrained weights for {cfg['backbone']} could be loaded (--weights "
+            f"{cfg['weights']}; offline and not cached?).\nTraining from RANDOM initialisation: every layer "
+            "trains. Pass --weights PATH to use a local file.\n" + "=" * 78
+        )
+    if job.init_report is not None:
+        logger.info("init checkpoint %s:\n%s", cfg["init_checkpoint"], job.init_report)
+    job.model.to(device)
+    if cfg["eval_only"]:
+        return _eval_only(job, console)
+    trainer = _train(job, console)
+    return _finish(job, trainer, console)
+
+
+def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path | None) -> _Job:
+    """Validate every input and build model, data, schedules; decide the run folder. Writes nothing."""
     from transferkit.backbones import create_model
     from transferkit.rename import parse_rule
     from transferkit.train import seed_everything
 
-    started = time.perf_counter()
     seed_everything(cfg["seed"])
     rules = [parse_rule(r) for r in cfg["rule"]]
     split, class_names = _build_data(cfg)
@@ -726,13 +785,12 @@ def _run(cfg: dict[str, Any], dist_ctx: Any, device: Any, console: _Console, res
         pretrained = True
     elif rules:
         raise ConfigError("--rule applies to --init-checkpoint; give --init-checkpoint PATH or drop --rule")
-
     augment = cfg["augment"] if cfg["augment"] is not None else not cfg["linear_probe"]
     freeze_sched, freeze_desc, opt_lr_decay = _setup_freeze(cfg, model, pretrained)
     bundle = _load_bundle(cfg, split, model, augment)
-    resume_ckpt = _load_resume(resume_path) if resume_path is not None and not cfg["eval_only"] else None
-    backbone_frozen = freeze_sched is None and all(
-        not p.requires_grad for n, p in model.named_parameters() if n not in set(model.head_parameter_names())
+    head = set(model.head_parameter_names())
+    backbone_frozen = freeze_sched is None and not any(
+        p.requires_grad for n, p in model.named_parameters() if n not in head
     )
     use_cache = (
         cfg["feature_cache"] if cfg["feature_cache"] is not None else (backbone_frozen and not augment)
@@ -741,166 +799,132 @@ def _run(cfg: dict[str, Any], dist_ctx: Any, device: Any, console: _Console, res
         raise ConfigError(
             "--feature-cache needs the whole backbone frozen for the whole run (--linear-probe)"
         )
-    optimizer = lr_schedule = None
-    if not cfg["eval_only"]:
-        from transferkit.data import make_loaders
-        from transferkit.optim import build_optimizer
-
-        # the loaders' length is known before any feature cache: same datasets, same sizes
-        probe_loader, _ = make_loaders(
-            bundle, cfg["batch_size"], rank=dist_ctx.rank, world_size=dist_ctx.world_size
-        )
-        if len(probe_loader) == 0:
-            raise ConfigError(
-                f"the training set ({len(bundle.train)} images) is smaller than one batch per process; "
-                "lower --batch-size or add images"
-            )
-        optimizer = build_optimizer(
-            model, cfg["optimizer"], lr=cfg["lr"], weight_decay=cfg["weight_decay"], lr_decay=opt_lr_decay
-        )
-        lr_schedule = _make_lr_schedule(cfg, optimizer, len(probe_loader))
-
-    run_dir: Path | None = None
-    if not cfg["eval_only"]:
-        decided = None
-        if dist_ctx.is_main:
-            try:
-                decided = _prepare_run_dir(cfg, resume_path, dist_ctx.rank)
-            except ConfigError as exc:
-                decided = exc
-        decided = _broadcast(decided, dist_ctx)
-        if isinstance(decided, ConfigError):
-            raise decided
-        run_dir = decided
-    console.validated()
-
-    if not pretrained and weights is not None and not cfg["eval_only"]:
-        console.warn(
-            "=" * 78 + f"\nWARNING: no pretrained weights for {cfg['backbone']} could be loaded (--weights "
-            f"{cfg['weights']}; offline and not cached?).\nTraining from RANDOM initialisation: every layer trains. "
-            "Pass --weights PATH to use a local file.\n" + "=" * 78
-        )
-    if init_report is not None:
-        logger.info("init checkpoint %s:\n%s", cfg["init_checkpoint"], init_report)
-
-    model.to(device)
+    job = _Job(cfg, dist_ctx, device, model, bundle, class_names, pretrained, weights, augment, use_cache,
+               freeze_sched, freeze_desc, init_report=init_report, resume_path=resume_path)  # fmt: skip
     if cfg["eval_only"]:
-        return _eval_only(cfg, model, bundle, device, dist_ctx, console, resume_path)
+        if resume_path is not None:
+            from transferkit.checkpoint import restore_checkpoint
 
+            restore_checkpoint(resume_path, model=model, restore_rng=False)
+        return job
+    job.resume_ckpt = _load_resume(resume_path) if resume_path is not None else None
+    _build_optimizer(job, opt_lr_decay)
+    decided = None
+    if dist_ctx.is_main:
+        try:
+            decided = _prepare_run_dir(cfg, resume_path)
+        except ConfigError as exc:
+            decided = exc
+    decided = _broadcast(decided, dist_ctx)  # rank 0 decides (the folder name holds a timestamp)
+    if isinstance(decided, ConfigError):
+        raise decided
+    job.run_dir = decided
+    return job
+
+
+def _build_optimizer(job: _Job, lr_decay: float | None) -> None:
+    from transferkit.data import make_loaders
+    from transferkit.optim import build_optimizer
+
+    cfg = job.cfg
+    # the loaders' length is known before any feature cache: same datasets, same sizes
+    probe, _ = make_loaders(job.bundle, cfg["batch_size"], rank=job.dist.rank, world_size=job.dist.world_size)
+    if len(probe) == 0:
+        raise ConfigError(
+            f"the training set ({len(job.bundle.train)} images) is smaller than one batch per process; "
+            "lower --batch-size or add images"
+        )
+    job.optimizer = build_optimizer(
+        job.model, cfg["optimizer"], lr=cfg["lr"], weight_decay=cfg["weight_decay"], lr_decay=lr_decay
+    )
+    job.lr_schedule = _make_lr_schedule(cfg, job.optimizer, len(probe))
+
+
+def _train(job: _Job, console: _Console) -> Any:
+    """Feature cache, loaders, run folder, the epochs (Trainer.fit)."""
     from transferkit.data import cache_features, make_loaders
+    from transferkit.report import RUN_FILES, format_epoch, plot_curves, write_metrics_csv, write_yaml
     from transferkit.train import Trainer, amp_dtype_for
 
-    if use_cache:
+    cfg, model, device, dist_ctx, run_dir = job.cfg, job.model, job.device, job.dist, job.run_dir
+    if job.use_cache:
         amp_dtype = amp_dtype_for(device) if cfg["amp"] else None
-        bundle = cache_features(
-            model,
-            bundle,
-            cfg["batch_size"],
-            device,
-            amp_dtype=amp_dtype,
-            channels_last=cfg["channels_last"],
-            workers=_workers(cfg, bundle),
-        )
-    workers = 0 if use_cache else _workers(cfg, bundle)
+        job.bundle = cache_features(model, job.bundle, cfg["batch_size"], device, amp_dtype=amp_dtype,
+                                    channels_last=cfg["channels_last"], workers=_workers(cfg, job.bundle))  # fmt: skip
     train_loader, val_loader = make_loaders(
-        bundle,
-        cfg["batch_size"],
-        workers=workers,
-        seed=cfg["seed"],
-        rank=dist_ctx.rank,
-        world_size=dist_ctx.world_size,
-        pin_memory=device.type == "cuda",
-    )
-    facts = _resolved_facts(
-        cfg, model, bundle, device, dist_ctx, pretrained, freeze_desc, use_cache, train_loader, init_report
-    )
-    from transferkit.report import (
-        RUN_FILES,
-        plot_confusion_matrix,
-        plot_curves,
-        write_metrics_csv,
-        write_yaml,
-    )
-
-    writes = dist_ctx.is_main
-    if writes:
+        job.bundle, cfg["batch_size"], workers=0 if job.use_cache else _workers(cfg, job.bundle), seed=cfg["seed"],
+        rank=dist_ctx.rank, world_size=dist_ctx.world_size, pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    job.facts = _resolved_facts(job, train_loader)
+    if dist_ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if cfg["overwrite"]:
             for name in RUN_FILES:
                 (run_dir / name).unlink(missing_ok=True)
-        args_out = {k: v for k, v in cfg.items() if k not in ("config",)}
-        write_yaml(run_dir / "args.yaml", {"args": args_out, "resolved": facts})
-
-    best_state: dict[str, Any] = {}
+        args_out = {k: v for k, v in cfg.items() if k != "config"}
+        write_yaml(run_dir / "args.yaml", {"args": args_out, "resolved": job.facts})
+    job.best_state = {}
 
     def on_epoch_end(trainer: Trainer, row: dict[str, Any], result: Any) -> None:
-        from transferkit.report import format_epoch
-
-        if trainer.best_epoch == row["epoch"]:
-            best_state.clear()
-            best_state.update({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+        if trainer.best_epoch == row["epoch"]:  # keep the best weights for the export, on every rank
+            job.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         console.out(format_epoch(row, cfg["epochs"]))
-        if writes:
+        if dist_ctx.is_main:
             write_metrics_csv(run_dir / "metrics.csv", trainer.history)
             plot_curves(trainer.history, run_dir)
 
-    meta = {**getattr(model, "meta", {}), "img_size": bundle.img_size, "run": str(run_dir)}
     trainer = Trainer(
-        model,
-        optimizer,
-        train_loader,
-        val_loader,
-        epochs=cfg["epochs"],
-        num_classes=len(class_names),
-        device=device,
-        lr_schedule=lr_schedule,
-        freeze_schedule=freeze_sched,
-        amp=cfg["amp"],
-        channels_last=cfg["channels_last"],
-        compile=cfg["compile"],
-        dist=dist_ctx,
-        inputs="features" if use_cache else "images",
-        frozen_backbone=cfg["linear_probe"],
-        run_dir=run_dir,
-        meta=meta,
-        seed=cfg["seed"],
-        label_smoothing=cfg["label_smoothing"],
-        progress=console.progress,
+        model, job.optimizer, train_loader, val_loader, epochs=cfg["epochs"], num_classes=len(job.class_names),
+        device=device, lr_schedule=job.lr_schedule, freeze_schedule=job.freeze_schedule, amp=cfg["amp"],
+        channels_last=cfg["channels_last"], compile=cfg["compile"], dist=dist_ctx,
+        inputs="features" if job.use_cache else "images", frozen_backbone=cfg["linear_probe"], run_dir=run_dir,
+        meta={**getattr(model, "meta", {}), "img_size": job.bundle.img_size, "run": str(run_dir)},
+        seed=cfg["seed"], label_smoothing=cfg["label_smoothing"], progress=console.progress,
         on_epoch_end=on_epoch_end,
-    )
-    if resume_ckpt is not None:
-        start = trainer.resume(resume_ckpt)
-        console.out(f"resumed {resume_path} at epoch {start + 1}/{cfg['epochs']}")
-    for line in _header(cfg, facts):
+    )  # fmt: skip
+    if job.resume_ckpt is not None:
+        start = trainer.resume(job.resume_ckpt)
+        console.out(f"resumed {job.resume_path} at epoch {start + 1}/{cfg['epochs']}")
+    for line in _header(cfg, job.facts):
         console.out(line)
     trainer.fit()
+    return trainer
 
-    # the exported model and the confusion matrix are those of the best epoch
-    if not best_state:
+
+def _finish(job: _Job, trainer: Any, console: _Console) -> int:
+    """Best weights -> confusion matrix, model.safetensors + labels.json; the last line."""
+    from transferkit.report import export_model, plot_confusion_matrix, plot_curves, write_metrics_csv
+
+    cfg, model, run_dir = job.cfg, job.model, job.run_dir
+    if not job.best_state:  # resumed, and no epoch since beat the best: read it back
         from transferkit.checkpoint import load_checkpoint
 
-        _barrier(dist_ctx)
-        best_state.update(load_checkpoint(run_dir / "best.pt")["models"]["model"])
-    model.load_state_dict(best_state)
+        _barrier(job.dist)
+        job.best_state = load_checkpoint(run_dir / "best.pt")["models"]["model"]
+    model.load_state_dict(job.best_state)
     final = trainer.evaluate()
-    if writes:
-        from transferkit.report import export_model
-
+    if job.dist.is_main:
         write_metrics_csv(run_dir / "metrics.csv", trainer.history)
         plot_curves(trainer.history, run_dir)
-        plot_confusion_matrix(final.confusion, class_names, run_dir / "confusion_matrix.png")
+        plot_confusion_matrix(final.confusion, job.class_names, run_dir / "confusion_matrix.png")
         info = {
             "backbone": cfg["backbone"],
-            "img_size": bundle.img_size,
+            "img_size": job.bundle.img_size,
             "mean": list(model.data_config["mean"]),
             "std": list(model.data_config["std"]),
             "in_chans": getattr(model, "in_chans", 3),
             "epoch": trainer.best_epoch + 1,
             "val_acc": final.acc,
-            "data": facts["data"],
+            "data": job.facts["data"],
         }
-        export_model(run_dir, best_state, class_names, info)
-    minutes = (time.perf_counter() - started) / 60
+        # the network's own key layout (no "backbone." prefix): the file loads into the plain torchvision/timm
+        # network and into create_model(..., weights="model.safetensors")
+        native = {k.removeprefix("backbone."): v for k, v in job.best_state.items()}
+        info["layout"] = (
+            "native: load into the plain network, or create_model(backbone, num_classes, weights=file)"
+        )
+        export_model(run_dir, native, job.class_names, info)
+    minutes = (time.perf_counter() - job.started) / 60
     console.out(
         f"best val accuracy {trainer.best_acc:.2%} (epoch {trainer.best_epoch + 1}/{cfg['epochs']}, "
         f"{minutes:.1f} min); run folder: {run_dir}"
@@ -960,30 +984,19 @@ def _load_resume(path: Path) -> Any:
     return ckpt
 
 
-def _resolved_facts(
-    cfg: dict[str, Any],
-    model: Any,
-    bundle: Any,
-    device: Any,
-    dist_ctx: Any,
-    pretrained: bool,
-    freeze_desc: str,
-    use_cache: bool,
-    train_loader: Any,
-    init_report: Any,
-) -> dict[str, Any]:
+def _resolved_facts(job: _Job, train_loader: Any) -> dict[str, Any]:
+    """What the run really used, for args.yaml's ``resolved`` section."""
     import torch
 
     import transferkit
 
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    model, bundle = job.model, job.bundle
     return {
-        "command": " ".join(["transferkit", "finetune", *sys.argv[1:]]) if sys.argv else "",
-        "backbone": cfg["backbone"],
-        "pretrained_weights_used": pretrained,
+        "command": " ".join(["transferkit", "finetune", *job.argv]),
+        "backbone": job.cfg["backbone"],
+        "pretrained_weights_used": job.pretrained,
         "weights_source": str(getattr(model, "weights", "random")),
-        "init_checkpoint_tensors": len(init_report.loaded) if init_report is not None else None,
+        "init_checkpoint_tensors": len(job.init_report.loaded) if job.init_report is not None else None,
         "num_classes": len(bundle.class_names),
         "class_names": list(bundle.class_names),
         "data": bundle.source,
@@ -993,13 +1006,13 @@ def _resolved_facts(
         "img_size": bundle.img_size,
         "mean": list(model.data_config["mean"]),
         "std": list(model.data_config["std"]),
-        "augment": bool(bundle.augment) if not use_cache else False,
-        "freeze": freeze_desc,
-        "trainable_parameters_at_start": trainable,
-        "parameters": total,
-        "feature_cache": use_cache,
-        "device": str(device),
-        "world_size": dist_ctx.world_size,
+        "augment": bool(job.augment) and not job.use_cache,
+        "freeze": job.freeze_desc,
+        "trainable_parameters_at_start": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "feature_cache": job.use_cache,
+        "device": str(job.device),
+        "world_size": job.dist.world_size,
         "steps_per_epoch": len(train_loader),
         "transferkit_version": transferkit.__version__,
         "torch_version": torch.__version__,
@@ -1019,49 +1032,23 @@ def _header(cfg: dict[str, Any], facts: dict[str, Any]) -> list[str]:
     ]
 
 
-def _eval_only(
-    cfg: dict[str, Any],
-    model: Any,
-    bundle: Any,
-    device: Any,
-    dist_ctx: Any,
-    console: _Console,
-    resume_path: Path | None,
-) -> int:
+def _eval_only(job: _Job, console: _Console) -> int:
+    """Evaluate the weights (pretrained, --init-checkpoint or --resume) on the validation set; write nothing."""
+    import torch
+
     from transferkit.data import make_loaders
     from transferkit.train import Trainer
 
-    if resume_path is not None:
-        from transferkit.checkpoint import restore_checkpoint
-
-        restore_checkpoint(resume_path, model=model, restore_rng=False)
-    elif not getattr(model, "pretrained", False) and not cfg["init_checkpoint"]:
+    cfg, bundle = job.cfg, job.bundle
+    if job.resume_path is None and not job.pretrained:
         console.warn(
             "WARNING: --eval-only with random weights; give --resume RUN, --init-checkpoint or --weights"
         )
-    _, val_loader = make_loaders(
-        bundle,
-        cfg["batch_size"],
-        workers=_workers(cfg, bundle),
-        rank=dist_ctx.rank,
-        world_size=dist_ctx.world_size,
-        pin_memory=device.type == "cuda",
-    )
-    import torch
-
-    dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
-    trainer = Trainer(
-        model,
-        dummy,
-        val_loader,
-        val_loader,
-        epochs=1,
-        num_classes=bundle.num_classes,
-        device=device,
-        amp=cfg["amp"],
-        channels_last=cfg["channels_last"],
-        dist=dist_ctx,
-    )
+    _, val_loader = make_loaders(bundle, cfg["batch_size"], workers=_workers(cfg, bundle), rank=job.dist.rank,
+                                 world_size=job.dist.world_size, pin_memory=job.device.type == "cuda")  # fmt: skip
+    no_training = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
+    trainer = Trainer(job.model, no_training, val_loader, val_loader, epochs=1, num_classes=bundle.num_classes,
+                      device=job.device, amp=cfg["amp"], channels_last=cfg["channels_last"], dist=job.dist)  # fmt: skip
     result = trainer.evaluate()
     console.out(
         f"val loss {result.loss:.4f}, val accuracy {result.acc:.2%} on {result.count} images ({bundle.source})"
@@ -1115,6 +1102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         ns = build_parser().parse_args(args)
+        ns.argv = args[1:]
         return int(ns.func(ns) or 0)
     except TransferkitError as exc:
         rank = int(os.environ.get("RANK", "0"))

@@ -409,6 +409,7 @@ class Trainer:
     def evaluate(self, loader: DataLoader | None = None) -> EvalResult:
         """Loss, accuracy and confusion matrix over ``loader`` (default: the validation loader), all ranks."""
         loader = loader if loader is not None else self.val_loader
+        self._sync_buffers()
         was_training = self.model.training
         self.model.eval()
         c = self.num_classes
@@ -428,6 +429,20 @@ class Trainer:
         n = int(sums[1])
         acc = float(confusion.trace()) / n if n else 0.0
         return EvalResult(loss=sums[0] / n if n else float("nan"), acc=acc, count=n, confusion=confusion)
+
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BatchNorm statistics) before evaluating.
+
+        DDP broadcasts buffers at the start of each forward, so after the last training step every rank
+        holds statistics updated by its own batch; evaluating with rank 0's makes the reduced metrics
+        those of the model rank 0 saves.
+        """
+        if not self.dist.enabled:
+            return
+        import torch.distributed as dist
+
+        for buf in self.model.buffers():
+            dist.broadcast(buf, src=0)
 
     # ---- the run ---------------------------------------------------------------------------------------
 
