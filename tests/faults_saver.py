@@ -41,15 +41,26 @@ def check_version(checkpoint: dict[str, Any], numel: int) -> int:
     return version
 
 
-def save_versions(path: str, first: int, count: int, numel: int, started: Any, done: Any) -> None:
+def save_versions(
+    path: str, first: int, count: int, numel: int, started: Any, done: Any, gate: Any = None, writers: int = 1
+) -> None:
     """Save versions ``first, first + 1, ...`` (``count`` of them, or forever when ``count`` is 0).
 
     ``started``/``done`` are shared integers: the version being written and the last one whose
-    ``save_checkpoint`` returned.
+    ``save_checkpoint`` returned. ``gate`` (a shared integer with a lock) makes ``writers`` children
+    start saving together, so a race between them really happens even when one is slow to start.
     """
+    import time
+
     from transferkit.checkpoint import save_checkpoint
 
     torch.set_num_threads(1)  # a forked child must not touch the parent's thread pool
+    if gate is not None:
+        with gate.get_lock():
+            gate.value += 1
+        deadline = time.monotonic() + 30
+        while gate.value < writers and time.monotonic() < deadline:
+            time.sleep(0.001)
     version = first
     while count == 0 or version < first + count:
         state = make_state(version, numel)

@@ -161,6 +161,46 @@ def test_rng_states_restore_every_stream() -> None:
     assert first[:2] == again[:2] and torch.equal(first[2], again[2])
 
 
+class _FakeCuda:
+    """Stands in for ``torch.cuda`` on a machine with ``count`` GPUs, each with its own RNG state."""
+
+    def __init__(self, count: int) -> None:
+        self.states = [torch.full((16,), i + 1, dtype=torch.uint8) for i in range(count)]
+        self.restored: list[tuple[int, list[int]]] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(self.states))
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in self.states])
+        monkeypatch.setattr(
+            torch.cuda, "set_rng_state", lambda state, device: self.restored.append((device, state.tolist()))
+        )
+
+
+def test_rng_state_of_every_cuda_device_is_saved_and_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The CUDA branch runs here without a GPU: torch.cuda is replaced by a fake with three devices."""
+    three = _FakeCuda(3)
+    with monkeypatch.context() as patch:
+        three.install(patch)
+        path = save_checkpoint(tmp_path / "c.pt", model=nn.Linear(2, 2))
+    saved = torch.load(path, weights_only=True)["rng"]["cuda"]
+    assert [s.tolist() for s in saved] == [s.tolist() for s in three.states]  # one state per device
+
+    with monkeypatch.context() as patch:
+        three.install(patch)
+        restore_checkpoint(path, model=nn.Linear(2, 2))
+    assert three.restored == [(i, s.tolist()) for i, s in enumerate(three.states)]
+
+    one = _FakeCuda(1)  # resuming on a machine with fewer GPUs: restore what fits, and say so
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING, logger="transferkit.checkpoint"):
+        one.install(patch)
+        restore_checkpoint(path, model=nn.Linear(2, 2))
+    assert one.restored == [(0, three.states[0].tolist())]
+    assert "3 device(s), this machine has 1" in caplog.text
+
+
 def test_restore_checks_names_and_shapes(trained_checkpoint: tuple[Path, Any], tmp_path: Path) -> None:
     path, _ = trained_checkpoint
     with pytest.raises(CheckpointError, match=r"no model named 'H'.*G, D"):
@@ -484,6 +524,44 @@ def test_loading_onto_a_gpu(fixtures_dir: Path, tmp_path: Path) -> None:
     cpu_saved = tmp_path / "cpu.pt"
     torch.save({"w": torch.ones(2)}, cpu_saved)
     assert load_checkpoint(cpu_saved, map_location=torch.device("cuda", 0))["w"].is_cuda
+
+
+# Every suffix people use, in both torch layouts: the format is read from the content, never the name.
+_SUFFIXES = [".pt", ".pth", ".pth.tar", ".th", ".bin", ".ckpt"]
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+@pytest.mark.parametrize("suffix", _SUFFIXES)
+def test_every_suffix_in_both_torch_layouts(tmp_path: Path, suffix: str, layout: str) -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    weights = dict(model.state_dict())
+    path = tmp_path / f"model{suffix}"
+    wrapped = {"epoch": 3, "state_dict": weights} if suffix in (".pth.tar", ".ckpt") else weights
+    torch.save(wrapped, path, _use_new_zipfile_serialization=layout == "zip")
+    assert zipfile.is_zipfile(path) == (layout == "zip")
+    state, where = extract_state_dict(load_checkpoint(path), return_key=True)
+    assert where == ("state_dict" if wrapped is not weights else None)
+    _assert_same(dict(state), weights)
+    _assert_same(dict(extract_state_dict(load_checkpoint(path, salvage=True))), weights)
+
+
+@pytest.mark.parametrize(
+    "map_location",
+    ["cpu", torch.device("cpu"), {"cpu": "cpu"}, "callable", None],
+    ids=["str", "device", "dict", "fn", "none"],
+)
+def test_safetensors_files_take_every_map_location_form(tmp_path: Path, map_location: Any) -> None:
+    from safetensors.torch import save_file
+
+    weights = {"conv.weight": torch.randn(2, 1, 3, 3), "conv.bias": torch.randn(2)}
+    path = tmp_path / "model.safetensors"
+    save_file(weights, str(path))  # written by the safetensors library itself, not by transferkit
+    seen: list[str] = []
+    where = _record_locations(seen) if map_location == "callable" else map_location
+    loaded = load_checkpoint(path, map_location=where)
+    _assert_same(dict(extract_state_dict(loaded)), weights)
+    assert {t.device.type for t in loaded.values()} == {"cpu"}
+    assert seen == (["cpu", "cpu"] if map_location == "callable" else [])
 
 
 # --- weights, snapshots -------------------------------------------------------------------------------------

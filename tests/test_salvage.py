@@ -8,6 +8,7 @@ hostile pickle, in default or salvage mode.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import copy
 import logging
@@ -323,6 +324,15 @@ HOSTILE_REFUSED = {
         op_call(op_global("builtins", "set"), op_tensor("0", 6, 0, (10**12,), (0,))),
         "set() accepts",
     ),
+    # dict/OrderedDict unpack each element as a pair, iterating it: a stride-0 view claims 10**9 elements
+    "dict_of_a_huge_tensor": (
+        op_call(op_global("builtins", "dict"), op_list(op_tensor("0", 6, 0, (10**9,), (0,)))),
+        "(key, value) pairs",
+    ),
+    "ordereddict_of_a_huge_tensor": (
+        op_call(op_global("collections", "OrderedDict"), op_list(op_tensor("0", 6, 0, (10**9,), (0,)))),
+        "(key, value) pairs",
+    ),
     "codec_that_imports": (op_call(op_global("_codecs", "encode"), op_str("x"), op_str("rot13")), "codecs"),
     "extension_opcode": (b"\x82\x01", "extension code"),
     "append_to_tensor": (op_tensor("0", 6, 0, (2,), (1,)) + op_int(1) + b"a", "APPEND"),
@@ -339,6 +349,18 @@ def test_hostile_structures_are_refused_clearly(tmp_path: Path, case: str) -> No
     with pytest.raises(CheckpointError) as caught:
         salvage_load(path)
     assert str(path) in str(caught.value) and expected in str(caught.value)
+
+
+def test_dicts_built_from_pairs_still_load(tmp_path: Path) -> None:
+    # Python 2's OrderedDict.__reduce__ passes [[key, value], ...]; the pair check must let it through.
+    pairs = op_list(op_list(op_str("a"), op_int(1)), op_tuple(op_str("b"), op_int(2)))
+    ops = op_dict(
+        (op_str("ordered"), op_call(op_global("collections", "OrderedDict"), pairs)),
+        (op_str("plain"), op_call(op_global("builtins", "dict"), op_dict((op_str("c"), op_int(3))))),
+    )
+    obj = salvage_load(_hostile(tmp_path, ops))["payload"]
+    assert obj["ordered"] == {"a": 1, "b": 2} and type(obj["ordered"]) is collections.OrderedDict
+    assert obj["plain"] == {"c": 3}
 
 
 def test_memo_index_bomb_costs_nothing(tmp_path: Path) -> None:
@@ -368,6 +390,13 @@ def test_deep_nesting_is_read_without_recursion(tmp_path: Path) -> None:
     assert find_placeholders(obj) == []
 
 
+def _truncated_safetensors(path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(100)}, str(path))
+    path.write_bytes(path.read_bytes()[:40])
+
+
 @pytest.mark.parametrize(
     ("make", "expected"),
     [
@@ -376,8 +405,9 @@ def test_deep_nesting_is_read_without_recursion(tmp_path: Path) -> None:
         (lambda p: p.write_bytes(b""), "empty"),
         (lambda p: p.write_bytes(bytes(range(256)) * 4), "unrecognised format"),
         (lambda p: p.write_bytes(b"PK\x03\x04" + b"\0" * 100), "zip archive is damaged"),
+        (_truncated_safetensors, "safetensors file whose header says"),
     ],
-    ids=["directory", "missing", "empty", "random", "broken_zip"],
+    ids=["directory", "missing", "empty", "random", "broken_zip", "truncated_safetensors"],
 )
 def test_bad_files_raise_checkpoint_error_naming_the_path(tmp_path: Path, make, expected: str) -> None:
     path = tmp_path / "bad.pt"

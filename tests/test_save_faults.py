@@ -304,21 +304,27 @@ def test_two_processes_saving_to_one_path(tmp_path: Path, forkserver: Any) -> No
     _save(path, 0, numel)
     writers = []
     shared = []  # the shared counters must outlive the children's start
+    gate = forkserver.Value("q", 0)  # both writers begin saving together
     for first in (1000, 2000):
         started, done = forkserver.Value("q", 0, lock=False), forkserver.Value("q", 0, lock=False)
         shared.append((started, done))
         writers.append(
-            forkserver.Process(target=save_versions, args=(str(path), first, saves, numel, started, done))
+            forkserver.Process(
+                target=save_versions, args=(str(path), first, saves, numel, started, done, gate, 2)
+            )
         )
     for writer in writers:
         writer.start()
     reads = set()
+    overlapped = False  # both writers seen in the middle of a save at the same moment
     while any(w.is_alive() for w in writers):
+        overlapped = overlapped or all(started.value != done.value for started, done in shared)
         reads.add(check_version(load_checkpoint(path), numel))  # every read is one complete checkpoint
     for writer in writers:
         writer.join()
         assert writer.exitcode == 0
     assert reads, "no read happened while the writers ran"
+    assert overlapped, "the two writers never saved at the same time; the race was not exercised"
     # Each writer saves in order, so the last replace of all is one writer's last save.
     assert _version_at(path, numel) in (1000 + saves - 1, 2000 + saves - 1)
     assert reads <= {0} | set(range(1000, 1000 + saves)) | set(range(2000, 2000 + saves))

@@ -449,10 +449,12 @@ def _rebuild_from_type(func: Any, new_type: Any, args: Any, state: Any = None) -
     return result
 
 
-def _sized(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _sized(fn: Callable[..., Any], pairs: bool = False) -> Callable[..., Any]:
     """Wrap a container constructor so it only consumes containers the pickle itself built.
 
-    Iterating a file-made tensor could take forever (a stride-0 view may claim 10**12 elements).
+    Iterating a file-made tensor could take forever (a stride-0 view may claim 10**12 elements). With
+    ``pairs`` (``dict``, ``OrderedDict``) each element of a list/tuple argument is unpacked as a key/value
+    pair, which iterates it too, so every element must itself be a 2-item list or tuple.
     """
 
     def build(*args: Any) -> Any:
@@ -460,6 +462,13 @@ def _sized(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise _Refused(
                 f"{fn.__name__}() accepts one list/tuple/dict here, found {[type(a).__name__ for a in args]}"
             )
+        if pairs and args and not isinstance(args[0], dict):
+            bad = next(
+                (item for item in args[0] if not (isinstance(item, list | tuple) and len(item) == 2)), None
+            )
+            if bad is not None or isinstance(args[0], set | frozenset):
+                found = type(args[0]).__name__ if bad is None else type(bad).__name__
+                raise _Refused(f"{fn.__name__}() accepts (key, value) pairs here, found a {found}")
         return fn(*args)
 
     return build
@@ -515,11 +524,11 @@ def _allowed_globals() -> dict[str, Any]:
         table[name] = _Allowed(name, fn)
 
     for name, fn in {
-        "collections.OrderedDict": _sized(collections.OrderedDict),
+        "collections.OrderedDict": _sized(collections.OrderedDict, pairs=True),
         "builtins.set": _sized(set),
         "builtins.frozenset": _sized(frozenset),
         "builtins.list": _sized(list),
-        "builtins.dict": _sized(dict),
+        "builtins.dict": _sized(dict, pairs=True),
         "builtins.tuple": _sized(tuple),
         "builtins.complex": _number(complex),
         "builtins.slice": _slice,
@@ -902,10 +911,10 @@ def _legacy_view(untyped: torch.UntypedStorage, dtype: torch.dtype, view: Any) -
 
 def _load_safetensors(path: Path, map_location: MapLocation) -> dict[str, torch.Tensor]:
     # Safetensors holds no code at all; reading it here keeps salvage a one-stop "get me the tensors".
-    from safetensors.torch import load_file
+    # The normal reader already honours every map_location form (device, dict, callable).
+    from transferkit.checkpoint import _load_safetensors as read_safetensors
 
-    device = str(map_location) if isinstance(map_location, str | torch.device) else "cpu"
-    return load_file(path, device=device)
+    return read_safetensors(path, map_location)
 
 
 def _detect(path: Path) -> str:
@@ -917,8 +926,15 @@ def _detect(path: Path) -> str:
         return "zip"
     if head.startswith(b"\x80\x02\x8a\x0a"):  # PROTO 2, LONG1 of 10 bytes: the legacy magic number
         return "legacy"
-    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < path.stat().st_size:
-        return "safetensors"
+    if len(head) >= 9 and head[8:9] == b"{":
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if header_len < path.stat().st_size:
+            return "safetensors"
+        if not head.startswith(b"\x80"):  # else it may be a plain pickle, tried below
+            raise _Refused(
+                f"a safetensors file whose header says {header_len} bytes but the file has only "
+                f"{path.stat().st_size}; it is truncated or damaged"
+            )
     if head.startswith(b"\x80"):
         return "pickle"
     raise _Refused(
