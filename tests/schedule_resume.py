@@ -3,6 +3,7 @@
 Used by tests/test_schedule.py in-process and as a fresh process::
 
     python tests/schedule_resume.py --resume CKPT --out RESULT.pt [--epochs 4] [--kind cosine] [--optim adamw]
+        [--global-rng-loader]
 
 writes ``{"model": state_dict, "optimizer": state_dict, "order": [[sample ids per batch], ...],
 "trainable": [names]}`` to RESULT.pt.
@@ -41,8 +42,15 @@ def run(
     resume: Path | None = None,
     kind: str = "cosine",
     optim: str = "adamw",
+    own_generator: bool = True,
+    restore_rng: bool = True,
 ) -> dict:
-    """Train ``epochs`` epochs (or up to ``stop``, then save); resume from ``resume`` when given."""
+    """Train ``epochs`` epochs (or up to ``stop``, then save); resume from ``resume`` when given.
+
+    ``own_generator=False`` shuffles with the global torch RNG (a DataLoader without ``generator=``), so
+    only the RNG state inside the checkpoint can give a resumed run the same data order;
+    ``restore_rng=False`` resumes without it, as a checkpoint without RNG state would (Lightning's).
+    """
     from transferkit.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 
     threads = torch.get_num_threads()
@@ -55,15 +63,16 @@ def run(
         lr_sched = LRSchedule(opt, kind, total_steps=epochs * STEPS_PER_EPOCH, **SCHEDULE_KW[kind])
         x, y = tiny_data(8 * STEPS_PER_EPOCH).tensors
         data = torch.utils.data.TensorDataset(x, y, torch.arange(len(y)))
-        gen = torch.Generator().manual_seed(1234)
+        gen = torch.Generator().manual_seed(1234) if own_generator else None
         loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True, generator=gen)
         start = 0
         if resume is not None:
             ckpt = load_checkpoint(resume)
             unfreeze_sched.load_state_dict(ckpt["extra"]["freeze_schedule"], opt)
-            restore_checkpoint(ckpt, model=model, optimizer=opt, restore_rng=True)
+            restore_checkpoint(ckpt, model=model, optimizer=opt, restore_rng=restore_rng)
             lr_sched.load_state_dict(ckpt["extra"]["lr_schedule"])
-            gen.set_state(ckpt["extra"]["loader_rng"])
+            if gen is not None:
+                gen.set_state(ckpt["extra"]["loader_rng"])
             start = ckpt["epoch"] + 1
         order = []
         for epoch in range(start, stop if stop is not None else epochs):
@@ -84,7 +93,7 @@ def run(
                 extra={
                     "freeze_schedule": unfreeze_sched.state_dict(),
                     "lr_schedule": lr_sched.state_dict(),
-                    "loader_rng": gen.get_state(),
+                    **({"loader_rng": gen.get_state()} if gen is not None else {}),
                 },
             )
         return {
@@ -104,8 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--kind", default="cosine")
     parser.add_argument("--optim", default="adamw")
+    parser.add_argument("--global-rng-loader", action="store_true", help="shuffle with the global RNG")
     args = parser.parse_args(argv)
-    result = run(epochs=args.epochs, resume=args.resume, kind=args.kind, optim=args.optim)
+    result = run(
+        epochs=args.epochs,
+        resume=args.resume,
+        kind=args.kind,
+        optim=args.optim,
+        own_generator=not args.global_rng_loader,
+    )
     torch.save(result, args.out)
     return 0
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import doctest
+import pickle
 import re
 
 import pytest
@@ -10,6 +12,8 @@ import torch
 from schedule_models import TiedNet, TinyNet, tiny_data
 from torch import nn
 
+import transferkit.freeze
+from transferkit import create_model
 from transferkit.errors import ConfigError
 from transferkit.freeze import (
     convert_frozen_bn,
@@ -104,6 +108,69 @@ def test_freeze_backbone_leaves_only_the_head():
         freeze_backbone(nn.Sequential(nn.Linear(2, 2)))
 
 
+@pytest.fixture(scope="module")
+def resnet18_adapter():
+    """A real torchvision ResNet-18 in an Adapter (random weights, nothing downloaded)."""
+    return create_model("resnet18", num_classes=10, weights=None)
+
+
+def _under(model: nn.Module, *prefixes: str) -> list[str]:
+    return [n for n, _ in model.named_parameters() if n.startswith(prefixes)]
+
+
+def test_every_selector_kind_on_a_real_adapter(resnet18_adapter):
+    """Module, qualified name, glob, regex, predicate and layer group, on the names a user sees."""
+    model = resnet18_adapter
+    layers13 = _under(model, "backbone.layer1.", "backbone.layer2.", "backbone.layer3.")
+    cases = [
+        (model.backbone.layer2, _under(model, "backbone.layer2.")),  # a module object
+        ("backbone.layer1", _under(model, "backbone.layer1.")),  # qualified module name
+        ("backbone.layer1.0.conv1.weight", ["backbone.layer1.0.conv1.weight"]),  # a parameter
+        ("layer1.0", _under(model, "backbone.layer1.0.")),  # relative to the wrapped ResNet
+        ("layer[1-3].*", layers13),  # the issue's glob, as on the bare torchvision model
+        ("backbone.layer[1-3].*", layers13),
+        (
+            re.compile(r"layer4\..*\.bn\d\.weight$"),
+            [f"backbone.layer4.{b}.bn{i}.weight" for b in (0, 1) for i in (1, 2)],
+        ),
+        (lambda n, p: "downsample" in n, [n for n in _under(model, "backbone.") if "downsample" in n]),
+        ("layer4", model.layer_groups()["layer4"]),  # an adapter layer group
+        ("stem", ["backbone.conv1.weight", "backbone.bn1.weight", "backbone.bn1.bias"]),
+        ("head", ["backbone.fc.weight", "backbone.fc.bias"]),
+    ]
+    for selector, expected in cases:
+        assert expected, selector
+        assert select_parameters(model, selector) == expected, selector
+        assert freeze(model, selector) == expected, selector
+        assert {n for n, p in model.named_parameters() if not p.requires_grad} == set(expected)
+        assert unfreeze(model, selector) == expected, selector
+    with pytest.raises(ConfigError, match="Close matches: layer"):
+        freeze(model, "layr[1-3].*")
+
+
+def test_freeze_backbone_and_summary_on_a_real_adapter():
+    model = create_model("resnet18", num_classes=10, weights=None)
+    freeze_backbone(model)
+    assert _trainable(model) == ["backbone.fc.weight", "backbone.fc.bias"]
+    unfreeze(model, "layer4")
+    model.train()
+    rows = {line.split()[0]: line for line in summary(model, by="module").splitlines()}
+    # one row per top-level module of the wrapped network, with the mode of its BatchNorm layers
+    assert list(rows) == [
+        "module",
+        *(f"backbone.{m}" for m in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")),
+        "total",
+    ]
+    assert rows["backbone.layer1"].split()[1:] == ["147968", "0", "147968", "4", "frozen(eval)"]
+    assert rows["backbone.layer4"].split()[1:] == ["8393728", "8393728", "0", "5", "train"]
+    assert rows["backbone.bn1"].endswith("1 frozen(eval)") and rows["backbone.fc"].endswith("-")
+    n = sum(p.numel() for p in model.parameters())
+    assert rows["total"].split() == ["total", str(n), str(8393728 + 5130), str(n - 8393728 - 5130)]
+    groups = {line.split()[0]: line.split()[1:] for line in summary(model).splitlines()}
+    assert list(groups) == ["group", "stem", "layer1", "layer2", "layer3", "layer4", "head", "total"]
+    assert groups["head"] == ["5130", "5130", "0", "-"]
+
+
 def _train_steps(model: nn.Module, steps: int = 4) -> None:
     opt = build_optimizer(model, "sgd", lr=0.5, weight_decay=1e-2)
     loader = torch.utils.data.DataLoader(tiny_data(32), batch_size=8, shuffle=True)
@@ -115,21 +182,52 @@ def _train_steps(model: nn.Module, steps: int = 4) -> None:
         opt.step()
 
 
-def test_frozen_bn_stats_and_weights_bit_identical_in_train_mode():
+@pytest.mark.parametrize("bn", ["eval", "frozen"])
+def test_frozen_bn_stats_and_weights_bit_identical_in_train_mode(bn):
+    """Several SGD steps (weight decay on) in train mode: the frozen part's weights, running statistics
+    and ``num_batches_tracked`` stay bit-identical -- the "frozen" backbone whose BN stats still drift
+    (Lightning's BackboneFinetuning never passes ``train_bn``), both for the eval lock and FrozenBatchNorm2d."""
     model = TinyNet()
     _train_steps(model, 2)  # non-trivial running stats
-    freeze(model, "stem", "layer1")
+    freeze(model, "stem", "layer1", bn=bn)
     before = copy.deepcopy(model.state_dict())
     _train_steps(model, 4)
     after = model.state_dict()
-    for key in before:
-        if key.startswith(("stem.", "layer1.")):
-            assert torch.equal(before[key], after[key]), key
+    frozen_keys = [k for k in before if k.startswith(("stem.", "layer1."))]
+    assert any("running_var" in k for k in frozen_keys)
+    for key in frozen_keys:
+        assert torch.equal(before[key], after[key]), key
     # the trainable part did train, its BN did update
     assert not torch.equal(before["layer2.1.running_mean"], after["layer2.1.running_mean"])
     assert not torch.equal(before["head.weight"], after["head.weight"])
-    assert is_bn_locked(model.stem[1]) and not model.stem[1].training
+    if bn == "eval":
+        assert is_bn_locked(model.stem[1]) and not model.stem[1].training
+    else:
+        assert type(model.stem[1]).__name__ == "FrozenBatchNorm2d"
     assert model.layer2[1].training
+
+
+def test_frozen_bn_reports_eval_right_after_model_train_and_in_copies():
+    """``model.train()`` leaves a frozen BN layer in eval mode even before any forward pass, and the
+    lock survives deepcopy and pickling; ``model.eval()`` / ``train()`` keep working for the rest."""
+    model = TinyNet()
+    freeze(model, "stem")
+    for _ in range(2):
+        model.train()
+        assert not model.stem[1].training and model.layer1[1].training and model.training
+        model.eval()
+        assert not model.stem[1].training and not model.layer1[1].training
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        clone.train()
+        assert not clone.stem[1].training and clone.layer1[1].training
+        assert is_bn_locked(clone.stem[1])
+        unfreeze(clone, "stem")
+        clone.train()
+        assert clone.stem[1].training and not is_bn_locked(clone.stem[1])
+    model.stem[1].training = True  # set by hand: the forward pre-hook still normalises with running stats
+    before = model.stem[1].running_mean.clone()
+    model(torch.randn(2, 3, 16, 16))
+    assert torch.equal(before, model.stem[1].running_mean)
 
 
 def test_train_bn_keeps_frozen_bn_training():
@@ -200,3 +298,7 @@ def test_summary_table():
     assert by_module.splitlines()[0].startswith("module")
     with pytest.raises(ConfigError):
         summary(nn.Linear(2, 2), by="group")
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(transferkit.freeze, optionflags=doctest.ELLIPSIS).failed == 0

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import doctest
+
 import pytest
 import torch
 from schedule_models import TiedNet, TinyNet
 from torch import nn
 
+import transferkit.optim
+from transferkit import create_model
 from transferkit.errors import ConfigError
 from transferkit.freeze import freeze, freeze_backbone, unfreeze
 from transferkit.optim import add_param_group, build_optimizer, no_decay_names, optimizer_names
@@ -111,6 +115,12 @@ def test_custom_groups_and_leftovers():
         ({"momentum": 1.0}, "momentum"),
         ({"betas": (0.9,)}, "betas"),
         ({"name": "adam", "nesterov": True}, "nesterov"),
+        ({"name": "sgd", "momentum": 0.0, "nesterov": True}, "momentum > 0"),
+        # options the chosen optimizer would silently ignore
+        ({"name": "sgd", "betas": (0.9, 0.99)}, "'sgd' does not take betas"),
+        ({"name": "sgd", "eps": 1e-6}, "'sgd' does not take eps .*rmsprop"),
+        ({"name": "adamw", "momentum": 0.5}, "'adamw' does not take momentum .*sgd"),
+        ({"name": "rmsprop", "betas": (0.9, 0.99)}, "does not take betas .*adam"),
     ],
 )
 def test_bad_options_raise_config_errors(kwargs, match):
@@ -149,3 +159,30 @@ def test_add_param_group_to_a_plain_torch_optimizer():
     opt = torch.optim.SGD(model.head.parameters(), lr=0.1)  # groups without names
     added = add_param_group(opt, model, "layer1", lr=0.01, group_name="layer1", weight_decay=0.0)
     assert [g["name"] for g in added] == ["layer1"] and "param_names" not in added[0]
+
+
+def test_options_each_optimizer_takes_reach_it():
+    model = TinyNet()
+    sgd = build_optimizer(model, "sgd", lr=0.1, nesterov=True)
+    assert sgd.defaults["momentum"] == 0.9 and sgd.defaults["nesterov"]
+    adam = build_optimizer(model, "adam", lr=0.1, betas=(0.8, 0.9), eps=1e-6)
+    assert adam.defaults["betas"] == (0.8, 0.9) and adam.defaults["eps"] == 1e-6
+    assert build_optimizer(model, "rmsprop", lr=0.1, momentum=0.0).defaults["momentum"] == 0.0
+
+
+def test_layer_wise_rates_on_a_real_adapter():
+    """ResNet-18's six layer groups: the head at lr, each group below it at the rate above times lr_decay."""
+    model = create_model("resnet18", num_classes=10, weights=None)
+    opt = build_optimizer(model, "adamw", lr=1e-3, weight_decay=0.05, lr_decay=0.5)
+    rates = {g["name"]: g["lr"] for g in opt.param_groups}
+    expected = {
+        g: 1e-3 * 0.5**k for k, g in enumerate(["head", "layer4", "layer3", "layer2", "layer1", "stem"])
+    }
+    assert rates == pytest.approx({**expected, **{f"{g}.no_decay": r for g, r in expected.items()}})
+    decayed = {n for g in opt.param_groups if g["weight_decay"] > 0 for n in g["param_names"]}
+    assert decayed == {n for n, p in model.named_parameters() if p.ndim > 1}  # convs and fc weight only
+    assert set(_ids(opt)) == _trainable_ids(model) and len(_ids(opt)) == len(set(_ids(opt)))
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(transferkit.optim).failed == 0

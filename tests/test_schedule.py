@@ -7,6 +7,7 @@ and a different data order after resume.
 
 from __future__ import annotations
 
+import doctest
 import math
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from schedule_models import TiedNet, TinyNet, tiny_data
 from schedule_resume import run
 from torch import nn
 
+import transferkit.schedule
+from transferkit import create_model
 from transferkit.errors import CheckpointError, ConfigError
 from transferkit.freeze import is_bn_locked
 from transferkit.optim import build_optimizer
@@ -89,6 +92,8 @@ def test_optimizer_holds_exactly_the_trainable_parameters_after_every_thaw():
 
 
 def test_tied_weights_never_enter_twice():
+    """A weight shared by two modules is one parameter: never in two groups, also after a resume (peers that
+    de-duplicate by comparing values, not identity, get this wrong)."""
     model = TiedNet()
     sched = GradualUnfreeze(model, every=1)
     assert model.emb.weight.requires_grad  # the head's alias of the shared tensor
@@ -96,7 +101,30 @@ def test_tied_weights_never_enter_twice():
     for epoch in range(3):
         sched.step(epoch, opt)
         _assert_optimizer_matches_trainable(opt, model)
+        fresh = TiedNet()
+        fresh_sched = GradualUnfreeze(fresh, every=1)
+        fresh_opt = build_optimizer(fresh, "sgd", lr=0.1)
+        fresh_sched.load_state_dict(sched.state_dict(), fresh_opt)
+        fresh_opt.load_state_dict(opt.state_dict())
+        _assert_optimizer_matches_trainable(fresh_opt, fresh)
     assert len([p for g in opt.param_groups for p in g["params"]]) == len(list(model.parameters()))
+
+
+def test_explicit_plan_on_a_real_adapter():
+    """The issue's plan ``{1: "layer4", 3: "layer3"}`` on ResNet-18: each thaw is a new named group at a
+    reduced rate, and after every thaw the optimizer holds exactly the trainable parameters."""
+    model = create_model("resnet18", num_classes=10, weights=None)
+    sched = GradualUnfreeze(model, at={1: "layer4", 3: "layer3"}, lr_decay=0.5)
+    opt = build_optimizer(model, "adamw", lr=1e-3, weight_decay=0.05)
+    assert {g["name"] for g in opt.param_groups} == {"head", "head.no_decay"}
+    thawed = {}
+    for epoch in range(5):
+        thawed[epoch] = sched.step(epoch, opt)
+        _assert_optimizer_matches_trainable(opt, model)
+    assert thawed == {0: [], 1: ["layer4"], 2: [], 3: ["layer3"], 4: []}
+    rates = {g["name"]: g["initial_lr"] for g in opt.param_groups if not g["name"].endswith("no_decay")}
+    assert rates == pytest.approx({"head": 1e-3, "layer4": 5e-4, "layer3": 2.5e-4})
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith("backbone.layer2"))
 
 
 def test_skipped_epochs_still_thaw_and_groups_never_named_stay_frozen():
@@ -108,6 +136,7 @@ def test_skipped_epochs_still_thaw_and_groups_never_named_stay_frozen():
 
 
 def test_fine_tune_is_head_only_then_everything():
+    """fastai's ``fine_tune``: head-only epochs, then every group at once with lower rates below."""
     model = TinyNet()
     sched = GradualUnfreeze.fine_tune(model, freeze_epochs=2, lr_decay=0.1)
     opt = build_optimizer(model, "adam", lr=1.0)
@@ -147,6 +176,8 @@ def test_needs_layer_groups():
 
 
 def test_frozen_bn_does_not_drift_until_its_group_thaws():
+    """Lightning's BackboneFinetuning never passes ``train_bn``, so its "frozen" BN keeps updating running
+    statistics. Here a frozen group's BN stats stay put through epochs in train mode, until it thaws."""
     model = TinyNet()
     sched = GradualUnfreeze(model, at={2: "layer1"})
     opt = build_optimizer(model, "sgd", lr=0.1)
@@ -204,7 +235,10 @@ def test_warmup_then_cosine():
 
 @pytest.mark.parametrize("kind", ["cosine", "step", "onecycle", "linear", "none"])
 def test_every_group_follows_the_schedule_including_groups_added_later(kind):
-    """The Lightning/torch failure: a group added mid-run crashes the scheduler or is left off the curve."""
+    """Lightning #8720 / #12141, torch #79888: after BackboneFinetuning adds a group, ``LambdaLR`` and
+    ``OneCycleLR`` crash at the next step (the new group lacks their keys) and cosine overwrites the new
+    group's decayed rate. Here, at every optimizer step, every group -- old and new -- runs at its own
+    ``initial_lr`` (head: lr, thawed groups: lr * decay**depth) times the schedule's factor."""
     model = TinyNet()
     unfreeze_sched = GradualUnfreeze(model, every=1, lr_decay=0.3)
     opt = build_optimizer(model, "sgd", lr=0.1)
@@ -259,6 +293,8 @@ def test_bad_lr_schedules_raise(kwargs, match):
 
 
 def test_load_state_dict_rebuilds_groups_requires_grad_and_bn_before_optimizer_state():
+    """Lightning #6891: resuming after the unfreeze, the optimizer's saved groups do not match the fresh
+    optimizer's, and the backbone silently stays frozen. The schedule's state rebuilds both, by name."""
     model = TinyNet()
     sched = GradualUnfreeze(model, every=1)
     opt = build_optimizer(model, "adamw", lr=1e-2, weight_decay=0.1)
@@ -312,10 +348,15 @@ def test_resume_mid_schedule_is_bit_identical(tmp_path, kind, optim):
     assert resumed["order"] == full["order"][-len(resumed["order"]) :]
 
 
-def test_resume_in_a_fresh_process_is_bit_identical(tmp_path):
-    """N epochs in one go == N/2 epochs, save, restore in a new interpreter, N/2 more (CPU)."""
-    full = run(epochs=4)
-    half = run(epochs=4, stop=2, save_to=tmp_path / "half.pt")
+@pytest.mark.parametrize("global_rng_loader", [False, True], ids=["loader-generator", "global-rng-loader"])
+def test_resume_in_a_fresh_process_is_bit_identical(tmp_path, global_rng_loader):
+    """N epochs in one go == N/2 epochs, save, restore in a new interpreter, N/2 more (CPU): bit-identical
+    weights and optimizer state. Guards the peer failures measured in issue 5: the resumed backbone stays
+    frozen (Lightning re-freezes it in ``setup``), and with no RNG state in the checkpoint a shuffled loader
+    sees another order (``global-rng-loader``: a DataLoader without its own generator, plus dropout)."""
+    kw = {"own_generator": not global_rng_loader}
+    full = run(epochs=4, **kw)
+    half = run(epochs=4, stop=2, save_to=tmp_path / "half.pt", **kw)
     # saved after the layer2 thaw (epoch 1), resumed before the layer1 thaw (epoch 2)
     assert half["trainable"] == [n for n in full["trainable"] if n.startswith(("layer2", "head"))]
     subprocess.run(
@@ -326,6 +367,7 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path):
             str(tmp_path / "half.pt"),
             "--out",
             str(tmp_path / "resumed.pt"),
+            *(["--global-rng-loader"] if global_rng_loader else []),
         ],
         check=True,
         timeout=120,
@@ -336,3 +378,21 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path):
     _assert_same(full["model"], resumed["model"], "model")
     _assert_same(full["optimizer"], resumed["optimizer"], "optimizer")
     assert not torch.equal(full["model"]["stem.0.weight"], TinyNet().state_dict()["stem.0.weight"])
+
+
+def test_resume_without_rng_state_changes_the_data_order(tmp_path):
+    """The negative control of the RNG guard: resuming the same checkpoint *without* putting back its RNG
+    state (what a Lightning checkpoint offers) gives a shuffled loader another order and other weights, so
+    the bit-identical resume above really rests on the RNG state in the checkpoint."""
+    full = run(epochs=4, own_generator=False)
+    run(epochs=4, stop=2, save_to=tmp_path / "half.pt", own_generator=False)
+    with_rng = run(epochs=4, resume=tmp_path / "half.pt", own_generator=False)
+    without = run(epochs=4, resume=tmp_path / "half.pt", own_generator=False, restore_rng=False)
+    assert with_rng["order"] == full["order"][-len(with_rng["order"]) :]
+    assert without["order"] != with_rng["order"]
+    assert not torch.equal(without["model"]["head.weight"], full["model"]["head.weight"])
+    assert without["trainable"] == full["trainable"]  # the schedule state alone still rethaws the backbone
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(transferkit.schedule).failed == 0

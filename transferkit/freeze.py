@@ -5,19 +5,25 @@ A *selector* picks parameters of a model. It may be
 - an ``nn.Module`` inside the model (all its parameters),
 - a qualified name: a layer group of an adapter (``"head"``, ``"layer4"``), a module (``"backbone.layer1"``)
   or a parameter (``"backbone.fc.weight"``), tried in that order,
-- a glob matched with :func:`fnmatch.fnmatchcase` against parameter and module names (``"layer[1-3].*"``),
+- a glob matched with :func:`fnmatch.fnmatchcase` against layer group, module and parameter names
+  (``"layer[1-3].*"``),
 - a compiled regular expression, searched in parameter names,
 - a predicate ``(name, param) -> bool``,
 - or a list/tuple of any of these.
+
+Module and parameter names, plain or glob, may also be given relative to the network an adapter wraps
+(``"layer1.0"``, ``"layer[1-3].*"`` for ``backbone.layer1.0``, ``backbone.layer1.*`` ...), as they appear
+in the torchvision or timm model itself.
 
 Parameters are handled by identity: a weight shared by two modules (tied embeddings) is one parameter and
 is reported under its first name, the one :meth:`nn.Module.named_parameters` gives.
 
 **BatchNorm policy.** A BatchNorm layer whose parameters are all frozen (and ``train_bn=False``) is put in
-eval mode *and kept there*: a forward pre-hook resets ``module.training = False`` before every forward, so
-``model.train()`` cannot make it normalise with batch statistics or update its running statistics -- the
-classic "frozen backbone whose BN statistics still drift" bug. :func:`unfreeze` removes the hook. Converting
-such layers to :class:`torchvision.ops.FrozenBatchNorm2d` (``freeze(..., bn="frozen")`` or
+eval mode *and kept there*: its ``train()`` is replaced by one that keeps ``training=False`` (so
+``model.train()`` leaves it in eval mode), and a forward pre-hook resets ``module.training = False`` before
+every forward, so nothing can make it normalise with batch statistics or update its running statistics --
+the classic "frozen backbone whose BN statistics still drift" bug. :func:`unfreeze` removes both guards.
+Converting such layers to :class:`torchvision.ops.FrozenBatchNorm2d` (``freeze(..., bn="frozen")`` or
 :func:`convert_frozen_bn`) is the permanent alternative: their affine terms become buffers.
 
 Example:
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -89,13 +96,31 @@ def _under(name: str, prefix: str) -> bool:
     return prefix == "" or name == prefix or name.startswith(prefix + ".")
 
 
-def _glob_hits(pattern: str, alias: dict[str, str], modules: Iterable[str]) -> list[str]:
-    """Parameters whose own name, or the name of a module holding them, matches the glob."""
-    matched_modules = [m for m in modules if m and fnmatch.fnmatchcase(m, pattern)]
-    hits = []
-    for name, canon in alias.items():
-        if fnmatch.fnmatchcase(name, pattern) or any(_under(name, m) for m in matched_modules):
-            hits.append(canon)
+def _glob_hits(
+    pattern: str,
+    alias: dict[str, str],
+    modules: Iterable[str],
+    groups: dict[str, list[str]] | None,
+    prefix: str,
+) -> list[str]:
+    """Parameters whose own name, the name of a module holding them, or their layer group matches the glob.
+
+    Names are also tried relative to the wrapped network (``prefix``, e.g. ``"backbone."`` of an adapter),
+    so ``"layer[1-3].*"`` means the same on an adapter as on the bare torchvision ResNet.
+    """
+
+    def match(name: str) -> bool:
+        if fnmatch.fnmatchcase(name, pattern):
+            return True
+        return bool(prefix) and name.startswith(prefix) and fnmatch.fnmatchcase(name[len(prefix) :], pattern)
+
+    matched_modules = [m for m in modules if m and match(m)]
+    hits = [
+        canon for name, canon in alias.items() if match(name) or any(_under(name, m) for m in matched_modules)
+    ]
+    for gname, names in (groups or {}).items():
+        if fnmatch.fnmatchcase(gname, pattern):
+            hits.extend(alias[n] for n in names if n in alias)
     return hits
 
 
@@ -135,12 +160,15 @@ def _resolve_one(model: nn.Module, selector: Any, alias: dict[str, str], canonic
         if groups is not None and selector in groups:
             return [alias[n] for n in groups[selector] if n in alias]
         modules = dict(model.named_modules())
-        if selector in modules:
-            return [canon for name, canon in alias.items() if _under(name, selector)]
-        if selector in alias:
-            return [alias[selector]]
+        prefix = _wrapper_prefix(model)
+        # a name relative to the wrapped network ("layer1.0" for "backbone.layer1.0") is accepted too
+        for name in (selector, prefix + selector) if prefix and selector else (selector,):
+            if name in modules:
+                return [canon for a, canon in alias.items() if _under(a, name)]
+            if name in alias:
+                return [alias[name]]
         if _GLOB_CHARS & set(selector):
-            hits = _glob_hits(selector, alias, modules)
+            hits = _glob_hits(selector, alias, modules, groups, prefix)
             if hits:
                 return hits
         names = [*(groups or {}), *(m for m in modules if m), *alias]
@@ -184,8 +212,18 @@ def select_parameters(model: nn.Module, *selectors: Selector) -> list[str]:
 
 
 def _keep_bn_eval(module: nn.Module, args: Any) -> None:
-    """Forward pre-hook of a frozen BN layer: whatever model.train() did, normalise with running stats."""
+    """Forward pre-hook of a frozen BN layer: whatever set ``training``, normalise with running stats."""
     module.training = False
+
+
+def _locked_train(module: nn.Module, mode: bool = True) -> nn.Module:
+    """``train()`` of a frozen BN layer: ``model.train()`` reaches it through its parent and is ignored."""
+    nn.Module.train(module, False)
+    return module
+
+
+def _is_locked_train(value: Any) -> bool:
+    return isinstance(value, functools.partial) and value.func is _locked_train
 
 
 def is_bn_locked(module: nn.Module) -> bool:
@@ -194,9 +232,13 @@ def is_bn_locked(module: nn.Module) -> bool:
 
 
 def _lock_bn(module: nn.Module) -> None:
+    # Two guards: the instance-level train() keeps ``module.training`` False through model.train(), so
+    # what the flag says is what the layer does; the pre-hook also covers ``bn.training = True`` set by
+    # hand. A partial (not a bound method) survives deepcopy and pickle, pointing at the copy.
     if not is_bn_locked(module):
         module.register_forward_pre_hook(_keep_bn_eval)
-    module.eval()
+    vars(module)["train"] = functools.partial(_locked_train, module)
+    module.training = False
 
 
 def _unlock_bn(module: nn.Module, training: bool) -> None:
@@ -205,6 +247,8 @@ def _unlock_bn(module: nn.Module, training: bool) -> None:
     hooks = module._forward_pre_hooks
     for key in [k for k, h in hooks.items() if h is _keep_bn_eval]:
         del hooks[key]
+    if _is_locked_train(vars(module).get("train")):
+        del vars(module)["train"]
     module.train(training)
 
 

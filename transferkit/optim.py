@@ -96,6 +96,27 @@ def no_decay_names(model: nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if p.ndim <= 1 or id(p) in norm_ids}
 
 
+# which of the optional hyperparameters each optimizer takes: giving one it ignores is an error, not a no-op
+_TAKES: dict[str, frozenset[str]] = {
+    "sgd": frozenset({"momentum", "nesterov"}),
+    "rmsprop": frozenset({"momentum", "eps"}),
+    **{k: frozenset({"betas", "eps"}) for k in ("adam", "adamw", "nadam", "radam")},
+}
+_DEFAULT_MOMENTUM = 0.9
+
+
+def _check_consistent(key: str, given: dict[str, Any]) -> None:
+    """Reject hyperparameters the chosen optimizer would silently ignore (betas for SGD, ...)."""
+    ignored = sorted(k for k, v in given.items() if v is not None and k not in _TAKES[key])
+    if ignored:
+        takers = sorted(n for n, t in _TAKES.items() if set(ignored) <= t)
+        hint = f" ({', '.join(ignored)} is taken by {', '.join(takers)})" if takers else ""
+        raise ConfigError(
+            f"optimizer {key!r} does not take {', '.join(ignored)}{hint}; drop the option or choose "
+            "an optimizer that uses it"
+        )
+
+
 def _check_options(
     lr: float, weight_decay: float, lr_decay: float | None, momentum: float, betas: Any
 ) -> None:
@@ -108,7 +129,7 @@ def _check_options(
             f"lr_decay must be in (0, 1] (each lower layer group trains at the rate above times it), "
             f"got {lr_decay!r}; use None for one rate everywhere"
         )
-    if not 0 <= momentum < 1:
+    if not (isinstance(momentum, int | float) and 0 <= momentum < 1):
         raise ConfigError(f"momentum must be in [0, 1), got {momentum!r}")
     if betas is not None and (len(tuple(betas)) != 2 or not all(0 <= b < 1 for b in betas)):
         raise ConfigError(f"betas must be two numbers in [0, 1), got {betas!r}")
@@ -192,7 +213,7 @@ def build_optimizer(
     weight_decay: float = 0.0,
     lr_decay: float | None = None,
     no_decay_bias_norm: bool = True,
-    momentum: float = 0.9,
+    momentum: float | None = None,
     betas: tuple[float, float] | None = None,
     groups: Mapping[str, Any] | None = None,
     *,
@@ -209,7 +230,7 @@ def build_optimizer(
         lr_decay: discriminative rates: group ``k`` levels below the top trains at ``lr * lr_decay**k``.
             Levels count layer groups, trainable or not, so a group thawed later gets the same rate.
         no_decay_bias_norm: exempt 0/1-d parameters and normalisation-layer weights from weight decay.
-        momentum: for SGD and RMSprop.
+        momentum: for SGD and RMSprop (0.9 when None).
         betas: for the Adam family (torch defaults when None).
         groups: ``{group_name: selector}`` ordered input -> output, overriding ``layer_groups()``;
             parameters no selector picks join the last group.
@@ -220,7 +241,8 @@ def build_optimizer(
         The optimizer; each group has ``name``, ``initial_lr``, ``lr``, ``weight_decay``, ``param_names``.
 
     Raises:
-        ConfigError: unknown name (the known ones are listed), nothing trainable, inconsistent options.
+        ConfigError: unknown name (the known ones are listed), nothing trainable, inconsistent options
+            (an option the chosen optimizer ignores, such as ``betas`` for SGD or ``momentum`` for Adam).
 
     Example:
         >>> m = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
@@ -235,9 +257,11 @@ def build_optimizer(
         raise ConfigError(
             f"unknown optimizer {name!r}; expected one of {', '.join(optimizer_names())}.{hint}"
         )
+    _check_consistent(key, {"momentum": momentum, "betas": betas, "eps": eps, "nesterov": nesterov or None})
+    momentum = _DEFAULT_MOMENTUM if momentum is None else momentum
     _check_options(lr, weight_decay, lr_decay, momentum, betas)
-    if nesterov and (key != "sgd" or momentum == 0):
-        raise ConfigError("nesterov=True needs name='sgd' and momentum > 0")
+    if nesterov and momentum == 0:
+        raise ConfigError("nesterov=True needs momentum > 0")
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(
             f"{type(model).__name__} has no trainable parameter (every requires_grad is False); "

@@ -338,6 +338,13 @@ def _rebuild_groups(
     optimizer: torch.optim.Optimizer, params: dict[str, nn.Parameter], recorded: list
 ) -> None:
     """Replace the optimizer's groups by the recorded ones; its per-parameter state is dropped."""
+    if optimizer.state:
+        # the documented order loads the schedule into a fresh optimizer; state here is about to be lost
+        logger.warning(
+            "GradualUnfreeze.load_state_dict drops the optimizer's existing state (%d tensors); load the "
+            "schedule state *before* optimizer.load_state_dict / restore_checkpoint",
+            len(optimizer.state),
+        )
     optimizer.param_groups.clear()
     optimizer.state.clear()
     for g in recorded:
