@@ -1,4 +1,4 @@
-"""Benchmark: loading a ViT-B/16-sized checkpoint with a 1000 -> 10 head mismatch, five ways.
+"""Benchmark: loading a ViT-B/16-sized checkpoint with a 1000 -> 10 head mismatch, six ways.
 
 Each path runs in a fresh Python process (so one path's page cache of Python objects, allocator state
 and peak RSS cannot leak into the next) and reports wall time and peak resident memory
@@ -15,7 +15,12 @@ Paths:
      read is not timed);
   d. ``transferkit.load_partial(model, path)`` into an existing model;
   e. ``transferkit.backbones.create_model("vit_b_16", num_classes=10, weights=path)`` (build and load
-     in one call; meta-device construction).
+     in one call; meta-device construction);
+  f. floor for reading the file safely: ``torch.load(path, mmap=True, weights_only=True)``, drop the head,
+     bare ``load_state_dict`` (no checks, no report, not transactional). (c) excludes reading the file
+     altogether; (f) is what any path that starts from the file pays, so ``d / f`` is transferkit's own
+     overhead and ``f / c`` the cost of the read itself (unpickling with the weights-only unpickler and
+     faulting in the mapped pages).
 
 Run: ``python benchmarks/bench_load.py [--out FILE.md|FILE.json] [--repeat N]``.
 """
@@ -39,6 +44,7 @@ PATHS = {
     "c": "bare load_state_dict of an in-memory dict (reference)",
     "d": "transferkit load_partial into an existing model",
     "e": "transferkit create_model(weights=path) (build + load)",
+    "f": "floor: torch.load(mmap=True, weights_only=True), drop head, bare load_state_dict",
 }
 HEAD = ("heads.head.weight", "heads.head.bias")
 
@@ -118,6 +124,14 @@ def _child(path_id: str, ckpt: str) -> dict:
             timm.models.load_checkpoint(model, ckpt, strict=False, filter_fn=drop_head)
             result["load_s"] = time.perf_counter() - t1
             result["loaded"] = None
+        elif path_id == "f":
+            t1 = time.perf_counter()
+            sd = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+            for k in HEAD:
+                sd.pop(k)
+            model.load_state_dict(sd, strict=False)
+            result["load_s"] = time.perf_counter() - t1
+            result["loaded"] = len(sd)
         elif path_id == "d":
             from transferkit.partial import load_partial
 
@@ -194,6 +208,13 @@ def _table(results: dict[str, dict], ckpt_mb: float, repeat: int) -> str:
         "load / ref: load time relative to (c), a load_state_dict of a dict already in memory; (e) includes "
         "building the model. Peak RSS counts file pages mapped by mmap that were read."
     )
+    floor, mine = results.get("f", {}).get("load_s"), results.get("d", {}).get("load_s")
+    if floor and mine and ref:
+        lines.append(
+            f"Reading the file safely at all (f) costs {floor / ref:.2f}x the in-memory reference; "
+            f"load_partial (d) is {mine / floor:.2f}x that floor (its checks, report and transactional "
+            "ordering)."
+        )
     touch = results.get("e", {}).get("touch_s")
     if touch is not None:
         lines.append(
@@ -207,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the results here (.json for JSON, else markdown)")
     parser.add_argument("--repeat", type=int, default=1, help="fresh processes per path (median reported)")
-    parser.add_argument("--paths", default="abcde", help="which paths to run (default: abcde)")
+    parser.add_argument("--paths", default="".join(PATHS), help="which paths to run (default: all)")
     parser.add_argument("--child", nargs=2, metavar=("PATH_ID", "CKPT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

@@ -89,7 +89,9 @@ def test_dry_run_into_a_backbone_by_name_on_the_meta_device(fixtures_dir: Path) 
         fixtures_dir / "tv_squeezenet1_0_corn4.pth", model="squeezenet1_0", num_classes=10
     )
     assert "dry run into squeezenet1_0 (10 classes)" in text
-    assert "would load 50/52" in text
+    assert "LoadReport (tv_squeezenet1_0_corn4.pth) [dry run]" in text
+    assert "would load 50/52" in text and "renamed 0," in text  # the checkpoint's own names, as create_model
+    assert "features 100%  classifier 0%" in text
     with pytest.raises(ConfigError, match="num_classes"):
         inspect_checkpoint(fixtures_dir / "tv_squeezenet1_0_corn4.pth", model="squeezenet1_0")
 
@@ -129,3 +131,56 @@ def test_skeleton_keeps_shapes_on_meta() -> None:
     assert list(got) == list(sd)
     assert all(got[k].shape == sd[k].shape and got[k].is_meta for k in sd)
     assert "1.running_mean" not in dict(skeleton.named_parameters())
+
+
+ALL_FIXTURES = [*sorted(EXPECTED), "lightning11_mnist_mlp_unsafe.ckpt"]
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_inspect_command_line_on_every_fixture(
+    fixtures_dir: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transferkit.cli import main
+
+    assert main(["inspect", str(fixtures_dir / name)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"checkpoint: {name} (")
+    facts = EXPECTED.get(name, ["refused by weights_only=True", "__main__.Backbone"])
+    assert all(fact in out for fact in facts), out
+
+
+def test_inspect_command_line_dry_run_with_a_rule(
+    fixtures_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transferkit.cli import main
+
+    path = str(fixtures_dir / "mnist_lenet5.pth")
+    assert main(["inspect", path, "--against", path, "--rule", "convnet.=>features."]) == 0
+    out = capsys.readouterr().out
+    assert "a load would fail" not in out and "would load 4/10" in out and "unexpected (6)" in out
+
+
+def test_zip_files_are_read_with_mmap_and_weights_only(
+    fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict] = []
+    real_load = torch.load
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(dict(kwargs))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    inspect_checkpoint(fixtures_dir / "tv_squeezenet1_0_corn4.pth")
+    assert calls and all(c.get("mmap") is True and c.get("weights_only") is True for c in calls)
+
+
+def test_dry_run_of_an_adapter_layout_checkpoint_goes_into_the_adapter(
+    fixtures_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("transferkit.backbones")
+    state = torch.load(fixtures_dir / "tv_squeezenet1_0_corn4.pth", map_location="cpu", weights_only=True)
+    path = tmp_path / "adapter.pt"
+    torch.save({f"backbone.{k}": v for k, v in state.items()}, path)
+    text = inspect_checkpoint(path, model="squeezenet1_0", num_classes=10)
+    assert "would load 50/52" in text and "backbone.classifier.1.weight  [4, 512, 1, 1]" in text

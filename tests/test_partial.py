@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from transferkit.errors import CheckpointError, ConfigError, LoadError
+from transferkit.errors import CheckpointError, ConfigError, LoadError, UnsafeCheckpointError
 from transferkit.partial import LoadReport, compact_keys, load_partial, suggest_prefix_rule
-from transferkit.rename import Prefix, Regex
+from transferkit.rename import Prefix, Regex, RenameOnLoadMixin
 
 # ------------------------------------------------------------------------------------- test models
 
@@ -439,3 +439,210 @@ def test_module_versions_reach_version_dependent_loaders() -> None:
     report = load_partial(model, plain)
     assert sorted(report.mismatched) == ["classifier.1.bias", "classifier.1.weight"]
     assert torch.equal(model.layers[0].weight, source.layers[0].weight)
+
+
+# ------------------------------------------------------------------------------ transactional safety
+
+
+class _Guarded(RenameOnLoadMixin, nn.Module):
+    """A part whose shape-mismatch policy is 'error'."""
+
+    on_shape_mismatch = "error"
+
+    def __init__(self, out: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, out)
+
+
+def _guarded_model(out: int = 3) -> nn.Module:
+    model = two_part()
+    model.guard = _Guarded(out)
+    return model
+
+
+def _fail_strict(model: nn.Module, tmp: Path) -> None:
+    src = two_part()
+    src.head = nn.Linear(4, 5)
+    load_partial(model, src.state_dict(), strict=True)
+
+
+def _fail_zero(model: nn.Module, tmp: Path) -> None:
+    load_partial(model, {f"encoder.{k}": v for k, v in two_part().backbone.state_dict().items()})
+
+
+def _fail_coverage(model: nn.Module, tmp: Path) -> None:
+    load_partial(model, two_part().backbone.state_dict(), rules=["=>backbone."], min_coverage={"head": 0.5})
+
+
+def _fail_conflict(model: nn.Module, tmp: Path) -> None:
+    sd = _guarded_model().state_dict()
+    sd["module.head.weight"] = sd["head.weight"].clone()
+    load_partial(model, sd)
+
+
+def _fail_unreadable(model: nn.Module, tmp: Path) -> None:
+    path = tmp / "truncated.pt"
+    torch.save(_guarded_model().state_dict(), path)
+    path.write_bytes(path.read_bytes()[:-200])
+    load_partial(model, path)
+
+
+def _fail_unsafe(model: nn.Module, tmp: Path) -> None:
+    path = tmp / "pickled_module.pt"
+    torch.save({"state_dict": _guarded_model().state_dict(), "module": nn.Identity()}, path)
+    load_partial(model, path)
+
+
+def _fail_mixin_policy(model: nn.Module, tmp: Path) -> None:
+    load_partial(model, _guarded_model(out=7))
+
+
+def _fail_bad_rule(model: nn.Module, tmp: Path) -> None:
+    load_partial(model, _guarded_model(), rules=[lambda k: 42])
+
+
+def _fail_coverage_range(model: nn.Module, tmp: Path) -> None:
+    load_partial(model, _guarded_model(), min_coverage=1.5)
+
+
+FAILURES = {
+    "strict": (_fail_strict, LoadError),
+    "zero tensors": (_fail_zero, LoadError),
+    "min_coverage": (_fail_coverage, LoadError),
+    "rename conflict": (_fail_conflict, LoadError),
+    "unreadable file": (_fail_unreadable, CheckpointError),
+    "unsafe file": (_fail_unsafe, UnsafeCheckpointError),
+    "mixin on_shape_mismatch=error": (_fail_mixin_policy, LoadError),
+    "rule returning a non-string": (_fail_bad_rule, ConfigError),
+    "min_coverage out of range": (_fail_coverage_range, ConfigError),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILURES))
+def test_every_failure_path_leaves_the_model_exactly_as_it_was(case: str, tmp_path: Path) -> None:
+    fail, error = FAILURES[case]
+    model = _guarded_model()
+    model.backbone[1].running_mean.add_(3.0)  # buffers and counters count too
+    model.backbone[1].num_batches_tracked.add_(5)
+    before = snapshot(model)
+    with pytest.raises(error) as info:
+        fail(model, tmp_path)
+    assert str(info.value)
+    assert_identical(model, before)
+
+
+def test_an_error_inside_the_models_own_loading_code_is_reported_as_such() -> None:
+    """transferkit cannot undo writes made before the model's own code raised: the error says so."""
+
+    class Refuses(nn.Linear):
+        def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("this layer refuses to load")
+
+    model = nn.Sequential(nn.Linear(2, 2), Refuses(2, 2))
+    with pytest.raises(LoadError, match="refuses to load.*may already be written"):
+        load_partial(model, nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)))
+
+
+def test_lazy_parameters_are_refused_before_anything_is_read_or_written() -> None:
+    model = nn.Sequential(nn.LazyLinear(3), nn.Linear(3, 2))
+    before = model[1].weight.detach().clone()
+    with pytest.raises(ConfigError, match="lazy.*forward pass"):
+        load_partial(model, nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)))
+    assert torch.equal(model[1].weight, before)
+
+
+def test_extra_state_in_a_plain_state_dict_loads_through_set_extra_state() -> None:
+    class WithExtra(nn.Module):
+        def __init__(self, tag: int) -> None:
+            super().__init__()
+            self.fc, self.tag = nn.Linear(2, 2), tag
+
+        def get_extra_state(self) -> dict:
+            return {"tag": self.tag}
+
+        def set_extra_state(self, state: dict) -> None:
+            self.tag = state["tag"]
+
+    model = WithExtra(0)
+    report = load_partial(model, dict(WithExtra(7).state_dict()))
+    assert model.tag == 7 and "_extra_state" in report.loaded
+
+
+def test_a_load_from_state_dict_override_of_a_submodule_runs() -> None:
+    """Loading goes through the model's own load_state_dict, so a submodule's override sees its keys."""
+
+    class Transposed(nn.Linear):
+        def _load_from_state_dict(self, state_dict, prefix, *args):  # type: ignore[no-untyped-def]
+            key = prefix + "weight"
+            if key in state_dict:
+                state_dict[key] = state_dict[key].t()  # stored transposed, like GPT-2's Conv1D
+            super()._load_from_state_dict(state_dict, prefix, *args)
+
+    model = nn.Sequential(nn.Linear(3, 3), Transposed(3, 3))
+    src = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    report = load_partial(model, src)
+    assert report.total_coverage == 1.0
+    assert torch.equal(model[1].weight, src["1.weight"].t())
+
+
+# ------------------------------------------------------------------------------ wrapper prefixes, real file
+
+
+@pytest.mark.parametrize("wrapper", ["model.", "model._orig_mod.", "model.module.", "_orig_mod.module."])
+def test_lightning_25_weights_load_under_every_wrapper_prefix(
+    fixtures_dir: Path, tmp_path: Path, wrapper: str
+) -> None:
+    ckpt = torch.load(fixtures_dir / "lightning25_mnist_cnn.ckpt", map_location="cpu", weights_only=True)
+    ckpt["state_dict"] = {wrapper + k: v for k, v in ckpt["state_dict"].items()}
+    path = tmp_path / "wrapped.ckpt"
+    torch.save(ckpt, path)
+    model = LightningCNN()
+    report = load_partial(model, path, strict=True)
+    assert report.total_coverage == 1.0 and len(report.renamed) == 8
+    assert torch.equal(model.fc1.weight, ckpt["state_dict"][wrapper + "fc1.weight"])
+
+
+def test_a_real_child_called_model_keeps_its_prefix() -> None:
+    """Lightning's `model.` is stripped only when that makes keys match, never from a real child `model`."""
+    outer = nn.Module()
+    outer.model = LightningCNN()
+    src = {f"model.{k}": torch.randn_like(v) for k, v in outer.model.state_dict().items()}
+    report = load_partial(outer, src, strict=True)
+    assert not report.renamed and torch.equal(outer.model.conv1.weight, src["model.conv1.weight"])
+
+
+# ------------------------------------------------------------------------------ properties with rules, casts
+
+
+@st.composite
+def renamed_model_and_checkpoint(draw):  # type: ignore[no-untyped-def]
+    model_spec, ckpt_spec, wrapper = draw(model_and_checkpoint())
+    dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.float16]))
+    return model_spec, ckpt_spec, wrapper, dtype
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(renamed_model_and_checkpoint())
+def test_property_holds_through_a_rename_rule_and_dtype_casts(case) -> None:  # type: ignore[no-untyped-def]
+    """The checkpoint names module m0 `old0` (a Prefix rule maps it back) and stores another dtype."""
+    model_spec, ckpt_spec, wrapper, dtype = case
+    model = build(model_spec)
+    ckpt = {
+        wrapper + (k.replace("m0.", "old0.", 1) if k.startswith("m0.") else k): torch.randn(s).to(dtype)
+        for k, s in ckpt_spec.items()
+    }
+    before = snapshot(model)
+    if not any(model_spec.get(k) == s for k, s in ckpt_spec.items()):
+        with pytest.raises(LoadError):
+            load_partial(model, ckpt, rules=[Prefix("old0.", "m0.")])
+        assert_identical(model, before)
+        return
+    report = load_partial(model, ckpt, rules=[Prefix("old0.", "m0.")])
+    final = {report.renamed.get(k, k): k for k in ckpt}
+    assert sorted([*report.loaded, *report.mismatched, *report.unexpected]) == sorted(final)
+    assert sorted([*report.loaded, *report.mismatched, *report.missing]) == sorted(model_spec)
+    assert set(report.cast) == (set(report.loaded) if dtype != torch.float32 else set())
+    after = model.state_dict()
+    for key in model_spec:
+        expected = ckpt[final[key]].float() if key in report.loaded else before[key]
+        assert after[key].dtype == torch.float32 and torch.equal(after[key], expected), key

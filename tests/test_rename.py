@@ -220,3 +220,45 @@ def test_load_partial_predicts_the_mixins_renames() -> None:
     assert not report.unexpected
     assert not report.missing  # skipped-for-shape keys are listed once, under mismatched
     assert torch.equal(model.towers.det.img_rpn_head.weight, ckpt["towers.det.rpn_head.weight"])
+
+
+def _nest(module: nn.Module, depth: int) -> nn.Module:
+    for i in range(depth):
+        outer = nn.Module()
+        outer.add_module(f"level{i}", module)
+        module = outer
+    return module
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_mixin_works_at_any_depth_and_leaves_the_callers_dict_alone(depth: int) -> None:
+    ckpt = _nest(OldDetector(), depth).state_dict()
+    snapshot = {k: (id(v), v.clone()) for k, v in ckpt.items()}
+    model = _nest(Detector(), depth)
+    model.load_state_dict(ckpt)
+    assert {k: id(v) for k, v in ckpt.items()} == {k: i for k, (i, _) in snapshot.items()}
+    assert all(torch.equal(ckpt[k], v) for k, (_, v) in snapshot.items())  # values unchanged too
+    detector = model.get_submodule(".".join(f"level{i}" for i in reversed(range(depth))))
+    prefix = "".join(f"level{i}." for i in reversed(range(depth)))
+    assert detector.load_report.renamed[f"{prefix}neck.weight"] == f"{prefix}img_neck.weight"
+    assert torch.equal(detector.img_neck.weight, ckpt[f"{prefix}neck.weight"])
+
+
+def test_a_mixin_inside_a_mixin_renames_twice() -> None:
+    class Wrapper(RenameOnLoadMixin, nn.Module):
+        load_rules = (Prefix("det.", "detector."),)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.detector = Detector()
+
+    old = nn.Module()
+    old.det = OldDetector()
+    ckpt = old.state_dict()
+    model = Wrapper()
+    model.load_state_dict(ckpt)
+    assert torch.equal(model.detector.img_rpn_head.weight, ckpt["det.rpn_head.weight"])
+    assert model.load_report.renamed["det.rpn_head.weight"] == "detector.img_rpn_head.weight"
+    # load_partial predicts the same two-step rename before writing
+    report = load_partial(Wrapper(), ckpt, strict=True)
+    assert report.renamed["det.rpn_head.weight"] == "detector.img_rpn_head.weight"

@@ -31,7 +31,7 @@ from torch import nn
 
 from transferkit.errors import CheckpointError, ConfigError, LoadError, UnsafeCheckpointError
 from transferkit.partial import LoadReport, compact_keys, load_partial
-from transferkit.rename import Rule, normalize_rules
+from transferkit.rename import Rule, normalize_rules, strip_wrappers
 
 __all__ = ["inspect_checkpoint", "describe_object", "skeleton_from_state_dict"]
 
@@ -103,12 +103,12 @@ def inspect_checkpoint(
         target, title = model, f"dry run into {type(model).__name__}"
     else:
         target, title = (
-            _build_meta_model(str(model), int(num_classes)),
+            _load_target(_build_meta_model(str(model), int(num_classes)), state),
             f"dry run into {model} ({num_classes} classes)",
         )  # type: ignore[arg-type]
     lines.append("")
     lines.append(title)
-    lines.append(_dry_run(target, state, rules_t))
+    lines.append(_dry_run(target, state, rules_t, path.name))
     return "\n".join(lines)
 
 
@@ -403,12 +403,28 @@ def _build_meta_model(name: str, num_classes: int) -> nn.Module:
         return create_model(name, num_classes, weights=None)
 
 
-def _dry_run(target: nn.Module, state: Mapping[str, Any], rules: Sequence[Rule]) -> str:
+def _load_target(adapter: nn.Module, state: Mapping[str, Any]) -> nn.Module:
+    """The module ``create_model(weights=...)`` would load this checkpoint into.
+
+    A checkpoint in the network's own layout (``features.0.weight``) loads into the network inside the
+    Adapter, so the report reads in the checkpoint's names; one saved from an Adapter
+    (``backbone.features.0.weight``) loads into the Adapter itself.
+    """
+    inner = getattr(adapter, "backbone", None)
+    if not isinstance(inner, nn.Module):
+        return adapter
+    adapter_layout = any(strip_wrappers(str(k)).startswith("backbone.") for k in state)
+    return adapter if adapter_layout else inner
+
+
+def _dry_run(target: nn.Module, state: Mapping[str, Any], rules: Sequence[Rule], source: str = "") -> str:
     try:
         report: LoadReport = load_partial(target, dict(state), rules=rules, dry_run=True)
     except LoadError as exc:
         report = getattr(exc, "report", None)  # type: ignore[assignment]
         if report is None:
             return f"a load would fail: {exc}"
+        report.source = source or report.source
         return f"{report}\na load would fail: {str(exc).splitlines()[0]}"
+    report.source = source or report.source
     return str(report)

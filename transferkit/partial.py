@@ -3,7 +3,10 @@
 The pipeline: extract the state dict -> clean wrapper prefixes -> apply rename rules -> match every key
 against the model -> check (strict, zero tensors, coverage) -> load through the model's own
 ``load_state_dict`` -> return a :class:`LoadReport`. Every check runs before the first tensor is written,
-so when ``load_partial`` raises, the model is exactly as it was.
+so when ``load_partial`` raises, the model is exactly as it was. The one exception is an error raised by
+the model's *own* loading code (a ``_load_from_state_dict`` override or a hook) once writing has begun:
+undoing it would need a second copy of the weights, so it is re-raised as a ``LoadError`` that says the
+model may be partly written.
 
 Example:
     >>> from torch import nn
@@ -27,8 +30,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
-from transferkit.errors import ConfigError, LoadError
+from transferkit.checkpoint import extract_state_dict, load_checkpoint
+from transferkit.errors import ConfigError, LoadError, TransferkitError
 from transferkit.rename import (
     Prefix,
     RenameOnLoadMixin,
@@ -486,6 +491,22 @@ def _describe(source: Any) -> str:
     return type(source).__name__
 
 
+def _is_state_value(key: Any, value: Any) -> bool:
+    # `get_extra_state()` values (any picklable object) sit in real state dicts next to the tensors
+    return isinstance(value, torch.Tensor) or (isinstance(key, str) and key.endswith("_extra_state"))
+
+
+def _check_no_lazy(model_state: Mapping[str, Any]) -> None:
+    """Refuse lazy (uninitialised) parameters up front: their shapes, which every check needs, are unknown."""
+    lazy = [k for k, v in model_state.items() if isinstance(v, torch.Tensor) and is_lazy(v)]
+    if lazy:
+        raise ConfigError(
+            f"the model has {len(lazy)} uninitialised lazy parameter(s) or buffer(s) "
+            f"({', '.join(compact_keys(lazy)[:4])}); load_partial needs their shapes to match the checkpoint. "
+            "Run one forward pass on a dummy input first, or use the non-lazy module (e.g. nn.Linear)"
+        )
+
+
 def _resolve_source(
     source: Any, *, key: str | None, map_location: Any, salvage: bool, trusted: bool
 ) -> dict[str, Any]:
@@ -493,15 +514,11 @@ def _resolve_source(
     if isinstance(source, nn.Module):
         return dict(source.state_dict())
     if isinstance(source, (str, os.PathLike)):
-        from transferkit.checkpoint import extract_state_dict, load_checkpoint
-
         obj = load_checkpoint(source, map_location=map_location, trusted=trusted, salvage=salvage)
         return dict(extract_state_dict(obj, key))
     if isinstance(source, Mapping):
-        if key is None and all(isinstance(v, torch.Tensor) for v in source.values()):
+        if key is None and all(_is_state_value(k, v) for k, v in source.items()):
             return dict(source)
-        from transferkit.checkpoint import extract_state_dict
-
         return dict(extract_state_dict(source, key))
     raise ConfigError(
         "load_partial source must be a path, a state dict, a checkpoint dict or an nn.Module; "
@@ -555,9 +572,12 @@ def load_partial(
 
     Raises:
         LoadError: zero tensors would load (with a suggested rule), ``strict`` or ``min_coverage`` failed,
-            a rename conflict, or a RenameOnLoadMixin with ``on_shape_mismatch="error"`` saw a mismatch.
+            a rename conflict, or a RenameOnLoadMixin with ``on_shape_mismatch="error"`` saw a mismatch
+            (all raised before anything is written); or the model's own loading code raised while
+            loading (the model may then be partly written, and the message says so).
         CheckpointError: the file cannot be read.
-        ConfigError: bad arguments (e.g. a meta-device model without ``assign``/``dry_run``).
+        ConfigError: bad arguments (e.g. a meta-device model without ``assign``/``dry_run``, a model with
+            uninitialised lazy parameters).
 
     Example:
         >>> from torch import nn
@@ -569,9 +589,10 @@ def load_partial(
     notes: list[str] = []
     target = _unwrap(model, notes)
     rules_t = normalize_rules(rules)
+    model_state = target.state_dict(keep_vars=True)
+    _check_no_lazy(model_state)
     state = _resolve_source(source, key=key, map_location=map_location, salvage=salvage, trusted=trusted)
     description = _describe(source)
-    model_state = target.state_dict(keep_vars=True)
 
     raw_keys = list(state)
     cleaned, clean_notes = clean_keys(raw_keys, model_state, rules_t, model=target)
@@ -846,7 +867,20 @@ def _write(
                 device = value.device if mine.is_meta else mine.device
                 if value.dtype != mine.dtype or value.device != device:
                     to_load[passed_key] = value.to(device=device, dtype=mine.dtype)
-    result = target.load_state_dict(to_load, strict=False, assign=assign)
+    try:
+        result = target.load_state_dict(to_load, strict=False, assign=assign)
+    except Exception as exc:
+        # Every check of transferkit's passed; this came from the model's own loading code (an override of
+        # _load_from_state_dict, a hook). Undoing its partial writes would need a second copy of the
+        # weights, which the memory budget of a load does not allow: say so instead of pretending.
+        if isinstance(exc, TransferkitError) and not isinstance(exc, LoadError):
+            raise
+        raise _fail(
+            f"the model's own loading code raised {type(exc).__name__}: {exc}. transferkit's checks had all "
+            "passed, so tensors of modules that load_state_dict visited before the failing one may already "
+            "be written; reload the model (or its weights) before using it",
+            report,
+        ) from exc
     if result.unexpected_keys:
         # a custom _load_from_state_dict consumed keys differently than predicted: say so, do not hide it
         report.notes.append(
