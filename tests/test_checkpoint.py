@@ -754,6 +754,32 @@ def test_a_checkpoint_without_tensors(tmp_path: Path) -> None:
         extract_state_dict(load_checkpoint(path))
 
 
+class _WithExtraState(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.version = 0
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"version": self.version}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.version = state["version"]
+
+
+def test_a_state_dict_with_extra_state_is_found(tmp_path: Path) -> None:
+    """``get_extra_state`` puts a non-tensor ``_extra_state`` entry beside the tensors: still a state dict."""
+    model = _WithExtraState()
+    model.version = 7
+    path = tmp_path / "extra.pt"
+    torch.save(model.state_dict(), path)
+    state = extract_state_dict(load_checkpoint(path))
+    assert sorted(state) == ["_extra_state", "lin.bias", "lin.weight"]
+    fresh = _WithExtraState()
+    fresh.load_state_dict(state)
+    assert fresh.version == 7 and torch.equal(fresh.lin.weight, model.lin.weight)
+
+
 def test_whole_model_pickle_weights_come_out_through_salvage(tmp_path: Path) -> None:
     """``torch.save(model)`` needs ``trusted=True`` to unpickle, but salvage gets its weights without code."""
     from transferkit import extract_state_dict, load_checkpoint

@@ -611,11 +611,13 @@ def _pickle_globals(stream: BinaryIO) -> list[str]:
 
 
 def _is_state_dict(obj: Any) -> bool:
+    # a module with get_extra_state() saves "<prefix>_extra_state" entries of any type beside its tensors
     return (
         isinstance(obj, Mapping)
         and len(obj) > 0
         and all(isinstance(k, str) for k in obj)
-        and all(isinstance(v, Tensor) for v in obj.values())
+        and all(isinstance(v, Tensor) or k.endswith("_extra_state") for k, v in obj.items())
+        and any(isinstance(v, Tensor) for v in obj.values())
     )
 
 
