@@ -35,6 +35,49 @@ def test_load_state_dict_in_original_layout_skips_head_for_shape() -> None:
             torch.testing.assert_close(adapter.state_dict()[f"backbone.{key}"], value, rtol=0, atol=0)
 
 
+def test_plain_load_state_dict_of_torchvision_resnet50() -> None:
+    """The issue's line: adapter.load_state_dict(<resnet50 state dict>) with the default strict=True."""
+    source = torchvision.models.resnet50(num_classes=1000).state_dict()
+    adapter = create_model("resnet50", num_classes=10, weights=None)
+    fresh_head = adapter.head.weight.detach().clone()
+    result = adapter.load_state_dict(source)  # strict=True: the head skipped for shape is tolerated
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    report = adapter.load_report
+    assert report.mismatched == {
+        "backbone.fc.weight": ((1000, 2048), (10, 2048)),
+        "backbone.fc.bias": ((1000,), (10,)),
+    }
+    assert len(report.loaded) == len(source) - 2
+    assert any(n.startswith("head: fresh") and "[1000, 2048]" in n for n in report.notes)
+    state = adapter.state_dict()
+    for key, value in source.items():
+        if not key.startswith("fc."):
+            assert torch.equal(state[f"backbone.{key}"], value), key
+    assert torch.equal(adapter.head.weight, fresh_head)
+    # strict still catches everything that is not the head
+    broken = {k: v for k, v in source.items() if k != "layer1.0.conv1.weight"}
+    with pytest.raises(RuntimeError, match=r"backbone\.layer1\.0\.conv1\.weight"):
+        adapter.load_state_dict(broken)
+
+
+def test_load_state_dict_head_fits_or_nested() -> None:
+    source = torchvision.models.resnet18(num_classes=1000).state_dict()
+    same = create_model("resnet18", num_classes=1000, weights=None)
+    same.load_state_dict(source)
+    assert torch.equal(same.head.weight, source["fc.weight"])
+    assert any(n.startswith("head: loaded: the checkpoint's head fits") for n in same.load_report.notes)
+
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = create_model("resnet18", num_classes=3, weights=None)
+
+    outer = Wrapper()
+    result = outer.load_state_dict({f"model.{k}": v for k, v in source.items()})
+    assert result.missing_keys == [] and "model.backbone.fc.weight" in outer.model.load_report.mismatched
+    assert torch.equal(outer.model.backbone.conv1.weight, source["conv1.weight"])
+
+
 def test_module_versions_reach_the_backbone(tmp_path: Path) -> None:
     """torchvision MNASNet reads its version from the state dict's metadata and refuses None."""
     source = torchvision.models.mnasnet0_5(num_classes=1000).state_dict()
@@ -211,17 +254,44 @@ def test_adapt_conv_weight_exact() -> None:
     assert torch.equal(adapt_conv_weight(w, 3), w)
 
 
-@pytest.mark.parametrize(("in_chans", "strategy"), [(1, "sum"), (4, "repeat-scale"), (3, "none")])
+@pytest.mark.parametrize(
+    ("in_chans", "strategy"), [(1, "sum"), (2, "repeat-scale"), (4, "repeat-scale"), (3, "none")]
+)
 def test_in_chans_from_checkpoint(tmp_path: Path, in_chans: int, strategy: str) -> None:
     source = torchvision.models.resnet18(num_classes=10).state_dict()
     path = _save(source, tmp_path / "r18.pth")
     adapter = create_model("resnet18", num_classes=10, weights=path, in_chans=in_chans)
     w = source["conv1.weight"]
-    expected = {1: w.sum(1, keepdim=True), 4: torch.cat([w, w[:, :1]], 1) * 0.75, 3: w}[in_chans]
+    expected = {
+        1: w.sum(1, keepdim=True),
+        2: w[:, :2] * 1.5,
+        4: torch.cat([w, w[:, :1]], 1) * 0.75,
+        3: w,
+    }[in_chans]
     torch.testing.assert_close(adapter.backbone.conv1.weight, expected, rtol=0, atol=0)
     assert adapter.in_chans == in_chans and adapter.in_chans_strategy == strategy
     assert len(adapter.data_config["mean"]) == in_chans
     assert adapter.eval()(torch.randn(1, in_chans, 32, 32)).shape == (1, 10)
+
+
+def test_in_chans_checkpoint_already_adapted_loads_as_is(tmp_path: Path) -> None:
+    """Reloading a grey model fine-tuned earlier: its 1-channel filters load, they are not re-adapted."""
+    grey = create_model("resnet18", num_classes=10, weights=None, in_chans=1)
+    path = _save(grey.backbone.state_dict(), tmp_path / "grey.pth")
+    for fast in (True, False):
+        again = create_model("resnet18", num_classes=10, weights=path, in_chans=1, fast=fast)
+        assert torch.equal(again.backbone.conv1.weight, grey.backbone.conv1.weight)
+        assert again.load_report.mismatched == {} and again.in_chans_strategy == "none"
+        assert any("already takes 1; loaded as is" in n for n in again.notes)
+    four = create_model("resnet18", num_classes=10, weights=path, in_chans=4)  # 1 -> 4: repeat-scale
+    expected = grey.backbone.conv1.weight.detach().repeat(1, 4, 1, 1) * 0.25
+    torch.testing.assert_close(four.backbone.conv1.weight, expected, rtol=0, atol=0)
+    assert four.in_chans_strategy == "repeat-scale" and four.load_report.mismatched == {}
+    assert any("adapted from the checkpoint's 1 to 4" in n for n in four.notes)
+    rgb = create_model("resnet18", num_classes=10, weights=path)  # in_chans=None: the network's own 3
+    expected_rgb = grey.backbone.conv1.weight.detach().repeat(1, 3, 1, 1) * (1 / 3)
+    torch.testing.assert_close(rgb.backbone.conv1.weight, expected_rgb, rtol=0, atol=0)
+    assert rgb.in_chans == 3 and rgb.in_chans_strategy == "repeat-scale"
 
 
 def test_in_chans_timm_and_grey_input() -> None:

@@ -87,6 +87,14 @@ def test_every_torchvision_builder(name: str) -> None:
     assert type(adapter.backbone).__name__ in HEADS
 
 
+def test_the_parametrized_list_is_the_live_list() -> None:
+    """The builders above come from torchvision at collection time; the registry resolves the same set."""
+    live = torchvision.models.list_models(module=torchvision.models)
+    assert list(torchvision_names()) == live and len(live) > 70
+    assert all(resolve_backbone(n).source == "torchvision" for n in live)
+    assert set(live) <= set(list_backbones("*"))
+
+
 def test_every_torchvision_builder_is_covered_by_the_head_table() -> None:
     classes = {
         torchvision.models.get_model_builder(n).__annotations__.get("return") for n in torchvision_names()

@@ -76,6 +76,10 @@ def test_imagenet_from_cache(torch_home: Path, monkeypatch: pytest.MonkeyPatch) 
     sub = create_model("squeezenet1_1", num_classes=2, weights="auto", class_names=[cats[7], "not a class"])
     torch.testing.assert_close(sub.head.weight[0], state["classifier.1.weight"][7], rtol=0, atol=0)
     assert verify_hash(path) == path.name.split("-")[1][:8]
+    for weights in ("DEFAULT", "IMAGENET1K_V1", "SqueezeNet1_1_Weights.IMAGENET1K_V1", SQUEEZE):
+        same = create_model("squeezenet1_1", num_classes=1000, weights=weights)
+        assert same.pretrained and same.weights == adapter.weights
+        assert torch.equal(same.head.weight, state["classifier.1.weight"])
 
 
 def test_hash_mismatch_is_an_error(torch_home: Path) -> None:
@@ -263,3 +267,71 @@ def test_meta_unsafe_families_fall_back(tmp_path: Path) -> None:
     finally:
         del sys.modules["tk_meta_nets"]
     assert timm  # imported for the docstring's claim; swin itself is too large to build here
+
+
+# ---- what the checkpoint lacks gets the constructor's initialisation on the fast path ------------------------
+
+INIT = [
+    ("resnet18", {}),  # nn.Linear defaults
+    ("squeezenet1_1", {}),  # 1x1 conv head, normal(0, 0.01)
+    ("mobilenet_v3_small", {}),  # normal(0, 0.01), zero bias
+    ("efficientnet_b0", {}),  # uniform(+-1/sqrt(classes)), zero bias
+    ("mnasnet0_5", {}),  # kaiming_uniform fan_out sigmoid
+    ("googlenet", {}),  # trunc_normal(0.01), aux1.fc2 / aux2.fc2 too
+    ("vit_b_32", {"image_size": 32}),  # zeros
+    ("timm:test_vit", {"img_size": 32}),  # timm: trunc_normal(0.02), zero bias
+    ("timm:test_convnext", {}),
+    ("timm:mobilenetv3_small_050", {}),  # timm's _init_weight_goog
+]
+
+
+def _same_distribution(fast: torch.Tensor, normal: torch.Tensor, what: str) -> None:
+    assert not fast.is_meta and fast.shape == normal.shape and fast.dtype == normal.dtype, what
+    if not normal.any():  # a zero-initialised tensor stays exactly zero
+        assert not fast.any(), what
+        return
+    ratio = fast.float().std().item() / normal.float().std().item()
+    assert 0.85 < ratio < 1.15, f"{what}: std {fast.std():.4g} vs {normal.std():.4g} of a normal build"
+    assert abs(fast.float().mean().item()) < 0.2 * normal.float().std().item() + 1e-6, what
+
+
+@pytest.mark.parametrize(("name", "kwargs"), INIT, ids=[n for n, _ in INIT])
+def test_fast_build_new_head_has_the_normal_builds_init(tmp_path: Path, name: str, kwargs: dict) -> None:
+    source = create_model(name, num_classes=3, weights=None, **kwargs)
+    heads = tuple(f"{h.removeprefix('backbone.')}." for h in source.head_names)
+    path = tmp_path / "backbone_only.pth"
+    torch.save({k: v for k, v in source.backbone.state_dict().items() if not k.startswith(heads)}, path)
+    fast = create_model(name, num_classes=96, weights=path, **kwargs)
+    normal = create_model(name, num_classes=96, weights=None, **kwargs)  # the constructor's own init
+    assert fast.pretrained and len(fast.head_names) == len(normal.head_names)
+    for head_name in fast.head_names:
+        fast_head = dict(fast.named_modules())[head_name]
+        normal_head = dict(normal.named_modules())[head_name]
+        _same_distribution(fast_head.weight, normal_head.weight, f"{name} {head_name}.weight")
+        if normal_head.bias is not None:
+            _same_distribution(fast_head.bias, normal_head.bias, f"{name} {head_name}.bias")
+    assert not any(t.is_meta for t in fast.state_dict().values())
+
+
+def test_fast_build_missing_tensors_match_the_slow_build(tmp_path: Path) -> None:
+    """A conv weight and BatchNorm statistics the checkpoint lacks: the fast path gives them what the slow
+    path (normal construction, then load) gives them."""
+    state = torchvision.models.resnet18(num_classes=4).state_dict()
+    lacking = ["layer4.1.conv2.weight", "layer4.1.bn2.running_var", "bn1.running_mean"]
+    lacking += [k for k in state if k.endswith("num_batches_tracked")]
+    for key in lacking:
+        del state[key]
+    path = tmp_path / "r.pth"
+    torch.save(state, path)
+    fast = create_model("resnet18", num_classes=4, weights=path).backbone.state_dict()
+    slow = create_model("resnet18", num_classes=4, weights=path, fast=False).backbone.state_dict()
+    assert list(fast) == list(slow)
+    for key, value in state.items():
+        assert torch.equal(fast[key], value) and torch.equal(slow[key], value), key
+    for key in lacking:
+        if key.endswith("conv2.weight"):  # torchvision: kaiming_normal(fan_out), not reset_parameters()
+            _same_distribution(fast[key], slow[key], key)
+            assert 0.9 < fast[key].std().item() / (2 / (512 * 9)) ** 0.5 < 1.1
+        else:
+            assert torch.equal(fast[key], slow[key]) and fast[key].dtype == slow[key].dtype, key
+    assert fast["bn1.num_batches_tracked"].dtype == torch.long and fast["bn1.num_batches_tracked"] == 0

@@ -2,7 +2,8 @@
 
 Modules: :mod:`.registry` (names -> builders), :mod:`.heads` (where each family keeps its classifier;
 head surgery by label), :mod:`.adapter` (the :class:`Adapter` module), :mod:`.weights` (``weights=``:
-caches, hash checks, offline policy), :mod:`.create` (``create_model``, meta-device construction),
+caches, hash checks, offline policy), :mod:`.create` (``create_model``), :mod:`.meta` (meta-device
+construction and initialising only what a checkpoint lacks),
 :mod:`.groups` (layer groups), :mod:`.channels` (input-channel adaptation), :mod:`.preprocess`
 (data config and transforms).
 

@@ -5,8 +5,14 @@ so its state dict keeps the original key layout under ``backbone.``. The adapter
 (``fc.weight`` -> ``backbone.fc.weight``) and skips tensors whose shape does not fit, so a checkpoint of
 the original model loads straight into it::
 
-    adapter.load_state_dict(torch.load("resnet50-0676ba61.pth"), strict=False)
+    adapter.load_state_dict(torch.load("resnet50-0676ba61.pth"))
     print(adapter.load_report)   # fc.weight / fc.bias skipped for shape, everything else loaded
+
+A head skipped for shape is expected (that is what the adapter is for), so it does not fail a
+``strict=True`` load; any other missing or unexpected key does. What happened to the head is the
+report's ``head:`` note. A checkpoint head that fits is loaded, as ``nn.Module`` does; to decide by
+class names or start a fresh head, use :func:`~transferkit.backbones.create_model` (``head=``,
+``class_names=``) or call :func:`~transferkit.backbones.replace_head` afterwards.
 
 Inception v3 and GoogLeNet return a namedtuple with auxiliary logits in train mode; the adapter's
 ``forward`` returns only the main logits tensor (the auxiliary heads are still replaced, so their
@@ -112,6 +118,12 @@ class Adapter(RenameOnLoadMixin, nn.Module):
         self.weights = "random"
         self.load_report = None
         self.notes: list[str] = []
+        self._load_prefix = ""
+        self.register_load_state_dict_post_hook(_tolerate_skipped_head)
+
+    def _rename_before_load(self, state_dict: dict[str, Any], prefix: str) -> None:
+        self._load_prefix = prefix  # the post-load hook needs it to match keys named from the root
+        super()._rename_before_load(state_dict, prefix)
 
     def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
@@ -224,6 +236,33 @@ class Adapter(RenameOnLoadMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, num_classes={self.num_classes}, pretrained={self.pretrained}"
+
+
+def _tolerate_skipped_head(adapter: Adapter, incompatible: Any) -> None:
+    """Post-load hook: the head skipped for shape is not a strict-load failure; note the head's fate."""
+    report = adapter.load_report
+    if report is None:
+        return
+    prefix = adapter._load_prefix
+    head_keys = {f"{prefix}{m}.{t}" for m in adapter.head_names for t in ("weight", "bias")}
+    skipped = sorted(k for k in report.mismatched if k in head_keys)
+    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if k not in skipped]
+    if any(n.startswith("head:") for n in report.notes):
+        return
+    if skipped:
+        shapes = report.mismatched[next((k for k in skipped if k.endswith(".weight")), skipped[0])]
+        note = (
+            f"head: fresh: the checkpoint's head {list(shapes[0])} does not fit the adapter's "
+            f"{list(shapes[1])} (skipped for shape); the adapter's head is unchanged"
+        )
+    elif any(k in head_keys for k in report.loaded):
+        note = (
+            "head: loaded: the checkpoint's head fits, so it was loaded (load_state_dict loads what fits; "
+            "use create_model(head='fresh', class_names=...) or replace_head() to start a new head)"
+        )
+    else:
+        note = "head: unchanged: the checkpoint has no head tensors"
+    report.notes.append(note)
 
 
 def _out_features(head: nn.Module) -> int:

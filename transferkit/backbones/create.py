@@ -4,8 +4,9 @@ Steps: resolve the name (:mod:`.registry`) and the weights (:mod:`.weights`); bu
 ``num_classes`` outputs — on the ``meta`` device when weights will be loaded, so no time goes into random
 initialisation that the checkpoint overwrites; decide what happens to the checkpoint's head (below); load
 with :func:`~transferkit.partial.load_partial` (``assign=True`` from an mmap'd file on the fast path);
-materialise and initialise only what the checkpoint did not cover (the new head, missing tensors); adapt
-the first convolution to ``in_chans``.
+materialise only what the checkpoint did not cover (the new head, missing tensors), initialised as the
+network's constructor initialises them (:mod:`.meta` replays the constructor for just those tensors);
+adapt the first convolution to ``in_chans`` (from the checkpoint's own channel count, which may differ).
 
 Head policy, each decision written into ``adapter.load_report.notes``:
 
@@ -37,7 +38,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from transferkit.backbones.adapter import Adapter
@@ -48,10 +48,9 @@ from transferkit.backbones.heads import (
     find_heads,
     get_module,
     match_labels,
-    new_head_like,
     replace_with_info,
-    set_module,
 )
+from transferkit.backbones.meta import build_on_meta, materialize_defaults, meta_safe, replay_init
 from transferkit.backbones.preprocess import (
     adapt_data_config,
     data_config_for_timm,
@@ -102,8 +101,10 @@ def create_model(
         num_classes: outputs of the new head.
         weights: ``"auto"``, ``"imagenet"``/``"DEFAULT"``, a torchvision weights name, a local checkpoint
             path, or ``None`` (see :mod:`transferkit.backbones.weights`).
-        in_chans: input channels; when it differs from the network's (3 for torchvision and timm), the first
-            convolution is adapted (``adapter.in_chans_strategy``). ``None`` keeps the network's own.
+        in_chans: input channels; when it differs from the network's (3 for torchvision and timm) or the
+            checkpoint's first convolution, that convolution is adapted from the checkpoint's filters
+            (``adapter.in_chans_strategy``; a checkpoint that already has ``in_chans`` loads as is).
+            ``None`` keeps the network's own count.
         class_names: labels of the new classes (enables head surgery by label).
         head: what to do with a checkpoint head that fits when labels cannot decide: ``"auto"`` (keep),
             ``"keep"`` or ``"fresh"``.
@@ -130,30 +131,37 @@ def create_model(
     plan = resolve_weights(spec, weights)
     build_kwargs = _build_kwargs(spec, plan, num_classes, kwargs)
     notes = list(plan.notes)
-    report = None
+    report, native_chans = None, None
     if plan.pretrained:
         state, ckpt_meta = _read_state(plan, key)
         request = _HeadRequest(
             class_names, pretrained_classes or ckpt_meta.get("class_names") or plan.categories, head
         )
-        net, report = _build_pretrained(spec, plan, build_kwargs, state, request, rules, head_name, fast)
+        net, report, native_chans = _build_pretrained(
+            spec, plan, build_kwargs, state, request, rules, head_name, fast
+        )
         notes += [n for n in report.notes if n.startswith("head:")]
     else:
         net = _build(spec, build_kwargs, meta=False)
         _fit_head(net, num_classes, head_name)
+    # a checkpoint with other input channels reshaped the first conv: built_chans is then the checkpoint's
     strategy, built_chans = "none", _first_conv_channels(net)
-    if in_chans is not None and in_chans != built_chans:
-        strategy, conv = adapt_input_channels(net, in_chans)
+    target = in_chans if in_chans is not None else (native_chans or built_chans)
+    if target != built_chans:
+        strategy, conv = adapt_input_channels(net, target)
+        source = "the checkpoint's " if native_chans else ""
         notes.append(
-            f"input channels: first conv {conv} adapted from {built_chans} to {in_chans} ({strategy})"
+            f"input channels: first conv {conv} adapted from {source}{built_chans} to {target} ({strategy})"
         )
+    elif native_chans:
+        notes.append(f"input channels: the checkpoint's first conv already takes {target}; loaded as is")
     adapter = Adapter(
         net,
         num_classes,
         name=spec.full_name,
         class_names=class_names,
         head_name=head_name,
-        data_config=adapt_data_config(_data_config(spec, plan, net, kwargs), in_chans or built_chans),
+        data_config=adapt_data_config(_data_config(spec, plan, net, kwargs), target),
     )
     adapter.in_chans_strategy = strategy
     adapter.pretrained = plan.pretrained
@@ -181,33 +189,44 @@ def _build_pretrained(
     rules: Any,
     head_name: str | None,
     fast: bool,
-) -> tuple[nn.Module, Any]:
+) -> tuple[nn.Module, Any, int | None]:
     """Build the network and load ``state`` into it: on the meta device when that is safe, else normally."""
     num_classes = build_kwargs["num_classes"]
-    use_meta = fast and not spec.name.startswith(SLOW_BUILD)
-    net = _build(spec, build_kwargs, meta=use_meta)
-    if use_meta and not _meta_safe(net):
-        logger.debug("%s computes tensors no checkpoint holds; building it the normal way", spec.full_name)
-        net, use_meta = _build(spec, build_kwargs, meta=False), False
-    info = _fit_head(net, num_classes, head_name)
-    report, rows, head_src = _load(net, info, state, rules, request, plan, spec, assign=use_meta)
-    if use_meta and not _materialize(net, info):
-        logger.debug(
-            "%s: a tensor the checkpoint lacks cannot be initialised on meta; normal build", spec.name
-        )
-        net, use_meta = _build(spec, build_kwargs, meta=False), False
-        info = _fit_head(net, num_classes, head_name)
-        report, rows, head_src = _load(net, info, state, rules, request, plan, spec, assign=False)
-    if use_meta:
-        report.notes[:] = [n for n in report.notes if "still on the meta device" not in n]
-        fresh = [k for k in report.missing if k not in _head_keys(info)]
-        if fresh:
-            report.notes.append(
-                f"initialised {len(fresh)} tensor(s) the checkpoint lacks with their modules' defaults"
+    recording = None
+    if fast and not spec.name.startswith(SLOW_BUILD):
+        net, recording = build_on_meta(spec.build, build_kwargs)
+        if not meta_safe(net):
+            logger.debug(
+                "%s computes tensors no checkpoint holds; building it the normal way", spec.full_name
             )
+            recording = None
+    if recording is None:
+        net = _build(spec, build_kwargs, meta=False)
+    info = _fit_head(net, num_classes, head_name)
+    native_chans = _match_checkpoint_channels(net, state, rules)
+    report, rows, head_src = _load(net, info, state, rules, request, plan, spec, assign=recording is not None)
+    if recording is not None:
+        replayed = set(replay_init(net, spec.build, build_kwargs, recording))
+        if materialize_defaults(net, info):
+            report.notes[:] = [n for n in report.notes if "still on the meta device" not in n]
+            fresh = [k for k in report.missing if k not in _head_keys(info)]
+            if fresh:
+                as_built = sum(k in replayed for k in fresh)
+                report.notes.append(
+                    f"initialised {len(fresh)} tensor(s) the checkpoint lacks: {as_built} as the constructor "
+                    f"initialises them, {len(fresh) - as_built} with their modules' defaults"
+                )
+        else:
+            logger.debug(
+                "%s: a tensor the checkpoint lacks cannot be initialised on meta; normal build", spec.name
+            )
+            net = _build(spec, build_kwargs, meta=False)
+            info = _fit_head(net, num_classes, head_name)
+            native_chans = _match_checkpoint_channels(net, state, rules)
+            report, rows, head_src = _load(net, info, state, rules, request, plan, spec, assign=False)
     if rows:
         _surgery(net, info, state, head_src, rows)
-    return net, report
+    return net, report, native_chans
 
 
 def _validate(num_classes: Any, in_chans: Any, class_names: Sequence[str] | None, head: str) -> None:
@@ -237,21 +256,7 @@ def _build_kwargs(
 
 
 def _build(spec: BackboneSpec, kwargs: dict[str, Any], meta: bool) -> nn.Module:
-    if not meta:
-        return spec.build(**kwargs)
-    with torch.device("meta"):
-        return spec.build(**kwargs)
-
-
-def _meta_safe(net: nn.Module) -> bool:
-    """False when the network holds tensors a checkpoint cannot restore (non-persistent buffers, plain
-    tensor attributes computed in ``__init__``)."""
-    for m in net.modules():
-        if m._non_persistent_buffers_set:
-            return False
-        if any(isinstance(v, Tensor) for v in vars(m).values()):
-            return False
-    return True
+    return build_on_meta(spec.build, kwargs)[0] if meta else spec.build(**kwargs)
 
 
 def _fit_head(net: nn.Module, num_classes: int, head_name: str | None) -> HeadInfo:
@@ -324,16 +329,14 @@ def _load(
 ) -> tuple[Any, dict[int, int], dict[str, str]]:
     """Decide the head's fate, then load; returns the report, the rows for surgery and the head's keys."""
     from transferkit.partial import load_partial
-    from transferkit.rename import apply_rules, clean_keys, normalize_rules
+    from transferkit.rename import normalize_rules
 
     if spec.source == "timm" and plan.pretrained_cfg:
         state = _timm_filter(state, net)
     rules = normalize_rules(rules)
     model_state = net.state_dict(keep_vars=True)
-    cleaned, _ = clean_keys(list(state), model_state, rules)
-    to_model = {orig: apply_rules(c, rules) for orig, c in cleaned.items()}
     head_keys = _head_keys(info)
-    head_src = {new: orig for orig, new in to_model.items() if new in head_keys}
+    head_src = {new: orig for new, orig in _key_map(net, state, rules).items() if new in head_keys}
     main_w = f"{info.main}.weight"
     fits = main_w in head_src and tuple(state[head_src[main_w]].shape) == tuple(model_state[main_w].shape)
     action, rows, reason = decide_head(fits, request.class_names, request.ckpt_classes, request.policy)
@@ -344,6 +347,48 @@ def _load(
     report = load_partial(net, source, rules=rules, assign=assign)
     report.notes.append(f"head: {reason}")
     return report, rows, head_src
+
+
+def _key_map(net: nn.Module, state: Mapping[str, Tensor], rules: Any) -> dict[str, str]:
+    """``{model key: checkpoint key}`` after wrapper cleaning and the rename rules."""
+    from transferkit.rename import apply_rules, clean_keys, normalize_rules
+
+    rules = normalize_rules(rules)
+    cleaned, _ = clean_keys(list(state), net.state_dict(keep_vars=True), rules)
+    out = {}
+    for orig, key in cleaned.items():
+        new = apply_rules(key, rules)
+        if new is not None:
+            out[new] = orig
+    return out
+
+
+def _match_checkpoint_channels(net: nn.Module, state: Mapping[str, Tensor], rules: Any) -> int | None:
+    """When the checkpoint's first conv takes another channel count than the network built (a grey model
+    fine-tuned earlier), give the network's conv the checkpoint's shape before loading, so those filters
+    load (and are adapted to ``in_chans`` afterwards) instead of being skipped for shape.
+
+    Returns:
+        The channel count the network was built with, when its first conv was reshaped; else ``None``.
+    """
+    from transferkit.backbones.channels import find_first_conv
+
+    try:
+        name = find_first_conv(net)
+    except ConfigError:
+        return None
+    conv = get_module(net, name)
+    src = _key_map(net, state, rules).get(f"{name}.weight")
+    if src is None or not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+        return None
+    weight = state[src]
+    if weight.ndim != 4 or weight.shape[1] == conv.in_channels:
+        return None
+    if tuple(weight.shape) != (conv.out_channels, weight.shape[1], *conv.kernel_size):
+        return None
+    native = conv.in_channels
+    adapt_input_channels(net, int(weight.shape[1]))  # the shape only: the checkpoint's filters replace it
+    return native
 
 
 def _head_keys(info: HeadInfo) -> set[str]:
@@ -360,40 +405,6 @@ def _timm_filter(state: dict[str, Tensor], net: nn.Module) -> dict[str, Tensor]:
     except Exception as exc:  # noqa: BLE001 - a filter that cannot run leaves the keys as they are
         logger.debug("timm checkpoint_filter_fn of %s skipped: %s", type(net).__name__, exc)
         return state
-
-
-def _materialize(net: nn.Module, info: HeadInfo) -> bool:
-    """Create and initialise what loading left on the meta device; False when something cannot be."""
-    for path in (info.main, *info.aux):
-        head = get_module(net, path)
-        if any(p.is_meta for p in head.parameters()):
-            out = head.weight.shape[0]
-            set_module(net, path, new_head_like(head, out, info.init, device="cpu"))
-    for name, mod in net.named_modules():
-        own = {
-            **{f"p:{k}": v for k, v in mod._parameters.items()},
-            **{f"b:{k}": v for k, v in mod._buffers.items()},
-        }
-        metas = [k for k, v in own.items() if v is not None and v.is_meta]
-        if not metas:
-            continue
-        if any(k.startswith("b:") for k in metas) and not isinstance(mod, nn.modules.batchnorm._NormBase):
-            return False  # a buffer only the constructor knows how to compute
-        reset = getattr(mod, "reset_parameters", None)
-        if any(k.startswith("p:") for k in metas) and not callable(reset):
-            return False
-        real = {k: v for k, v in own.items() if v is not None and not v.is_meta}
-        mod.to_empty(device="cpu", recurse=False)
-        if callable(reset):
-            reset()
-        elif isinstance(mod, nn.modules.batchnorm._NormBase):
-            mod.reset_running_stats()
-        for k, v in real.items():  # keep what the checkpoint gave
-            (mod._parameters if k.startswith("p:") else mod._buffers)[k[2:]] = v
-        logger.info(
-            "initialised %s (%s) that the checkpoint lacks", name or "<root>", ", ".join(k[2:] for k in metas)
-        )
-    return True
 
 
 def _surgery(

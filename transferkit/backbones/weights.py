@@ -1,4 +1,4 @@
-"""Resolving ``weights=``: caches, hash checks, the offline policy, and fast meta-device construction.
+"""Resolving ``weights=``: caches, hash checks and the offline policy (construction is in :mod:`.meta`).
 
 ``weights`` may be:
 
