@@ -166,6 +166,253 @@ def test_image_folder_run_and_linear_probe(tmp_path):
     assert (out / "metrics.csv").read_text().startswith("epoch,")
 
 
+def test_image_folder_train_val_layout_with_workers(tmp_path):
+    """DIR/train + DIR/val, --classes agreeing, DataLoader workers, an unreadable file skipped up front."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for c, name in enumerate(["cat", "dog", "fox"]):
+        for i, img in enumerate(digits.images[digits.target == c][:12]):
+            folder = tmp_path / "data" / ("val" if i % 3 == 0 else "train") / name
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((img * 15).astype("uint8")).resize((16, 16)).save(folder / f"{i}.png")
+    (tmp_path / "data" / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    args = [*FAST, "--data", "data", "--classes", "3", "--epochs", "2", "--workers", "2", "--output", "out"]
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipping 1 unreadable image file" in proc.stderr and "Traceback" not in proc.stderr
+    resolved = yaml.safe_load((tmp_path / "out" / "args.yaml").read_text())["resolved"]
+    assert (resolved["train_images"], resolved["val_images"]) == (24, 12)
+    assert resolved["class_names"] == ["cat", "dog", "fox"] and resolved["unreadable_images_skipped"] == 1
+    assert json.loads((tmp_path / "out" / "labels.json").read_text())["class_names"] == ["cat", "dog", "fox"]
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["skip", "strict"])
+def test_file_unreadable_during_the_run_never_crashes_a_worker(tmp_path, monkeypatch, capfd, strict):
+    """A file that passes the up-front check but cannot be read in a DataLoader worker: skipped (the next
+    image stands in, with a warning), or with --strict-data one error line, exit 2, no traceback."""
+    import transferkit.data
+
+    for c in ("a", "b"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (16, 16), (40 * i, 20 * i, 0) if c == "a" else (0, 9 * i, 30 * i)).save(
+                tmp_path / "data" / c / f"{i}.png"
+            )
+    (tmp_path / "data" / "b" / "broken.png").write_bytes(b"garbage")
+    monkeypatch.setattr(transferkit.data, "_image_ok", lambda path: True)  # as if it broke after the check
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", *FAST, "--data", "data", "--epochs", "1", "--batch-size", "4", "--workers", "2"]
+    rc = main([*argv, "--output", "out", *(["--strict-data"] if strict else [])])
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    if strict:
+        assert rc == 2
+        line = err.strip().splitlines()[-1]
+        assert (
+            line.startswith("error: cannot read image") and "broken.png" in line and "--strict-data" in line
+        )
+    else:
+        assert rc == 0, err
+        assert "skipping image" in err and "broken.png" in err
+        assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+_FLAGS = (
+    "--weights --init-checkpoint --rule --epochs --batch-size --lr --optimizer --weight-decay --lr-decay "
+    "--scheduler --warmup-epochs --freeze --unfreeze-at --unfreeze-every --linear-probe --amp --channels-last "
+    "--compile --device --workers --seed --output --resume --eval-only --config --data --val-split --classes "
+    "--img-size --strict-data --overwrite --quiet"
+)
+ISSUE_FLAGS = _FLAGS.split()
+
+
+def test_every_flag_of_the_issue_is_offered(capsys):
+    assert main(["finetune", "--help"]) == 0
+    text = capsys.readouterr().out
+    missing = [f for f in ISSUE_FLAGS if f not in text]
+    assert not missing
+    assert "cosine,step,onecycle,none" in text.replace(" ", "").replace("{", "").replace("}", "")
+
+
+def _weights_file(tmp: Path) -> str:
+    torch.manual_seed(5)
+    from tests.tiny_models import tinynet
+
+    torch.save(tinynet(num_classes=10).state_dict(), tmp / "tiny.pth")
+    return "tiny.pth"
+
+
+def _prefixed_checkpoint(tmp: Path) -> str:
+    """A training checkpoint whose keys sit under 'net.encoder.' with the head under 'net.classifier.'."""
+    from tests.tiny_models import tinynet
+
+    sd = tinynet(num_classes=10).state_dict()
+    renamed = {
+        ("net.classifier." + k[3:] if k.startswith("fc.") else "net.encoder." + k): v for k, v in sd.items()
+    }
+    torch.save({"state_dict": renamed, "epoch": 3}, tmp / "foreign.pt")
+    return "foreign.pt"
+
+
+def _lr(rows: list, group: str) -> list:
+    return [r.get(f"lr_{group}") for r in rows]
+
+
+FLAG_RUNS = {
+    "weights-path": (
+        ["--weights", "{x}"],
+        _weights_file,
+        lambda a, rows: (
+            a["pretrained_weights_used"]
+            and a["weights_source"].endswith("tiny.pth")
+            and a["freeze"].startswith("head only, then thaw")
+            and _lr(rows, "block")[0] is None  # thawed at epoch 2 at x0.5 the head's rate (the default)
+            and _lr(rows, "block")[1] == pytest.approx(_lr(rows, "head")[1] * 0.5)
+        ),
+    ),
+    "weights-none": (
+        ["--weights", "none"],
+        None,
+        lambda a, rows: not a["pretrained_weights_used"] and a["freeze"].startswith("nothing frozen"),
+    ),
+    "init-checkpoint-rules": (
+        [
+            "--init-checkpoint",
+            "{x}",
+            "--rule",
+            "net.encoder.=>",
+            "--rule",
+            r"re:^net\.classifier\.=>fc.",
+            "--key",
+            "state_dict",
+        ],
+        _prefixed_checkpoint,
+        lambda a, rows: a["init_checkpoint_tensors"] == 14 and a["pretrained_weights_used"],
+    ),  # fmt: skip
+    "sgd-step-warmup-lr-decay": (
+        [
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.1",
+            "--weight-decay",
+            "0.001",
+            "--lr-decay",
+            "0.5",
+            "--scheduler",
+            "step",
+            "--warmup-epochs",
+            "1",
+            "--epochs",
+            "3",
+        ],
+        None,
+        lambda a, rows: (
+            _lr(rows, "head")[0] < 0.01  # warming up
+            and _lr(rows, "stem")[1]
+            == pytest.approx(_lr(rows, "head")[1] * 0.25)  # two levels below the head
+            and _lr(rows, "head")[2] < _lr(rows, "head")[1]
+        ),  # stepped down
+    ),  # fmt: skip
+    "onecycle": (["--scheduler", "onecycle"], None, lambda a, rows: _lr(rows, "head")[0] < 1e-3),
+    "scheduler-none": (["--scheduler", "none"], None, lambda a, rows: _lr(rows, "head") == [1e-3, 1e-3]),
+    "freeze-groups": (
+        ["--freeze", "stem"],
+        None,
+        lambda a, rows: a["freeze"] == "frozen for the whole run: stem" and _lr(rows, "stem") == [None, None],
+    ),
+    "unfreeze-at": (
+        ["--freeze", "backbone", "--unfreeze-at", "1:block"],
+        None,
+        lambda a, rows: _lr(rows, "block")[0] is None and _lr(rows, "block")[1] is not None,
+    ),
+    "unfreeze-every": (
+        ["--freeze", "backbone", "--unfreeze-every", "1", "--epochs", "3"],
+        None,
+        lambda a, rows: [r.get("lr_stem") is not None for r in rows] == [False, False, True],
+    ),
+    "linear-probe": (
+        ["--linear-probe"],
+        None,
+        lambda a, rows: a["feature_cache"] and not a["augment"] and _lr(rows, "block") == [None, None],
+    ),
+    "amp-channels-last-cpu-seed": (
+        ["--amp", "--channels-last", "--device", "cpu", "--seed", "3"],
+        None,
+        lambda a, rows: a["device"] == "cpu" and len(rows) == 2,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(FLAG_RUNS))
+def test_training_flags_take_effect(tmp_path, monkeypatch, capsys, name):
+    """Each training flag of the issue, through the CLI, visibly changes what the run did."""
+    extra, setup, check = FLAG_RUNS[name]
+    monkeypatch.chdir(tmp_path)
+    made = setup(tmp_path) if setup else None
+    extra = [a.replace("{x}", made) if made else a for a in extra]
+    argv = ["finetune", *FAST, "--limit-train", "64", "--limit-val", "32", "--epochs", "2", *extra]
+    assert main([*argv, "--output", "out"]) == 0, capsys.readouterr().err
+    from transferkit.report import read_metrics_csv
+
+    resolved = yaml.safe_load((tmp_path / "out" / "args.yaml").read_text())["resolved"]
+    assert check(resolved, read_metrics_csv(tmp_path / "out" / "metrics.csv"))
+
+
+def test_resume_refuses_a_changed_schedule_and_writes_nothing(digits_run, capsys):
+    """--resume with a longer --epochs would train the extra epochs at the cosine schedule's final LR (0)."""
+    run, _ = digits_run
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir())
+    assert main(["finetune", "--resume", str(run), "--epochs", "5"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1 and "--epochs 5" in err and "the run has 3" in err and "--init-checkpoint" in err
+    )
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path, digits_run):
+    """tqdm bars on rank 0 when stderr is a terminal; plain lines otherwise (the digits run had a pipe)."""
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import struct
+    import termios
+    import threading
+
+    _, piped = digits_run
+    assert "it/s" not in piped.stderr and "s/it" not in piped.stderr and "%|" not in piped.stderr
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a fresh pty has 0 columns
+    seen = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    args = [*FAST, *SUBSET, "--epochs", "1", "--output", "tty"]
+    args.remove("--quiet")
+    cmd = [sys.executable, str(SCRIPT), *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=slave, text=True,
+                          timeout=180)  # fmt: skip
+    os.close(slave)
+    reader.join(10)
+    os.close(master)
+    assert proc.returncode == 0
+    bars = seen.decode(errors="replace")
+    assert "epoch 1/1:" in bars and "it/s" in bars
+    assert proc.stdout.strip().splitlines()[-1].startswith("best val accuracy")  # bars never on stdout
+    assert "%|" not in proc.stdout
+
+
 def _ckpt_epoch(path: Path) -> int:
     from transferkit.checkpoint import load_checkpoint
 
@@ -285,6 +532,30 @@ def test_existing_run_folder_is_refused_untouched(tmp_path, monkeypatch, capsys)
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "out" / "metrics.csv").read_text() == "precious\n"
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["metrics.csv"]
+
+
+@pytest.mark.parametrize(
+    "extra, setup",
+    [
+        (["--data", "nowhere"], None),
+        (["--init-checkpoint", "{x}"], _zero_tensor_checkpoint),
+        (["--classes", "3"], None),
+        (["--freeze", "layerX"], None),
+    ],
+    ids=["missing-data", "zero-tensor-init", "classes-mismatch", "unknown-group"],
+)
+def test_bad_input_with_overwrite_leaves_the_folder_untouched(tmp_path, monkeypatch, capsys, extra, setup):
+    monkeypatch.chdir(tmp_path)
+    made = setup(tmp_path) if setup else None
+    extra = [a.replace("{x}", made) if made else a for a in extra]
+    (tmp_path / "out").mkdir()
+    for name in ("metrics.csv", "last.pt", "model.safetensors"):
+        (tmp_path / "out" / name).write_text(f"precious {name}\n")
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "out").iterdir())
+    assert main(["finetune", *FAST, "--output", "out", "--overwrite", *extra]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "out").iterdir()) == before
+    assert (tmp_path / "out" / "last.pt").read_text() == "precious last.pt\n"
 
 
 def test_bad_input_in_a_real_process_is_one_line_without_traceback(tmp_path):

@@ -181,3 +181,24 @@ def test_feature_cache_matches_forward_features():
     bundle.augment = True
     with pytest.raises(ConfigError, match="augmentation off"):
         cache_features(model, bundle)
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["main-process", "workers"])
+def test_file_broken_after_the_check_is_skipped_in_the_loader(tmp_path, workers):
+    """A file that breaks after the up-front check: the next sample stands in (never a worker crash);
+    with ``strict=True`` a TransferkitError naming the file."""
+    from transferkit.data import ImageFileDataset
+    from transferkit.errors import TransferkitError
+
+    root = write_digit_folder(tmp_path / "data", per_class=4, classes=2)
+    split = split_image_folder(root, val_split=0.5)
+    victim = split.train[0][0]
+    Path(victim).write_bytes(b"replaced by garbage mid-run")
+    bundle = load_image_folder(split, CONFIG, augment=False)
+    loader = torch.utils.data.DataLoader(bundle.train, batch_size=2, num_workers=workers)
+    labels = torch.cat([y for _, y in loader]).tolist()
+    assert len(labels) == len(split.train)
+    assert labels[0] == split.train[1][1]  # the next sample stood in for the broken one
+    strict = ImageFileDataset(split.train, bundle.train.transform, strict=True)
+    with pytest.raises(TransferkitError, match=f"cannot read image {victim}.*--strict-data"):
+        strict[0]

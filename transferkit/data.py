@@ -209,30 +209,72 @@ def build_transforms(
 
 
 class ImageFileDataset(Dataset):
-    """``(path, label)`` samples read with PIL, converted to RGB (or L for 1-channel backbones)."""
+    """``(path, label)`` samples read with PIL, converted to RGB (or L for 1-channel backbones).
+
+    Every file was decoded once before training (:func:`scan_image_folder`); one that becomes unreadable
+    later (replaced, truncated or deleted mid-run) is skipped like the ones found up front: the item is the
+    next readable sample instead, with a warning naming the file -- never an exception that kills a
+    DataLoader worker. With ``strict=True`` it is an error naming the file.
+
+    Args:
+        samples: ``(path, label)`` pairs.
+        transform: PIL image -> tensor.
+        mode: the PIL mode images are converted to.
+        strict: raise :class:`~transferkit.errors.TransferkitError` on an unreadable file instead.
+    """
+
+    #: how many following samples are tried before giving up (a folder that vanished, not one bad file)
+    MAX_SUBSTITUTES = 16
 
     def __init__(
-        self, samples: Sequence[tuple[str, int]], transform: Callable[[Any], Tensor], mode: str = "RGB"
+        self,
+        samples: Sequence[tuple[str, int]],
+        transform: Callable[[Any], Tensor],
+        mode: str = "RGB",
+        *,
+        strict: bool = False,
     ):
         self.samples = list(samples)
         self.transform = transform
         self.mode = mode
+        self.strict = strict
+        self.unreadable: list[str] = []  # files skipped during the run, in this process (or worker)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+    def _read(self, path: str) -> Any:
         from PIL import Image
 
-        path, label = self.samples[index]
-        try:
-            with Image.open(path) as img:
-                img = img.convert(self.mode)
-        except OSError as exc:  # only if the file changed after the up-front check
-            raise TransferkitError(
-                f"cannot read image {path} ({exc}); it was readable when the run started"
-            ) from exc
-        return self.transform(img), label
+        with Image.open(path) as img:
+            return img.convert(self.mode)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        tries = min(len(self.samples), self.MAX_SUBSTITUTES)
+        for offset in range(tries):
+            path, label = self.samples[(index + offset) % len(self.samples)]
+            try:
+                img = self._read(path)
+            except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt files
+                if self.strict:
+                    raise TransferkitError(
+                        f"cannot read image {path} ({type(exc).__name__}: {exc}); it was readable when the run "
+                        "started. Restore it, or drop --strict-data to skip unreadable files"
+                    ) from None
+                if path not in self.unreadable:
+                    self.unreadable.append(path)
+                    logger.warning(
+                        "skipping image %s: unreadable since the run started (%s); %d skipped so far here",
+                        path,
+                        exc,
+                        len(self.unreadable),
+                    )
+                continue
+            return self.transform(img), label
+        raise TransferkitError(
+            f"{tries} image files in a row became unreadable during the run (e.g. {self.samples[index][0]}); "
+            "the data folder changed or vanished -- restore it and resume the run with --resume"
+        )
 
 
 def _image_ok(path: str) -> bool:
@@ -428,7 +470,8 @@ def load_image_folder(
         root: the folder, or a :class:`FolderSplit` already made from it.
         data_config: the backbone's ``{"mean", "std", "input_size", ...}`` (``Adapter.data_config``).
         img_size: square crop size overriding the backbone's.
-        val_split, seed, strict: as in :func:`split_image_folder`.
+        val_split, seed, strict: as in :func:`split_image_folder`; ``strict`` also makes a file that
+            becomes unreadable during the run an error instead of a skip (see :class:`ImageFileDataset`).
         augment: light random augmentation on the training split.
         in_chans: 1 reads images as grayscale.
     """
@@ -439,8 +482,12 @@ def load_image_folder(
     )
     size = img_size or int(data_config["input_size"][-1])
     mode = "L" if in_chans == 1 else "RGB"
-    train = ImageFileDataset(split.train, build_transforms(data_config, True, size, augment), mode)
-    val = ImageFileDataset(split.val, build_transforms(data_config, False, size), mode)
+    train_tf, val_tf = (
+        build_transforms(data_config, True, size, augment),
+        build_transforms(data_config, False, size),
+    )
+    train = ImageFileDataset(split.train, train_tf, mode, strict=strict)
+    val = ImageFileDataset(split.val, val_tf, mode, strict=strict)
     return DataBundle(train, val, split.class_names, split.root, size, skipped=split.skipped, augment=augment)
 
 

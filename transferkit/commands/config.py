@@ -1,0 +1,215 @@
+"""Configuration layers of ``transferkit finetune`` and their validation.
+
+``DEFAULTS < a resumed run's args.yaml < --config FILE.yaml < the command line``; config-file values are
+checked against their flag's type, unknown keys get close matches. :func:`validate` checks every value
+that needs no model or data; :func:`check_resume_unchanged` keeps a resumed run on its own schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transferkit.commands.parser import DEFAULTS, finetune_actions
+from transferkit.errors import ConfigError
+
+__all__ = [
+    "read_config",
+    "resolve_config",
+    "validate",
+    "parse_unfreeze_at",
+    "saved_args",
+    "check_resume_unchanged",
+]
+
+# flags describing one invocation, never inherited from a resumed run's args.yaml
+_PER_INVOCATION = ("resume", "overwrite", "eval_only", "config", "quiet", "output")
+
+
+def _coerce(dest: str, value: Any, action: argparse.Action, source: str) -> Any:
+    """A config-file value checked against its flag's type."""
+    if value is None:
+        return None
+    if isinstance(action, argparse._StoreTrueAction | argparse.BooleanOptionalAction):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {dest} must be true or false, got {value!r}")
+        return value
+    if isinstance(action, argparse._AppendAction):
+        values = value if isinstance(value, list) else [value]
+        return [str(v) for v in values]
+    kind = action.type
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{source}: {dest} must be a number, got {value!r}")
+        try:
+            out = kind(value)
+        except ValueError:
+            raise ConfigError(
+                f"{source}: {dest} must be a{'n integer' if kind is int else ' number'}, got {value!r}"
+            ) from None
+        if kind is int and isinstance(value, float) and value != out:
+            raise ConfigError(f"{source}: {dest} must be an integer, got {value!r}")
+        return out
+    return str(value)
+
+
+def read_config(
+    path: str, actions: dict[str, argparse.Action], *, section: str | None = None
+) -> dict[str, Any]:
+    """Flags from a YAML file (an ``args.yaml`` of a run works too: its ``args`` section is used)."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at}; fix its syntax") from None
+    if data is None:
+        return {}
+    if isinstance(data, dict) and isinstance(data.get("args"), dict):
+        data = data["args"]  # a run's args.yaml: the flags, not the resolved facts
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of flag: value, found a {type(data).__name__}"
+        )
+    out: dict[str, Any] = {}
+    known = sorted(d for d in actions if d != "func")
+    for raw_key, value in data.items():
+        dest = str(raw_key).lstrip("-").replace("-", "_")
+        if dest not in actions or dest == "config":
+            close = difflib.get_close_matches(dest, known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(known)}"
+            raise ConfigError(f"config file {path}: unknown key {raw_key!r}{hint}")
+        out[dest] = _coerce(dest, value, actions[dest], f"config file {path}")
+    return out
+
+
+def resolve_config(explicit: dict[str, Any], saved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """DEFAULTS < saved (a resumed run's args) < --config file < explicit command-line flags."""
+    actions = finetune_actions()
+    cfg = dict(DEFAULTS)
+    if saved:
+        cfg.update({k: v for k, v in saved.items() if k in DEFAULTS and k not in _PER_INVOCATION})
+    if explicit.get("config"):
+        cfg.update(read_config(explicit["config"], actions))
+    cfg.update(explicit)
+    for key in ("rule", "unfreeze_at"):
+        cfg[key] = list(cfg.get(key) or [])
+    return cfg
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Check every value that needs no model or data; raises :class:`ConfigError` naming the flag."""
+    if not cfg.get("backbone"):
+        raise ConfigError("transferkit finetune: --backbone is required, e.g. --backbone resnet50")
+
+    def positive(name: str, kind: type = int, allow_none: bool = True, minimum: float = 1) -> None:
+        v = cfg.get(name)
+        if v is None and allow_none:
+            return
+        if not isinstance(v, kind) or isinstance(v, bool) or v < minimum:
+            what = "an integer" if kind is int else "a number"
+            raise ConfigError(f"--{name.replace('_', '-')} must be {what} >= {minimum}, got {v!r}")
+
+    positive("classes")
+    positive("epochs", allow_none=False)
+    positive("batch_size", allow_none=False)
+    positive("img_size", minimum=8)
+    positive("limit_train")
+    positive("limit_val")
+    positive("unfreeze_every")
+    positive("workers", minimum=0)
+    positive("warmup_epochs", minimum=0, allow_none=False)
+    if not (isinstance(cfg["lr"], int | float) and cfg["lr"] > 0):
+        raise ConfigError(f"--lr must be a positive number, got {cfg['lr']!r}")
+    if not (isinstance(cfg["weight_decay"], int | float) and cfg["weight_decay"] >= 0):
+        raise ConfigError(f"--weight-decay must be >= 0, got {cfg['weight_decay']!r}")
+    if cfg["lr_decay"] is not None and not 0 < cfg["lr_decay"] <= 1:
+        raise ConfigError(f"--lr-decay must be in (0, 1], got {cfg['lr_decay']!r}")
+    if not 0 < cfg["val_split"] < 1:
+        raise ConfigError(f"--val-split must be between 0 and 1 (exclusive), got {cfg['val_split']!r}")
+    if not 0 <= cfg["label_smoothing"] < 1:
+        raise ConfigError(f"--label-smoothing must be in [0, 1), got {cfg['label_smoothing']!r}")
+    if cfg["warmup_epochs"] >= cfg["epochs"] and cfg["warmup_epochs"] > 0:
+        raise ConfigError(
+            f"--warmup-epochs ({cfg['warmup_epochs']}) must be smaller than --epochs ({cfg['epochs']})"
+        )
+    if cfg["scheduler"] not in ("cosine", "step", "onecycle", "none"):
+        raise ConfigError(f"--scheduler must be cosine, step, onecycle or none, got {cfg['scheduler']!r}")
+    if cfg["scheduler"] == "onecycle" and cfg["warmup_epochs"]:
+        raise ConfigError("--scheduler onecycle has its own warmup; drop --warmup-epochs")
+    if cfg["overwrite"] and cfg["resume"]:
+        raise ConfigError("--overwrite and --resume contradict each other; give one of them")
+    if cfg["linear_probe"] and (
+        cfg["unfreeze_at"] or cfg["unfreeze_every"] or cfg["freeze"] not in ("auto", "backbone")
+    ):
+        raise ConfigError("--linear-probe trains the head only; drop --unfreeze-at/--unfreeze-every/--freeze")
+    if cfg["unfreeze_at"] and cfg["unfreeze_every"]:
+        raise ConfigError("give one of --unfreeze-at and --unfreeze-every, not both")
+    if cfg["feature_cache"] and cfg["augment"]:
+        raise ConfigError("--feature-cache needs --no-augment: cached features would freeze one random draw")
+
+
+def parse_unfreeze_at(specs: Sequence[str]) -> dict[int, list[str] | None]:
+    """``["2:layer4,4:layer3", "6"]`` -> ``{2: ["layer4"], 4: ["layer3"], 6: None}`` (None: the rest)."""
+    plan: dict[int, list[str] | None] = {}
+    for spec in specs:
+        for item in str(spec).split(","):
+            item = item.strip()
+            if not item:
+                continue
+            epoch_s, _, group = item.partition(":")
+            try:
+                epoch = int(epoch_s)
+            except ValueError:
+                raise ConfigError(
+                    f"--unfreeze-at {item!r}: expected EPOCH or EPOCH:GROUP (e.g. 2:layer4), epoch not an integer"
+                ) from None
+            if epoch < 0:
+                raise ConfigError(f"--unfreeze-at {item!r}: the epoch must be >= 0")
+            if group:
+                current = plan.setdefault(epoch, [])
+                if current is None:
+                    raise ConfigError(f"--unfreeze-at: epoch {epoch} already thaws every remaining group")
+                current.append(group.strip())
+            else:
+                if epoch in plan:
+                    raise ConfigError(f"--unfreeze-at: epoch {epoch} given twice")
+                plan[epoch] = None
+    return plan
+
+
+def saved_args(run_dir: Path) -> dict[str, Any]:
+    """The flags a run folder's ``args.yaml`` recorded (empty when it has none)."""
+    path = run_dir / "args.yaml"
+    if not path.is_file():
+        return {}
+    return read_config(str(path), finetune_actions())
+
+
+# what lays out a run's trajectory: its LR schedule (steps per epoch x epochs), freeze plan, optimizer and
+# batches. A resumed run restores its saved schedules, so a changed value would be silently ignored (a
+# longer --epochs would train the extra epochs at the cosine schedule's final LR of 0): refused instead.
+_TRAJECTORY = ("backbone", "data", "val_split", "img_size", "limit_train", "epochs", "batch_size", "lr",
+               "optimizer", "weight_decay", "lr_decay", "scheduler", "warmup_epochs", "freeze", "unfreeze_at",
+               "unfreeze_every", "linear_probe", "augment", "label_smoothing", "seed")  # fmt: skip
+
+
+def check_resume_unchanged(cfg: dict[str, Any], saved: dict[str, Any], resume_path: Path) -> None:
+    """A resumed run continues its own plan: a flag that would change it is an error, not ignored."""
+    changed = [k for k in _TRAJECTORY if k in saved and cfg.get(k) != saved[k]]
+    if changed:
+        flags = ", ".join(
+            f"--{k.replace('_', '-')} {cfg.get(k)!r} (the run has {saved[k]!r})" for k in changed
+        )
+        raise ConfigError(
+            f"--resume {resume_path}: {flags}; a resumed run continues its own schedule, so drop the changed "
+            f"flag(s), or start a new run from its weights with --init-checkpoint {resume_path.parent / 'best.pt'}"
+        )

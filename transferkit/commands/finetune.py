@@ -1,0 +1,381 @@
+"""The ``transferkit finetune`` job: validate and build everything, then train, export and report.
+
+Everything is validated -- data folder, classes, rules, device, backbone, init checkpoint, resume
+checkpoint -- and built into one :class:`_Job` before the run folder is created, so bad input writes
+nothing. Then the feature cache (linear probe), the epochs (:class:`~transferkit.train.Trainer`), and the
+best weights exported as ``model.safetensors`` + ``labels.json`` with the confusion matrix. Under torchrun
+only rank 0 prints and writes; rank 0 decides the run folder and broadcasts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transferkit.commands.config import check_resume_unchanged, resolve_config, saved_args, validate
+from transferkit.commands.console import Console, setup_logging
+from transferkit.commands.plan import (
+    decide_run_dir,
+    load_bundle,
+    load_resume,
+    loader_workers,
+    make_lr_schedule,
+    resume_source,
+    scan_data,
+    setup_freeze,
+)
+from transferkit.errors import ConfigError
+
+__all__ = ["run_finetune"]
+
+logger = logging.getLogger("transferkit.cli")
+
+
+def run_finetune(ns: argparse.Namespace) -> int:
+    """``transferkit finetune``: layer and validate the configuration, join torchrun's group, run the job."""
+    explicit = {k: v for k, v in vars(ns).items() if k not in ("func", "command", "argv")}
+    cfg = resolve_config(explicit)
+    resume_path = None
+    if cfg["resume"]:
+        resume_path = resume_source(cfg)
+        # the run's own args.yaml is the base; this command line (and --config) override it
+        saved = saved_args(resume_path.parent)
+        cfg = resolve_config(explicit, saved)
+        if not cfg["eval_only"]:
+            check_resume_unchanged(cfg, saved, resume_path)
+    validate(cfg)
+
+    from transferkit.train import cleanup_distributed, init_distributed
+
+    dist_ctx, device = init_distributed(cfg["device"])
+    log_handler, undo_logging = setup_logging(cfg["quiet"], dist_ctx.rank)
+    bars = dist_ctx.is_main and not cfg["quiet"] and sys.stderr.isatty()
+    console = Console(dist_ctx.rank, bars, log_handler)
+    try:
+        return _run(cfg, dist_ctx, device, console, resume_path, list(ns.argv))
+    finally:
+        undo_logging()
+        cleanup_distributed()
+
+
+@dataclass
+class _Job:
+    """Everything a validated ``finetune`` run needs; built before anything is written."""
+
+    cfg: dict[str, Any]
+    dist: Any
+    device: Any
+    model: Any
+    bundle: Any
+    class_names: list[str]
+    pretrained: bool
+    weights_requested: Any
+    augment: bool
+    use_cache: bool
+    freeze_schedule: Any = None
+    freeze_desc: str = ""
+    optimizer: Any = None
+    lr_schedule: Any = None
+    init_report: Any = None
+    resume_path: Path | None = None
+    resume_ckpt: Any = None
+    run_dir: Path | None = None
+    argv: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    best_state: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _run(
+    cfg: dict[str, Any],
+    dist_ctx: Any,
+    device: Any,
+    console: Console,
+    resume_path: Path | None,
+    argv: list[str],
+) -> int:
+    job = _prepare(cfg, dist_ctx, device, resume_path)
+    job.argv = argv
+    console.validated()
+    if not job.pretrained and job.weights_requested is not None and not cfg["eval_only"]:
+        console.warn(
+            "=" * 78 + f"\nWARNING: no pretrained weights for {cfg['backbone']} could be loaded (--weights "
+            f"{cfg['weights']}; offline and not cached?).\nTraining from RANDOM initialisation: every layer "
+            "trains. Pass --weights PATH to use a local file.\n" + "=" * 78
+        )
+    if job.init_report is not None:
+        logger.info("init checkpoint %s:\n%s", cfg["init_checkpoint"], job.init_report)
+    job.model.to(device)
+    if cfg["eval_only"]:
+        return _eval_only(job, console)
+    trainer = _train(job, console)
+    return _finish(job, trainer, console)
+
+
+def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path | None) -> _Job:
+    """Validate every input and build model, data, schedules; decide the run folder. Writes nothing."""
+    from transferkit.backbones import create_model
+    from transferkit.rename import parse_rule
+    from transferkit.train import seed_everything
+
+    seed_everything(cfg["seed"])
+    rules = [parse_rule(r) for r in cfg["rule"]]
+    split, class_names = scan_data(cfg)
+    if cfg["classes"] is not None and cfg["classes"] != len(class_names):
+        shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
+        raise ConfigError(
+            f"--classes {cfg['classes']} does not match the data: {cfg['data'] or 'the embedded digits'} has "
+            f"{len(class_names)} classes ({shown}); drop --classes or fix it"
+        )
+    weights = None if str(cfg["weights"]).lower() in ("none", "null", "random") else cfg["weights"]
+    model = create_model(cfg["backbone"], len(class_names), weights=weights, class_names=class_names)
+    pretrained = bool(getattr(model, "pretrained", False))
+    init_report = None
+    if cfg["init_checkpoint"]:
+        from transferkit.partial import load_partial
+
+        init_report = load_partial(model, cfg["init_checkpoint"], rules=rules, key=cfg["key"])
+        pretrained = True
+    elif rules:
+        raise ConfigError("--rule applies to --init-checkpoint; give --init-checkpoint PATH or drop --rule")
+    augment = cfg["augment"] if cfg["augment"] is not None else not cfg["linear_probe"]
+    freeze_sched, freeze_desc, opt_lr_decay = setup_freeze(cfg, model, pretrained)
+    bundle = load_bundle(cfg, split, model, augment)
+    head = set(model.head_parameter_names())
+    backbone_frozen = freeze_sched is None and not any(
+        p.requires_grad for n, p in model.named_parameters() if n not in head
+    )
+    use_cache = (
+        cfg["feature_cache"] if cfg["feature_cache"] is not None else (backbone_frozen and not augment)
+    )
+    if use_cache and not backbone_frozen:
+        raise ConfigError(
+            "--feature-cache needs the whole backbone frozen for the whole run (--linear-probe)"
+        )
+    job = _Job(cfg, dist_ctx, device, model, bundle, class_names, pretrained, weights, augment, use_cache,
+               freeze_sched, freeze_desc, init_report=init_report, resume_path=resume_path)  # fmt: skip
+    if cfg["eval_only"]:
+        if resume_path is not None:
+            from transferkit.checkpoint import restore_checkpoint
+
+            restore_checkpoint(resume_path, model=model, restore_rng=False)
+        return job
+    job.resume_ckpt = load_resume(resume_path) if resume_path is not None else None
+    _build_optimizer(job, opt_lr_decay)
+    decided = None
+    if dist_ctx.is_main:
+        try:
+            decided = decide_run_dir(cfg, resume_path)
+        except ConfigError as exc:
+            decided = exc
+    decided = _broadcast(decided, dist_ctx)  # rank 0 decides (the folder name holds a timestamp)
+    if isinstance(decided, ConfigError):
+        raise decided
+    job.run_dir = decided
+    return job
+
+
+def _build_optimizer(job: _Job, lr_decay: float | None) -> None:
+    from transferkit.data import make_loaders
+    from transferkit.optim import build_optimizer
+
+    cfg = job.cfg
+    # the loaders' length is known before any feature cache: same datasets, same sizes
+    probe, _ = make_loaders(job.bundle, cfg["batch_size"], rank=job.dist.rank, world_size=job.dist.world_size)
+    if len(probe) == 0:
+        raise ConfigError(
+            f"the training set ({len(job.bundle.train)} images) is smaller than one batch per process; "
+            "lower --batch-size or add images"
+        )
+    job.optimizer = build_optimizer(
+        job.model, cfg["optimizer"], lr=cfg["lr"], weight_decay=cfg["weight_decay"], lr_decay=lr_decay
+    )
+    job.lr_schedule = make_lr_schedule(cfg, job.optimizer, len(probe))
+
+
+def _train(job: _Job, console: Console) -> Any:
+    """Feature cache, loaders, run folder, the epochs (Trainer.fit)."""
+    from transferkit.data import cache_features, make_loaders
+    from transferkit.report import RUN_FILES, format_epoch, plot_curves, write_metrics_csv, write_yaml
+    from transferkit.train import Trainer, amp_dtype_for
+
+    cfg, model, device, dist_ctx, run_dir = job.cfg, job.model, job.device, job.dist, job.run_dir
+    if job.use_cache:
+        amp_dtype = amp_dtype_for(device) if cfg["amp"] else None
+        job.bundle = cache_features(model, job.bundle, cfg["batch_size"], device, amp_dtype=amp_dtype,
+                                    channels_last=cfg["channels_last"], workers=loader_workers(cfg, job.bundle))  # fmt: skip
+    train_loader, val_loader = make_loaders(
+        job.bundle, cfg["batch_size"], workers=0 if job.use_cache else loader_workers(cfg, job.bundle), seed=cfg["seed"],
+        rank=dist_ctx.rank, world_size=dist_ctx.world_size, pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    job.facts = _resolved_facts(job, train_loader)
+    if dist_ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg["overwrite"]:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+        args_out = {k: v for k, v in cfg.items() if k != "config"}
+        write_yaml(run_dir / "args.yaml", {"args": args_out, "resolved": job.facts})
+    job.best_state = {}
+
+    def on_epoch_end(trainer: Trainer, row: dict[str, Any], result: Any) -> None:
+        if trainer.best_epoch == row["epoch"]:  # keep the best weights for the export, on every rank
+            job.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        console.out(format_epoch(row, cfg["epochs"]))
+        if dist_ctx.is_main:
+            write_metrics_csv(run_dir / "metrics.csv", trainer.history)
+            plot_curves(trainer.history, run_dir)
+
+    trainer = Trainer(
+        model, job.optimizer, train_loader, val_loader, epochs=cfg["epochs"], num_classes=len(job.class_names),
+        device=device, lr_schedule=job.lr_schedule, freeze_schedule=job.freeze_schedule, amp=cfg["amp"],
+        channels_last=cfg["channels_last"], compile=cfg["compile"], dist=dist_ctx,
+        inputs="features" if job.use_cache else "images", frozen_backbone=cfg["linear_probe"], run_dir=run_dir,
+        meta={**getattr(model, "meta", {}), "img_size": job.bundle.img_size, "run": str(run_dir)},
+        seed=cfg["seed"], label_smoothing=cfg["label_smoothing"], progress=console.progress,
+        on_epoch_end=on_epoch_end,
+    )  # fmt: skip
+    if job.resume_ckpt is not None:
+        start = trainer.resume(job.resume_ckpt)
+        console.out(f"resumed {job.resume_path} at epoch {start + 1}/{cfg['epochs']}")
+    for line in _header(cfg, job.facts):
+        console.out(line)
+    trainer.fit()
+    return trainer
+
+
+def _finish(job: _Job, trainer: Any, console: Console) -> int:
+    """Best weights -> confusion matrix, model.safetensors + labels.json; the last line."""
+    from transferkit.report import export_model, plot_confusion_matrix, plot_curves, write_metrics_csv
+
+    cfg, model, run_dir = job.cfg, job.model, job.run_dir
+    if not job.best_state:  # resumed, and no epoch since beat the best: read it back
+        from transferkit.checkpoint import load_checkpoint
+
+        _barrier(job.dist)
+        job.best_state = load_checkpoint(run_dir / "best.pt")["models"]["model"]
+    model.load_state_dict(job.best_state)
+    final = trainer.evaluate()
+    if job.dist.is_main:
+        write_metrics_csv(run_dir / "metrics.csv", trainer.history)
+        plot_curves(trainer.history, run_dir)
+        plot_confusion_matrix(final.confusion, job.class_names, run_dir / "confusion_matrix.png")
+        info = {
+            "backbone": cfg["backbone"],
+            "img_size": job.bundle.img_size,
+            "mean": list(model.data_config["mean"]),
+            "std": list(model.data_config["std"]),
+            "in_chans": getattr(model, "in_chans", 3),
+            "epoch": trainer.best_epoch + 1,
+            "val_acc": final.acc,
+            "data": job.facts["data"],
+        }
+        # the network's own key layout (no "backbone." prefix): the file loads into the plain torchvision/timm
+        # network and into create_model(..., weights="model.safetensors")
+        native = {k.removeprefix("backbone."): v for k, v in job.best_state.items()}
+        info["layout"] = (
+            "native: load into the plain network, or create_model(backbone, num_classes, weights=file)"
+        )
+        export_model(run_dir, native, job.class_names, info)
+    minutes = (time.perf_counter() - job.started) / 60
+    console.out(
+        f"best val accuracy {trainer.best_acc:.2%} (epoch {trainer.best_epoch + 1}/{cfg['epochs']}, "
+        f"{minutes:.1f} min); run folder: {run_dir}"
+    )
+    return 0
+
+
+def _barrier(dist_ctx: Any) -> None:
+    if dist_ctx.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _broadcast(obj: Any, dist_ctx: Any) -> Any:
+    """Rank 0's value on every rank (run folder names hold a timestamp; errors must agree)."""
+    if not dist_ctx.enabled:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _resolved_facts(job: _Job, train_loader: Any) -> dict[str, Any]:
+    """What the run really used, for args.yaml's ``resolved`` section."""
+    import torch
+
+    import transferkit
+
+    model, bundle = job.model, job.bundle
+    return {
+        "command": " ".join(["transferkit", "finetune", *job.argv]),
+        "backbone": job.cfg["backbone"],
+        "pretrained_weights_used": job.pretrained,
+        "weights_source": str(getattr(model, "weights", "random")),
+        "init_checkpoint_tensors": len(job.init_report.loaded) if job.init_report is not None else None,
+        "num_classes": len(bundle.class_names),
+        "class_names": list(bundle.class_names),
+        "data": bundle.source,
+        "train_images": len(bundle.train),
+        "val_images": len(bundle.val),
+        "unreadable_images_skipped": len(bundle.skipped),
+        "img_size": bundle.img_size,
+        "mean": list(model.data_config["mean"]),
+        "std": list(model.data_config["std"]),
+        "augment": bool(job.augment) and not job.use_cache,
+        "freeze": job.freeze_desc,
+        "trainable_parameters_at_start": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "feature_cache": job.use_cache,
+        "device": str(job.device),
+        "world_size": job.dist.world_size,
+        "steps_per_epoch": len(train_loader),
+        "transferkit_version": transferkit.__version__,
+        "torch_version": torch.__version__,
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def _header(cfg: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    weights = "pretrained" if facts["pretrained_weights_used"] else "random init"
+    return [
+        f"{facts['backbone']} ({weights}), {facts['num_classes']} classes, data {facts['data']}: "
+        f"{facts['train_images']} train / {facts['val_images']} val images at {facts['img_size']} px",
+        f"{facts['freeze']}; {cfg['optimizer']} lr {cfg['lr']:g}, {cfg['scheduler']} schedule, {cfg['epochs']} "
+        f"epochs x {facts['steps_per_epoch']} steps on {facts['device']}"
+        + (f" x {facts['world_size']} processes" if facts["world_size"] > 1 else "")
+        + (", cached features" if facts["feature_cache"] else ""),
+    ]
+
+
+def _eval_only(job: _Job, console: Console) -> int:
+    """Evaluate the weights (pretrained, --init-checkpoint or --resume) on the validation set; write nothing."""
+    import torch
+
+    from transferkit.data import make_loaders
+    from transferkit.train import Trainer
+
+    cfg, bundle = job.cfg, job.bundle
+    if job.resume_path is None and not job.pretrained:
+        console.warn(
+            "WARNING: --eval-only with random weights; give --resume RUN, --init-checkpoint or --weights"
+        )
+    _, val_loader = make_loaders(bundle, cfg["batch_size"], workers=loader_workers(cfg, bundle), rank=job.dist.rank,
+                                 world_size=job.dist.world_size, pin_memory=job.device.type == "cuda")  # fmt: skip
+    no_training = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
+    trainer = Trainer(job.model, no_training, val_loader, val_loader, epochs=1, num_classes=bundle.num_classes,
+                      device=job.device, amp=cfg["amp"], channels_last=cfg["channels_last"], dist=job.dist)  # fmt: skip
+    result = trainer.evaluate()
+    console.out(
+        f"val loss {result.loss:.4f}, val accuracy {result.acc:.2%} on {result.count} images ({bundle.source})"
+    )
+    return 0

@@ -1,0 +1,242 @@
+"""The argparse definitions of ``transferkit finetune`` and ``transferkit inspect``.
+
+Every ``finetune`` flag uses ``argparse.SUPPRESS`` as its default, so the parsed namespace holds only the
+flags given on the command line: :func:`transferkit.commands.config.resolve_config` layers them over
+:data:`DEFAULTS`, a resumed run's ``args.yaml`` and ``--config``. Parse errors raise
+:class:`~transferkit.errors.ConfigError` (one line, exit 2) instead of argparse's own exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from transferkit.errors import ConfigError
+
+__all__ = ["DEFAULTS", "build_parser", "finetune_actions"]
+
+# Defaults of `finetune`, chosen so that `make demo` (resnet50, digits, 2 CPU cores, random weights when
+# offline) finishes in a few minutes with a meaningful accuracy. Layering: DEFAULTS < a resumed run's
+# args.yaml < --config < the command line.
+DEFAULTS: dict[str, Any] = {
+    "backbone": None,
+    "classes": None,
+    "data": None,
+    "val_split": 0.2,
+    "img_size": None,
+    "strict_data": False,
+    "augment": None,
+    "limit_train": None,
+    "limit_val": None,
+    "weights": "auto",
+    "init_checkpoint": None,
+    "rule": [],
+    "key": None,
+    "epochs": 10,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "optimizer": "adamw",
+    "weight_decay": 0.05,
+    "lr_decay": None,
+    "scheduler": "cosine",
+    "warmup_epochs": 0,
+    "freeze": "auto",
+    "unfreeze_at": [],
+    "unfreeze_every": None,
+    "linear_probe": False,
+    "feature_cache": None,
+    "label_smoothing": 0.0,
+    "amp": False,
+    "channels_last": False,
+    "compile": False,
+    "device": "auto",
+    "workers": None,
+    "seed": 0,
+    "output": None,
+    "resume": None,
+    "overwrite": False,
+    "eval_only": False,
+    "config": None,
+    "quiet": False,
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors become ConfigError: one line, exit 2, through the same path as every error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _help(text: str, dest: str) -> str:
+    default = DEFAULTS.get(dest)
+    if default in (None, [], False):
+        return text
+    return f"{text} (default: {default})"
+
+
+def _add_finetune(sub: Any) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a backbone on the embedded digits or an image folder",
+        description="Fine-tune a pretrained backbone; writes a run folder (args.yaml, metrics.csv, plots, "
+        "last.pt, best.pt, model.safetensors, labels.json).",
+        argument_default=argparse.SUPPRESS,
+    )
+
+    def add(group: Any, *flags: str, help: str, **kw: Any) -> None:  # noqa: A002
+        dest = kw.get("dest") or flags[0].lstrip("-").replace("-", "_")
+        group.add_argument(*flags, help=_help(help, dest), **kw)
+
+    g = p.add_argument_group("model")
+    add(g, "--backbone", help="torchvision name (resnet50), timm:NAME, or package.module:callable")
+    add(g, "--classes", type=int, help="number of classes; must agree with the data (default: from the data)")
+    add(g, "--weights", help="auto (pretrained if available offline, else random), imagenet, PATH or none")
+    add(g, "--init-checkpoint", metavar="PATH", help="start from this checkpoint's weights (partial load)")
+    add(
+        g,
+        "--rule",
+        action="append",
+        metavar="OLD=>NEW",
+        help="rename rule for --init-checkpoint (repeatable; 're:PATTERN=>REPL' for a regex)",
+    )
+    add(g, "--key", help="where the weights sit inside --init-checkpoint (e.g. state_dict, models.model)")
+
+    g = p.add_argument_group("data")
+    add(
+        g,
+        "--data",
+        metavar="DIR",
+        help="image folder: DIR/train/<class> + DIR/val/<class>, or DIR/<class> "
+        "split by --val-split (default: the embedded scikit-learn digits)",
+    )
+    add(g, "--val-split", type=float, help="validation fraction of a DIR/<class> tree")
+    add(g, "--img-size", type=int, help="image side in pixels (default: the backbone's; 32 for the digits)")
+    add(g, "--strict-data", action="store_true", help="fail on an unreadable image instead of skipping it")
+    add(
+        g,
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        help="light training augmentation (default: on, off with --linear-probe)",
+    )
+    add(
+        g,
+        "--limit-train",
+        type=int,
+        metavar="N",
+        help="use a seeded random subset of N training images (quick runs and tests)",
+    )
+    add(g, "--limit-val", type=int, metavar="N", help="use a seeded random subset of N validation images")
+    add(
+        g,
+        "--workers",
+        type=int,
+        help="DataLoader worker processes (default: 0 for the in-memory digits, up to 4 for image folders)",
+    )
+
+    g = p.add_argument_group("training")
+    add(g, "--epochs", type=int, help="training epochs")
+    add(g, "--batch-size", type=int, help="images per step and process")
+    add(g, "--lr", type=float, help="learning rate of the head (earlier groups: times --lr-decay per level)")
+    add(g, "--optimizer", help="adamw, adam, sgd, rmsprop, ...")
+    add(g, "--weight-decay", type=float, help="weight decay (not on biases and norm weights)")
+    add(
+        g,
+        "--lr-decay",
+        type=float,
+        help="discriminative rate factor per layer group below the head "
+        "(default: 0.5 with pretrained weights, none otherwise)",
+    )
+    add(g, "--scheduler", choices=["cosine", "step", "onecycle", "none"], help="LR schedule over all steps")
+    add(g, "--warmup-epochs", type=int, help="linear LR warmup")
+    add(g, "--label-smoothing", type=float, help="cross-entropy label smoothing")
+    add(
+        g,
+        "--freeze",
+        metavar="none|backbone|GROUPS",
+        help="what starts frozen: auto (pretrained: head only, "
+        "then a gradual thaw; random weights: nothing), none, backbone, or comma-separated layer groups",
+    )
+    add(
+        g,
+        "--unfreeze-at",
+        action="append",
+        metavar="EPOCH[:GROUP,...]",
+        help="thaw layer groups at an "
+        "epoch, e.g. 2:layer4,4:layer3 (repeatable); a bare EPOCH thaws every remaining group",
+    )
+    add(g, "--unfreeze-every", type=int, metavar="K", help="thaw one more layer group every K epochs")
+    add(
+        g,
+        "--linear-probe",
+        action="store_true",
+        help="train only the head on a frozen backbone, with cached features when augmentation is off",
+    )
+    add(
+        g,
+        "--feature-cache",
+        action=argparse.BooleanOptionalAction,
+        help="cache the frozen backbone's "
+        "features (default: whenever the whole backbone is frozen and augmentation is off)",
+    )
+
+    g = p.add_argument_group("system")
+    add(g, "--device", help="auto, cpu, cuda or cuda:N")
+    add(g, "--amp", action="store_true", help="mixed precision (bfloat16 on CPU and recent GPUs)")
+    add(g, "--channels-last", action="store_true", help="NHWC memory format")
+    add(g, "--compile", action="store_true", help="torch.compile the model")
+    add(g, "--seed", type=int, help="random seed")
+
+    g = p.add_argument_group("run folder")
+    add(g, "--output", metavar="DIR", help="run folder (default: runs/<YYYYmmdd-HHMMSS>-<backbone>/)")
+    add(
+        g,
+        "--resume",
+        nargs="?",
+        const="auto",
+        metavar="PATH",
+        help="continue a run: a run folder or its "
+        "last.pt (no PATH: --output's, else the newest run of this backbone)",
+    )
+    add(g, "--overwrite", action="store_true", help="replace an existing run folder's files")
+    add(
+        g,
+        "--eval-only",
+        action="store_true",
+        help="evaluate the weights on the validation set; write nothing",
+    )
+    add(g, "--config", metavar="FILE.yaml", help="read flags from YAML; command-line flags win")
+    add(g, "--quiet", action="store_true", help="no progress bars or info logs; epoch lines only")
+
+
+def _add_inspect(sub: Any) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="describe a checkpoint, or dry-run loading it into a model",
+        description="Describe a checkpoint file; with --model/--classes or --against, also show how it would "
+        "load (a dry run: nothing is modified).",
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help="the checkpoint file")
+    p.add_argument("--model", help="backbone name to dry-run the load into (with --classes)")
+    p.add_argument("--classes", type=int, help="number of classes of --model")
+    p.add_argument("--against", metavar="OTHER", help="another checkpoint whose layout to compare with")
+    p.add_argument("--rule", action="append", default=[], metavar="OLD=>NEW", help="rename rule (repeatable)")
+    p.add_argument("--key", help="where the weights sit inside the checkpoint (e.g. state_dict)")
+    p.add_argument(
+        "--salvage", action="store_true", help="read files weights_only refuses without running code"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``transferkit`` argument parser (subcommands ``finetune`` and ``inspect``)."""
+    parser = _Parser(prog="transferkit", description="Transfer learning on PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    _add_finetune(sub)
+    _add_inspect(sub)
+    return parser
+
+
+def finetune_actions() -> dict[str, argparse.Action]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in sub.choices["finetune"]._actions if a.dest not in ("help",)}

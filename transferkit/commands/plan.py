@@ -1,0 +1,227 @@
+"""From a validated configuration to the objects of a run, writing nothing.
+
+The data source (scanned and checked up front), the data bundle with the backbone's transforms, the
+freeze policy (a :class:`~transferkit.schedule.GradualUnfreeze` or a fixed freeze), the LR schedule, the
+DataLoader worker count, the checkpoint a ``--resume`` names and the run folder to write into.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from transferkit.commands.config import parse_unfreeze_at
+from transferkit.errors import ConfigError
+
+__all__ = [
+    "DIGITS_IMG_SIZE",
+    "PRETRAINED_LR_DECAY",
+    "safe_name",
+    "resume_source",
+    "decide_run_dir",
+    "load_resume",
+    "scan_data",
+    "load_bundle",
+    "loader_workers",
+    "setup_freeze",
+    "make_lr_schedule",
+]
+
+DIGITS_IMG_SIZE = 32  # 8x8 scans shown at 32 px: enough for a ResNet stem, cheap on a CPU
+PRETRAINED_LR_DECAY = 0.5  # per layer group below the head, when pretrained weights thaw gradually
+
+
+def safe_name(backbone: str) -> str:
+    """A backbone name as a folder-name part: ``timm:convnext_atto`` -> ``timm-convnext_atto``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", backbone).strip("-.") or "model"
+
+
+def resume_source(cfg: dict[str, Any]) -> Path:
+    """The checkpoint a --resume names: a file, a run folder, --output's, or the newest run of the backbone."""
+    value = cfg["resume"]
+    if value != "auto":
+        path = Path(value)
+        if path.is_dir():
+            path = path / "last.pt"
+        if not path.is_file():
+            raise ConfigError(f"--resume {value}: no checkpoint at {path}; give a run folder or its last.pt")
+        return path
+    if cfg.get("output"):
+        path = Path(cfg["output"]) / "last.pt"
+        if not path.is_file():
+            raise ConfigError(f"--resume: {path} does not exist; the run in --output never finished an epoch")
+        return path
+    pattern = f"*-{safe_name(cfg['backbone'] or '')}/last.pt"
+    found = (
+        sorted(Path("runs").glob(pattern), key=lambda p: p.stat().st_mtime) if Path("runs").is_dir() else []
+    )
+    if not found:
+        raise ConfigError(f"--resume: no runs/{pattern} found; give --resume PATH or --output DIR")
+    return found[-1]
+
+
+def decide_run_dir(cfg: dict[str, Any], resume_path: Path | None) -> Path:
+    """Decide the run folder (validating, creating nothing)."""
+    if cfg["output"]:
+        run_dir = Path(cfg["output"])
+    elif resume_path is not None:
+        run_dir = resume_path.parent
+    else:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path("runs") / f"{stamp}-{safe_name(cfg['backbone'])}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--output {run_dir} is a file; give a folder")
+    occupied = run_dir.is_dir() and any(run_dir.iterdir())
+    if occupied and not (cfg["overwrite"] or resume_path is not None):
+        raise ConfigError(
+            f"run folder {run_dir} already exists and is not empty; use --resume to continue it, "
+            "--overwrite to replace it, or another --output"
+        )
+    return run_dir
+
+
+def load_resume(path: Path) -> Any:
+    """Read a ``--resume`` checkpoint, refusing one that is not a run's ``last.pt``/``best.pt``."""
+    from transferkit.checkpoint import load_checkpoint
+    from transferkit.errors import CheckpointError
+
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or "models" not in ckpt or ckpt.get("epoch") is None:
+        raise CheckpointError(
+            f"--resume {path}: not a transferkit training checkpoint (last.pt/best.pt of a run)"
+        )
+    return ckpt
+
+
+def scan_data(cfg: dict[str, Any]) -> tuple[Any, list[str]]:
+    """Scan/check the data source before anything heavy: ``(folder split or None, class names)``."""
+    from transferkit.data import split_image_folder
+
+    if cfg["data"] is None:
+        return None, [str(i) for i in range(10)]
+    split = split_image_folder(
+        cfg["data"], val_split=cfg["val_split"], seed=cfg["seed"], strict=cfg["strict_data"]
+    )
+    return split, split.class_names
+
+
+def load_bundle(cfg: dict[str, Any], split: Any, model: Any, augment: bool) -> Any:
+    """The :class:`~transferkit.data.DataBundle` (digits or the scanned folder) with the backbone's transforms."""
+    from transferkit.data import DataBundle, limit_dataset, load_digits_data, load_image_folder
+
+    config = model.data_config
+    if split is None:
+        bundle = load_digits_data(
+            cfg["img_size"] or DIGITS_IMG_SIZE, config["mean"], config["std"], augment=augment
+        )
+    else:
+        bundle = load_image_folder(
+            split,
+            config,
+            img_size=cfg["img_size"],
+            augment=augment,
+            in_chans=getattr(model, "in_chans", 3),
+            strict=cfg["strict_data"],
+        )
+    if cfg["limit_train"] or cfg["limit_val"]:
+        bundle = DataBundle(
+            limit_dataset(bundle.train, cfg["limit_train"], cfg["seed"]),
+            limit_dataset(bundle.val, cfg["limit_val"], cfg["seed"]),
+            bundle.class_names,
+            bundle.source,
+            bundle.img_size,
+            bundle.skipped,
+            bundle.augment,
+        )
+    return bundle
+
+
+def loader_workers(cfg: dict[str, Any], bundle: Any) -> int:
+    """``--workers``, or a default suited to the data source."""
+    if cfg["workers"] is not None:
+        return cfg["workers"]
+    if bundle.source == "digits":
+        return 0  # in-memory tensors: worker processes would only add start-up and copying
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any, str, float | None]:
+    """Freeze policy -> ``(GradualUnfreeze or None, description, lr_decay for the optimizer)``."""
+    from transferkit.freeze import freeze, freeze_backbone
+    from transferkit.schedule import GradualUnfreeze
+
+    mode = str(cfg["freeze"]).strip()
+    lr_decay = cfg["lr_decay"]
+    schedule_decay = lr_decay if lr_decay is not None else (PRETRAINED_LR_DECAY if pretrained else 1.0)
+    plan = parse_unfreeze_at(cfg["unfreeze_at"])
+    every = cfg["unfreeze_every"]
+    if cfg["linear_probe"]:
+        freeze_backbone(model)
+        return None, "linear probe: backbone frozen, head trains", None
+    if mode == "auto":
+        if plan or every:
+            mode = "backbone"
+        elif pretrained:
+            groups = list(model.layer_groups())
+            below = max(1, len(groups) - 1)
+            every = max(1, cfg["epochs"] // (2 * below))
+            mode = "backbone"
+        else:
+            mode = "none"
+    if mode == "none":
+        if plan or every:
+            raise ConfigError(
+                "--unfreeze-at/--unfreeze-every need a frozen start; use --freeze backbone (or auto)"
+            )
+        return None, "nothing frozen: every layer trains", lr_decay
+    if mode == "backbone":
+        if not plan and not every:
+            freeze_backbone(model)
+            return None, "backbone frozen for the whole run: the head trains", None
+        if every:
+            sched = GradualUnfreeze(model, every=every, lr_decay=schedule_decay)
+        else:
+            below = list(model.layer_groups())[:-1]
+            named = {g for gs in plan.values() if gs for g in gs}
+            at = {
+                e: (gs if gs is not None else [g for g in reversed(below) if g not in named])
+                for e, gs in plan.items()
+            }
+            sched = GradualUnfreeze(model, at={e: g for e, g in at.items() if g}, lr_decay=schedule_decay)
+        desc = "head only, then thaw " + ", ".join(
+            f"{'+'.join(g)}@{e}" for e, g in sorted(sched.plan.items())
+        )
+        return sched, f"{desc} (lr x{schedule_decay} per level)", None
+    groups = [g.strip() for g in mode.split(",") if g.strip()]
+    if plan or every:
+        raise ConfigError(
+            "--unfreeze-at/--unfreeze-every start from a frozen backbone; use --freeze backbone"
+        )
+    known = list(model.layer_groups())
+    unknown = [g for g in groups if g not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"--freeze {mode}: unknown layer group(s) {unknown}; expected none, backbone, auto or groups of "
+            f"{', '.join(known)}.{hint}"
+        )
+    freeze(model, *groups)
+    return None, f"frozen for the whole run: {', '.join(groups)}", lr_decay
+
+
+def make_lr_schedule(cfg: dict[str, Any], optimizer: Any, steps_per_epoch: int) -> Any:
+    """The per-step :class:`~transferkit.schedule.LRSchedule` of ``--scheduler``/``--warmup-epochs``."""
+    from transferkit.schedule import LRSchedule
+
+    total = cfg["epochs"] * steps_per_epoch
+    kind = cfg["scheduler"]
+    kwargs: dict[str, Any] = {}
+    if kind == "step":
+        kwargs["step_size"] = max(1, cfg["epochs"] // 3) * steps_per_epoch
+    warm = cfg["warmup_epochs"] * steps_per_epoch
+    return LRSchedule(optimizer, kind, total_steps=total, warmup_steps=warm, **kwargs)
