@@ -220,6 +220,12 @@ def test_user_factory_errors(user_module: str) -> None:
         create_model(f"{user_module}:lenett", num_classes=3, weights=None)
     with pytest.raises(ConfigError, match="cannot import"):
         create_model("no_such_pkg.nets:f", num_classes=3, weights=None)
+    with pytest.raises(
+        ConfigError, match=r"no known pretrained weights; pass weights=PATH .* or weights=None"
+    ):
+        create_model(f"{user_module}:lenet", num_classes=3, weights="imagenet")
+    # "auto" falls back to the factory's own initialisation and says so
+    assert create_model(f"{user_module}:lenet", num_classes=3, weights="auto").pretrained is False
 
 
 def test_bad_arguments() -> None:

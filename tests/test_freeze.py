@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import doctest
 import pickle
 import re
 
@@ -12,7 +11,6 @@ import torch
 from schedule_models import TiedNet, TinyNet, tiny_data
 from torch import nn
 
-import transferkit.freeze
 from transferkit import create_model
 from transferkit.errors import ConfigError
 from transferkit.freeze import (
@@ -298,7 +296,3 @@ def test_summary_table():
     assert by_module.splitlines()[0].startswith("module")
     with pytest.raises(ConfigError):
         summary(nn.Linear(2, 2), by="group")
-
-
-def test_docstring_examples_run():
-    assert doctest.testmod(transferkit.freeze, optionflags=doctest.ELLIPSIS).failed == 0

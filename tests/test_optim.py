@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 import torch
 from schedule_models import TiedNet, TinyNet
 from torch import nn
 
-import transferkit.optim
 from transferkit import create_model
 from transferkit.errors import ConfigError
 from transferkit.freeze import freeze, freeze_backbone, unfreeze
@@ -182,7 +179,3 @@ def test_layer_wise_rates_on_a_real_adapter():
     decayed = {n for g in opt.param_groups if g["weight_decay"] > 0 for n in g["param_names"]}
     assert decayed == {n for n, p in model.named_parameters() if p.ndim > 1}  # convs and fc weight only
     assert set(_ids(opt)) == _trainable_ids(model) and len(_ids(opt)) == len(set(_ids(opt)))
-
-
-def test_docstring_examples_run():
-    assert doctest.testmod(transferkit.optim).failed == 0

@@ -7,7 +7,6 @@ and a different data order after resume.
 
 from __future__ import annotations
 
-import doctest
 import math
 import subprocess
 import sys
@@ -19,7 +18,6 @@ from schedule_models import TiedNet, TinyNet, tiny_data
 from schedule_resume import run
 from torch import nn
 
-import transferkit.schedule
 from transferkit import create_model
 from transferkit.errors import CheckpointError, ConfigError
 from transferkit.freeze import is_bn_locked
@@ -392,7 +390,3 @@ def test_resume_without_rng_state_changes_the_data_order(tmp_path):
     assert without["order"] != with_rng["order"]
     assert not torch.equal(without["model"]["head.weight"], full["model"]["head.weight"])
     assert without["trainable"] == full["trainable"]  # the schedule state alone still rethaws the backbone
-
-
-def test_docstring_examples_run():
-    assert doctest.testmod(transferkit.schedule).failed == 0

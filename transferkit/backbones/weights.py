@@ -178,9 +178,12 @@ def resolve_weights(spec: BackboneSpec, weights: Any) -> WeightsPlan:
             return _torchvision_plan(spec, _tv_enum(spec, "DEFAULT"), weights, explicit)
         if spec.source == "timm":
             return _timm_plan(spec, weights, explicit)
-        note = f"{spec.name} is a user factory with no known pretrained weights; using its own initialisation"
         if explicit:
-            raise ConfigError(f"weights={weights!r}: {note}. Pass weights=PATH to a checkpoint instead.")
+            raise ConfigError(
+                f"weights={weights!r}: {spec.name} is a user factory with no known pretrained weights; "
+                "pass weights=PATH to a checkpoint of it, or weights=None for its own initialisation"
+            )
+        note = f"{spec.name} is a user factory with no known pretrained weights; using its own initialisation"
         logger.info(note)
         return WeightsPlan("none", requested=weights, notes=[note])
     path = Path(text).expanduser()
