@@ -215,6 +215,14 @@ def _table(results: dict[str, dict], ckpt_mb: float, repeat: int) -> str:
             f"load_partial (d) is {mine / floor:.2f}x that floor (its checks, report and transactional "
             "ordering)."
         )
+    seeds, fast = results.get("a", {}), results.get("e", {})
+    if seeds.get("build_s") and fast.get("load_s"):
+        recipe = seeds["build_s"] + seeds["load_s"]
+        lines.append(
+            f"Building the adapter with its weights, (e) vs (a) build + load: {recipe / fast['load_s']:.1f}x "
+            f"faster ({fast['load_s']:.2f} s vs {recipe:.2f} s; target >= 8x); (e) peak above imports "
+            f"{fast['peak_above_imports_mb'] / ckpt_mb:.2f}x the checkpoint (target <= 1.2x)."
+        )
     touch = results.get("e", {}).get("touch_s")
     if touch is not None:
         lines.append(
@@ -227,7 +235,7 @@ def _table(results: dict[str, dict], ckpt_mb: float, repeat: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the results here (.json for JSON, else markdown)")
-    parser.add_argument("--repeat", type=int, default=1, help="fresh processes per path (median reported)")
+    parser.add_argument("--repeat", type=int, default=3, help="fresh processes per path (median reported)")
     parser.add_argument("--paths", default="".join(PATHS), help="which paths to run (default: all)")
     parser.add_argument("--child", nargs=2, metavar=("PATH_ID", "CKPT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
