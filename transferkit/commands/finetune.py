@@ -288,6 +288,8 @@ def _finish(job: _Job, trainer: Any, console: Console) -> int:
         f"best val accuracy {trainer.best_acc:.2%} (epoch {trainer.best_epoch + 1}/{cfg['epochs']}, "
         f"{minutes:.1f} min); run folder: {run_dir}"
     )
+    # every rank leaves together: a gloo peer that exits while rank 0 is still writing can abort rank 0
+    _barrier(job.dist)
     return 0
 
 
