@@ -1,8 +1,10 @@
-"""Tests for transferkit.partial: load_partial, LoadReport, transactional checks, real checkpoints."""
+"""Tests for transferkit.partial: load_partial and its reports, transactional checks, real checkpoints.
+
+The report table's own formatting (key grouping, JSON) is tested in test_load_report.py.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from transferkit.errors import CheckpointError, ConfigError, LoadError, UnsafeCheckpointError
-from transferkit.partial import LoadReport, compact_keys, load_partial, suggest_prefix_rule
+from transferkit.partial import LoadReport, load_partial, suggest_prefix_rule
 from transferkit.rename import Prefix, Regex, RenameOnLoadMixin
 
 # ------------------------------------------------------------------------------------- test models
@@ -269,20 +271,6 @@ def test_model_hooks_and_wrappers_are_honoured() -> None:
     assert report.total_coverage == 1.0
     assert any("DataParallel" in n for n in report.notes)
     assert report.renamed["_orig_mod.module.head.weight"] == "head.weight"
-
-
-def test_report_table_groups_numbered_ranges_and_serialises() -> None:
-    keys = [f"layer1.{i}.conv1.weight" for i in range(3)] + [
-        "layer1.0.bn1.weight",
-        "layer1.0.bn1.bias",
-        "fc.weight",
-    ]
-    assert compact_keys(keys) == ["layer1.{0..2}.conv1.weight", "layer1.0.bn1.{weight,bias}", "fc.weight"]
-    assert compact_keys(["b.0.w", "b.2.w", "b.3.w", "b.4.w"]) == ["b.{0,2..4}.w"]
-    report = load_partial(two_part(), two_part())
-    text = str(report)
-    assert "coverage" in text and "backbone 100%" in text
-    assert json.loads(json.dumps(report.to_dict()))["total_coverage"] == 1.0
 
 
 # ------------------------------------------------------------------------------------ properties

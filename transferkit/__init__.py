@@ -47,7 +47,7 @@ _EXPORTS: dict[str, str] = {
     "RenameOnLoadMixin": "rename",
     # partial
     "load_partial": "partial",
-    "LoadReport": "partial",
+    "LoadReport": "load_report",
     # inspect
     "inspect_checkpoint": "inspect",
     # backbones
@@ -114,8 +114,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         unfreeze,
     )
     from transferkit.inspect import inspect_checkpoint
+    from transferkit.load_report import LoadReport
     from transferkit.optim import add_param_group, build_optimizer
-    from transferkit.partial import LoadReport, load_partial
+    from transferkit.partial import load_partial
     from transferkit.rename import Prefix, Regex, RenameOnLoadMixin, parse_rule
     from transferkit.salvage import Placeholder, find_placeholders, salvage_load
     from transferkit.schedule import GradualUnfreeze, LRSchedule

@@ -1,4 +1,4 @@
-"""``load_partial`` and ``LoadReport``: load what fits from a checkpoint and say exactly what happened.
+"""``load_partial``: load what fits from a checkpoint and say exactly what happened.
 
 The pipeline: extract the state dict -> clean wrapper prefixes -> apply rename rules -> match every key
 against the model -> check (strict, zero tensors, coverage) -> load through the model's own
@@ -7,6 +7,11 @@ so when ``load_partial`` raises, the model is exactly as it was. The one excepti
 the model's *own* loading code (a ``_load_from_state_dict`` override or a hook) once writing has begun:
 undoing it would need a second copy of the weights, so it is re-raised as a ``LoadError`` that says the
 model may be partly written.
+
+This module holds the pipeline, its checks and :func:`suggest_prefix_rule` (the rule hint in zero-load
+errors). The report itself, :class:`~transferkit.load_report.LoadReport`, and its table formatting live
+in :mod:`transferkit.load_report`; ``LoadReport``, ``build_report`` and ``compact_keys`` are re-exported
+here.
 
 Example:
     >>> from torch import nn
@@ -21,10 +26,8 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from torch.nn.parameter import is_lazy
 
 from transferkit.checkpoint import extract_state_dict, load_checkpoint
 from transferkit.errors import ConfigError, LoadError, TransferkitError
+from transferkit.load_report import LoadReport, Shape, _significant_missing, build_report, compact_keys
 from transferkit.rename import (
     Prefix,
     RenameOnLoadMixin,
@@ -45,350 +49,11 @@ from transferkit.rename import (
     normalize_rules,
 )
 
+# LoadReport, build_report and compact_keys live in transferkit.load_report; they are re-exported here
+# because callers have always imported them from this module.
 __all__ = ["LoadReport", "load_partial", "build_report", "compact_keys", "suggest_prefix_rule"]
 
 logger = logging.getLogger(__name__)
-
-Shape = tuple[int, ...]
-
-
-@dataclass
-class LoadReport:
-    """What a load did, key by key, in model-side names (after cleaning and renaming).
-
-    Attributes:
-        loaded: keys whose tensors were (or, in a dry run, would be) copied into the model.
-        renamed: ``{checkpoint_key: model_key}`` for every key whose name changed (wrapper prefixes, rules).
-        mismatched: ``{model_key: (checkpoint_shape, model_shape)}`` for keys skipped because shapes differ.
-        missing: model keys the checkpoint did not provide (they keep their current values).
-        unexpected: checkpoint keys the model has no place for.
-        cast: ``{model_key: (checkpoint_dtype, model_dtype)}`` for loaded tensors whose dtype was converted.
-        coverage: ``{top_level_module: fraction}`` of each module's parameter *elements* that were loaded
-            (buffers such as BatchNorm running stats and ``num_batches_tracked`` are not counted). When all
-            parameters sit under one module (an Adapter's ``backbone``), its children are listed instead.
-        notes: free-text lines (wrapper prefixes stripped, head decisions, suggestions).
-        dropped: checkpoint keys a rule dropped on purpose (a callable returned ``None``).
-        loaded_params: parameter elements loaded.
-        total_params: parameter elements in the model.
-        source: a short description of where the weights came from.
-        dry_run: True when nothing was written.
-    """
-
-    loaded: list[str] = field(default_factory=list)
-    renamed: dict[str, str] = field(default_factory=dict)
-    mismatched: dict[str, tuple[Shape, Shape]] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    cast: dict[str, tuple[str, str]] = field(default_factory=dict)
-    coverage: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    loaded_params: int = 0
-    total_params: int = 0
-    source: str = ""
-    dry_run: bool = False
-
-    @property
-    def total_coverage(self) -> float:
-        """Fraction of the model's parameter elements that were loaded (1.0 for a model with none)."""
-        return self.loaded_params / self.total_params if self.total_params else 1.0
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing is missing (beyond ``num_batches_tracked``), unexpected or mismatched."""
-        return not (self.mismatched or self.unexpected or _significant_missing(self.missing))
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy (shapes as lists).
-
-        Example:
-            >>> LoadReport(loaded=["w"]).to_dict()["loaded"]
-            ['w']
-        """
-        return {
-            "source": self.source,
-            "dry_run": self.dry_run,
-            "loaded": list(self.loaded),
-            "renamed": dict(self.renamed),
-            "mismatched": {k: [list(a), list(b)] for k, (a, b) in self.mismatched.items()},
-            "missing": list(self.missing),
-            "unexpected": list(self.unexpected),
-            "cast": {k: list(v) for k, v in self.cast.items()},
-            "coverage": dict(self.coverage),
-            "total_coverage": self.total_coverage,
-            "loaded_params": self.loaded_params,
-            "total_params": self.total_params,
-            "dropped": list(self.dropped),
-            "notes": list(self.notes),
-        }
-
-    def summary(self) -> str:
-        """One line: counts and overall parameter coverage."""
-        n_ckpt = len(self.loaded) + len(self.mismatched) + len(self.unexpected)
-        verb = "would load" if self.dry_run else "loaded"
-        return (
-            f"{verb} {len(self.loaded)}/{n_ckpt} checkpoint tensors "
-            f"({self.loaded_params:,}/{self.total_params:,} parameters, {_pct(self.total_coverage)}); "
-            f"renamed {len(self.renamed)}, skipped for shape {len(self.mismatched)}, "
-            f"missing {len(self.missing)}, unexpected {len(self.unexpected)}, cast {len(self.cast)}"
-        )
-
-    def __str__(self) -> str:
-        lines = [
-            "LoadReport"
-            + (f" ({self.source})" if self.source else "")
-            + (" [dry run]" if self.dry_run else "")
-        ]
-        lines.append("  " + self.summary())
-        if self.coverage:
-            lines.append("coverage (fraction of parameters loaded, per top-level module)")
-            cells = [f"{name} {_pct(frac)}" for name, frac in self.coverage.items()]
-            lines.extend(_wrap(cells, 100))
-        if self.mismatched:
-            lines.append(f"skipped for shape ({len(self.mismatched)}): checkpoint -> model")
-            by_shapes: dict[tuple[Shape, Shape], list[str]] = defaultdict(list)
-            for key, pair in self.mismatched.items():
-                by_shapes[pair].append(key)
-            for (a, b), keys in by_shapes.items():
-                lines.extend(f"  {k}  {list(a)} -> {list(b)}" for k in compact_keys(keys))
-        for title, keys in (
-            ("missing", self.missing),
-            ("unexpected", self.unexpected),
-            ("dropped by a rule", self.dropped),
-        ):
-            if keys:
-                lines.append(f"{title} ({len(keys)})")
-                lines.extend("  " + k for k in compact_keys(keys))
-        if self.cast:
-            lines.append(f"cast ({len(self.cast)})")
-            by_pair: dict[tuple[str, str], list[str]] = defaultdict(list)
-            for key, pair in self.cast.items():
-                by_pair[pair].append(key)
-            for (a, b), keys in by_pair.items():
-                lines.extend(f"  {k}  {a} -> {b}" for k in compact_keys(keys))
-        if self.renamed:
-            lines.append(f"renamed ({len(self.renamed)})")
-            lines.extend("  " + line for line in _compact_renames(self.renamed))
-        if self.loaded:
-            lines.append(f"loaded ({len(self.loaded)})")
-            lines.extend("  " + k for k in compact_keys(self.loaded))
-        if self.notes:
-            lines.append("notes")
-            lines.extend(f"  - {n}" for n in self.notes)
-        return "\n".join(lines)
-
-
-def _wrap(cells: list[str], width: int) -> list[str]:
-    out, line = [], " "
-    for cell in cells:
-        if len(line) + len(cell) + 2 > width and line.strip():
-            out.append(line)
-            line = " "
-        line += " " + cell + " "
-    if line.strip():
-        out.append(line.rstrip())
-    return [o.rstrip() for o in out]
-
-
-# ------------------------------------------------------------------------------------------- key compaction
-
-_TRAILING_NUMBER = re.compile(r"^(.*?)(\d+)$")
-
-
-def _format_numbers(nums: Iterable[int]) -> str:
-    values = sorted(set(nums))
-    runs: list[str] = []
-    start = prev = values[0]
-    for v in [*values[1:], None]:
-        if v is not None and v == prev + 1:
-            prev = v
-            continue
-        if prev - start >= 2:
-            runs.append(f"{start}..{prev}")
-        else:
-            runs.extend(str(x) for x in range(start, prev + 1))
-        if v is not None:
-            start = prev = v
-    return "{" + ",".join(runs) + "}"
-
-
-def compact_keys(keys: Sequence[str]) -> list[str]:
-    """Group keys that differ only in one number or in the last name, for display.
-
-    Example:
-        >>> compact_keys([f"layer1.{i}.conv1.weight" for i in range(3)])
-        ['layer1.{0..2}.conv1.weight']
-        >>> compact_keys(["bn.weight", "bn.bias", "fc.weight"])
-        ['bn.{weight,bias}', 'fc.weight']
-    """
-    rows: list[list[str]] = [k.split(".") for k in keys]
-    # 1. merge leaf names under the same parent (weight/bias/running_mean ...)
-    rows = _merge_leaves(rows)
-    # 2. merge trailing numbers, one segment position at a time, right to left
-    depth = max((len(r) for r in rows), default=0)
-    for pos in range(depth - 1, -1, -1):
-        rows = _merge_numbers(rows, pos)
-    return [".".join(r) for r in rows]
-
-
-def _merge_leaves(rows: list[list[str]]) -> list[list[str]]:
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r[:-1]), []).append(r[-1])
-    out = []
-    for parent, leaves in groups.items():
-        leaf = leaves[0] if len(leaves) == 1 else "{" + ",".join(dict.fromkeys(leaves)) + "}"
-        out.append([*parent, leaf])
-    return out
-
-
-def _merge_numbers(rows: list[list[str]], pos: int) -> list[list[str]]:
-    groups: dict[tuple, list[int]] = {}  # insertion-ordered: the output keeps the first-seen order
-    for r in rows:
-        match = _TRAILING_NUMBER.match(r[pos]) if pos < len(r) else None
-        if match is None or str(int(match.group(2))) != match.group(2):  # "01" is a name, not a number
-            groups.setdefault(("literal", tuple(r)), [])
-            continue
-        groups.setdefault(("num", tuple(r[:pos]), match.group(1), tuple(r[pos + 1 :])), []).append(
-            int(match.group(2))
-        )
-    out = []
-    for sig, nums in groups.items():
-        if sig[0] == "literal":
-            out.append(list(sig[1]))
-            continue
-        _, head, stem, tail = sig
-        seg = f"{stem}{nums[0]}" if len(set(nums)) == 1 else stem + _format_numbers(nums)
-        out.append([*head, seg, *tail])
-    return out
-
-
-def _compact_renames(renamed: Mapping[str, str]) -> list[str]:
-    """Summarise renames as prefix swaps (``module.* -> *``) where many keys share one."""
-    groups: dict[tuple[str, str], list[str]] = {}
-    for old, new in renamed.items():
-        o, n = old.split("."), new.split(".")
-        common = 0
-        while common < min(len(o), len(n)) - 0 and o[-1 - common] == n[-1 - common]:
-            common += 1
-            if common == min(len(o), len(n)):
-                break
-        op = ".".join(o[: len(o) - common])
-        np_ = ".".join(n[: len(n) - common])
-        groups.setdefault((op, np_), []).append(old)
-    lines = []
-    for (op, np_), olds in groups.items():
-        if len(olds) == 1:
-            lines.append(f"{olds[0]} -> {renamed[olds[0]]}")
-        else:
-            left = f"{op}.*" if op else "*"
-            right = f"{np_}.*" if np_ else "*"
-            lines.append(f"{left} -> {right}  ({len(olds)} keys)")
-    return lines
-
-
-# ----------------------------------------------------------------------------------------------- the report
-
-
-def _significant_missing(missing: Iterable[str]) -> list[str]:
-    # Old checkpoints predate BatchNorm's num_batches_tracked; torch itself fills it in, so it never counts.
-    return [k for k in missing if not k.endswith("num_batches_tracked")]
-
-
-def build_report(
-    model_state: Mapping[str, Any],
-    checkpoint: Mapping[str, Any],
-    *,
-    renamed: Mapping[str, str] | None = None,
-    mismatched: Mapping[str, tuple[Shape, Shape]] | None = None,
-    unexpected: Sequence[str] | None = None,
-    prefix: str = "",
-    notes: Sequence[str] = (),
-    dropped: Sequence[str] = (),
-    source: str = "",
-    dry_run: bool = False,
-) -> LoadReport:
-    """Classify keys and compute coverage.
-
-    Args:
-        model_state: the model's ``state_dict(keep_vars=True)`` (parameters are ``nn.Parameter``).
-        checkpoint: ``{model_key: tensor}`` of what will load (model-side names, shapes already checked);
-            keys not in ``model_state`` become ``unexpected``.
-        renamed / mismatched: already decided by the caller.
-        unexpected: extra unexpected keys found by the caller.
-        prefix: prepended to every key in the report (a module nested inside a bigger model).
-
-    Returns:
-        The :class:`LoadReport`.
-    """
-    mismatched = dict(mismatched or {})
-    loaded = [k for k in checkpoint if k in model_state]
-    extra = [k for k in checkpoint if k not in model_state]
-    mismatched_rel = {k[len(prefix) :] for k in mismatched}
-    taken = set(loaded) | mismatched_rel
-    missing = [k for k in model_state if k not in taken]
-    cast: dict[str, tuple[str, str]] = {}
-    for k in loaded:
-        src, dst = checkpoint[k], model_state[k]
-        if isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor) and src.dtype != dst.dtype:
-            cast[prefix + k] = (str(src.dtype).replace("torch.", ""), str(dst.dtype).replace("torch.", ""))
-    coverage, loaded_params, total_params = _coverage(model_state, set(loaded))
-    return LoadReport(
-        loaded=[prefix + k for k in loaded],
-        renamed=dict(renamed or {}),
-        mismatched=mismatched,
-        missing=[prefix + k for k in missing],
-        unexpected=[*(unexpected or ()), *(prefix + k for k in extra)],
-        cast=cast,
-        coverage=coverage,
-        notes=list(notes),
-        dropped=list(dropped),
-        loaded_params=loaded_params,
-        total_params=total_params,
-        source=source,
-        dry_run=dry_run,
-    )
-
-
-def _coverage(model_state: Mapping[str, Any], loaded: set[str]) -> tuple[dict[str, float], int, int]:
-    """Fraction of parameter elements loaded per top-level module (one level down while there is only one)."""
-    params = [(key, value.numel()) for key, value in model_state.items() if isinstance(value, nn.Parameter)]
-    depth = 1
-    # A wrapper such as an Adapter holds everything under one name ("backbone"); show its parts instead.
-    while len({_group(k, depth) for k, _ in params}) == 1 and all(k.count(".") >= depth for k, _ in params):
-        depth += 1
-    total: dict[str, int] = {}
-    done: dict[str, int] = {}
-    for key, n in params:
-        group = _group(key, depth)
-        total[group] = total.get(group, 0) + n
-        done[group] = done.get(group, 0) + (n if key in loaded else 0)
-    coverage = {group: (done[group] / n if n else 1.0) for group, n in total.items()}
-    return coverage, sum(done.values()), sum(total.values())
-
-
-def _group(key: str, depth: int) -> str:
-    return ".".join(key.split(".")[:depth])
-
-
-def _pct(fraction: float) -> str:
-    """A percentage that never rounds a partial load up to 100% (or a tiny one down to 0%)."""
-    if fraction in (0.0, 1.0):
-        return f"{fraction:.0%}"
-    text = f"{fraction:.1%}"
-    if text == "100.0%":
-        return ">99.9%"
-    return "<0.1%" if text == "0.0%" else text
-
-
-def _module_coverage(model_state: Mapping[str, Any], loaded: set[str], module: str) -> float | None:
-    head = module.rstrip(".")
-    total = done = 0
-    for key, value in model_state.items():
-        if isinstance(value, nn.Parameter) and (key == head or key.startswith(head + ".") or not head):
-            total += value.numel()
-            done += value.numel() if key in loaded else 0
-    return done / total if total else None
 
 
 # ------------------------------------------------------------------------------------------- the suggestion
@@ -829,6 +494,16 @@ def _check_coverage(
                 f"{fraction:.1%}; nothing was written\n{report}",
                 report,
             )
+
+
+def _module_coverage(model_state: Mapping[str, Any], loaded: set[str], module: str) -> float | None:
+    head = module.rstrip(".")
+    total = done = 0
+    for key, value in model_state.items():
+        if isinstance(value, nn.Parameter) and (key == head or key.startswith(head + ".") or not head):
+            total += value.numel()
+            done += value.numel() if key in loaded else 0
+    return done / total if total else None
 
 
 def _with_versions(
