@@ -4,7 +4,7 @@ Without a model it describes the file: format, nested structure, which dict hold
 and parameter counts, dtypes, the devices the tensors were saved on (read from the file's storage
 records, no GPU needed), grouped key prefixes, metadata, and whether optimizer state is present.
 With a model (a backbone name built on the meta device, or an ``nn.Module``) or another checkpoint it
-adds the :class:`~transferkit.partial.LoadReport` of a dry run. Zip files are read with ``mmap``, so
+adds the :class:`~transferkit.load_report.LoadReport` of a dry run. Zip files are read with ``mmap``, so
 large files inspect quickly; files that ``weights_only`` refuses are described, never executed.
 
 Example:

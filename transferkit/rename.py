@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from transferkit.errors import ConfigError, LoadError
+from transferkit.load_report import build_report
 
 if TYPE_CHECKING:  # pragma: no cover
-    from transferkit.partial import LoadReport
+    from transferkit.load_report import LoadReport
 
 __all__ = [
     "Prefix",
@@ -375,7 +376,7 @@ class RenameOnLoadMixin:
     Set ``load_rules`` (rules or CLI strings) and ``on_shape_mismatch`` (``"skip"`` drops and records
     tensors whose shape differs from this module's; ``"error"`` raises :class:`LoadError`) as class or
     instance attributes. Any ``load_state_dict`` that reaches this module renames the keys under its
-    prefix, filters shapes, and records a :class:`~transferkit.partial.LoadReport` in ``self.load_report``.
+    prefix, filters shapes, and records a :class:`~transferkit.load_report.LoadReport` in ``self.load_report``.
     The caller's dict is never changed: ``nn.Module.load_state_dict`` hands modules its own copy, and the
     renamed keys are written into that copy so the children read them.
 
@@ -433,8 +434,6 @@ class RenameOnLoadMixin:
 
     def _rename_before_load(self, state_dict: dict[str, Any], prefix: str) -> None:
         """Rename, shape-filter and report the keys under ``prefix``, editing ``state_dict`` in place."""
-        from transferkit.partial import build_report  # partial builds on rename; import late to avoid a cycle
-
         if self.on_shape_mismatch not in ("skip", "error"):
             raise ConfigError(
                 f"{type(self).__name__}.on_shape_mismatch must be 'skip' or 'error'; "

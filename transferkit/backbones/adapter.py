@@ -78,7 +78,7 @@ class Adapter(RenameOnLoadMixin, nn.Module):
         pretrained: ``True`` when pretrained weights were loaded.
         weights: what the weights came from (``"random"``, ``"torchvision:ResNet50_Weights.IMAGENET1K_V2"``,
             a file path).
-        load_report: the :class:`~transferkit.partial.LoadReport` of the last load, or ``None``.
+        load_report: the :class:`~transferkit.load_report.LoadReport` of the last load, or ``None``.
         notes: what :func:`~transferkit.backbones.create_model` decided (weights fallback, head policy,
             channel adaptation), also written into ``load_report.notes``.
         data_config: the input preprocessing the network expects.
