@@ -912,7 +912,7 @@ def _legacy_view(untyped: torch.UntypedStorage, dtype: torch.dtype, view: Any) -
 def _load_safetensors(path: Path, map_location: MapLocation) -> dict[str, torch.Tensor]:
     # Safetensors holds no code at all; reading it here keeps salvage a one-stop "get me the tensors".
     # The normal reader already honours every map_location form (device, dict, callable).
-    from transferkit.checkpoint import _load_safetensors as read_safetensors
+    from transferkit.checkpoint.reading import _load_safetensors as read_safetensors
 
     return read_safetensors(path, map_location)
 

@@ -1,0 +1,229 @@
+"""Reading checkpoints safely: :func:`load_checkpoint` and the torch and safetensors readers behind it.
+
+Torch files are read with ``weights_only=True``; a file that needs more is refused with an
+:class:`UnsafeCheckpointError` naming the globals (found by :mod:`.unsafe_globals`, nothing executed).
+Read failures become one :class:`CheckpointError` that says what is wrong with the file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pickle
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from transferkit.checkpoint._files import (
+    MapLocation,
+    PathLike,
+    _check_file,
+    _check_torch_zip,
+    _detect_format,
+    _pinned,
+    _remember_source,
+)
+from transferkit.checkpoint.unsafe_globals import _unsafe_globals
+from transferkit.errors import CheckpointError, ConfigError, TransferkitError, UnsafeCheckpointError
+
+__all__ = ["load_checkpoint"]
+
+# one logger for the whole package: the CLI quiets "transferkit.checkpoint" by name and prints the name
+logger = logging.getLogger("transferkit.checkpoint")
+
+
+def load_checkpoint(
+    path: PathLike,
+    *,
+    map_location: MapLocation = "cpu",
+    weights_only: bool = True,
+    trusted: bool = False,
+    safe_globals: Iterable[Any] = (),
+    mmap: bool | None = None,
+    salvage: bool = False,
+) -> Any:
+    """Read a checkpoint of any common format, safely.
+
+    Args:
+        path: a torch zip file (``.pt``, ``.pth``, ``.pth.tar``, ``.bin``, ``.ckpt``), a legacy pre-1.6
+            torch pickle (``.th`` ...) or a ``.safetensors`` file; the format is read from the content.
+        map_location: where tensors go, as in ``torch.load``: a device string, ``torch.device``, a dict
+            ``{saved_location: new_location}``, a callable ``(storage, location) -> storage``, or
+            ``None`` to keep the saved devices. The default ``"cpu"`` reads GPU-saved files anywhere.
+        weights_only: must stay ``True`` unless ``trusted=True``.
+        trusted: fully unpickle the file (runs code from it: whole pickled models, custom classes).
+            Only for files you trust.
+        safe_globals: classes/functions (or ``"module.Name"`` strings, imported) to allow on top of
+            what ``weights_only=True`` accepts.
+        mmap: memory-map the file's storages; ``None`` = when it is a zip file and the tensors go to
+            the CPU. Ignored for legacy and safetensors files.
+        salvage: read the tensors of a file ``weights_only`` refuses without executing anything, via
+            :func:`transferkit.salvage.salvage_load` (unknown objects become inert placeholders).
+
+    Returns:
+        The loaded object, usually a dict; a ``.safetensors`` file gives a plain ``{name: tensor}`` dict.
+
+    Raises:
+        UnsafeCheckpointError: the file needs globals beyond ``weights_only``; ``.globals`` lists them.
+        CheckpointError: missing, empty, truncated, damaged or not a checkpoint (the message says which).
+        ConfigError: ``weights_only=False`` without ``trusted=True``.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "w.pth"
+        >>> torch.save({"state_dict": {"w": torch.ones(2)}}, path)
+        >>> load_checkpoint(path)["state_dict"]["w"].tolist()
+        [1.0, 1.0]
+    """
+    if not weights_only and not trusted:
+        raise ConfigError(
+            "weights_only=False runs code stored in the file; pass trusted=True to say you trust it "
+            "(or safe_globals=[...] to allow only specific classes)"
+        )
+    path = _check_file(path)
+    if salvage:
+        return _salvage(path, map_location)
+    with _pinned(path) as source:
+        kind = _detect_format(path, source)
+        if kind == "safetensors":
+            return _load_safetensors(path, map_location, source)
+        if kind == "zip":
+            _check_torch_zip(path, source)
+        use_mmap = kind == "zip" and (_maps_to_cpu(map_location) if mmap is None else bool(mmap))
+        obj = _torch_load(path, source, map_location, trusted, _resolve_safe_globals(safe_globals), use_mmap)
+    _remember_source(obj, path)
+    logger.debug("loaded %s (%s%s)", path, kind, ", mmap" if use_mmap else "")
+    return obj
+
+
+def _torch_load(
+    path: Path, source: str, map_location: MapLocation, trusted: bool, allowed: list[Any], use_mmap: bool
+) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # damaged files make torch warn about odd pickle protocols before it fails; the error says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            if trusted:
+                logger.warning("fully unpickling %s (trusted=True): this runs code stored in the file", path)
+                return torch.load(source, map_location=map_location, weights_only=False, mmap=use_mmap)
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(source, map_location=map_location, weights_only=True, mmap=use_mmap)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" in str(err).lower():
+            raise _refusal(path, source, err, allowed) from err
+        raise CheckpointError(_read_failure(path, err).replace(source, str(path))) from err
+    except Exception as err:  # torch.load raises anything on damaged input; one clear error instead
+        raise CheckpointError(_read_failure(path, err).replace(source, str(path))) from err
+
+
+def _salvage(path: Path, map_location: MapLocation) -> Any:
+    from transferkit.salvage import salvage_load  # lazily: salvage is an optional, heavier path
+
+    try:
+        obj = salvage_load(path, map_location=map_location)
+    except TransferkitError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"{path}: salvage failed ({type(err).__name__}: {err})") from err
+    _remember_source(obj, path)
+    return obj
+
+
+def _maps_to_cpu(map_location: MapLocation) -> bool:
+    def cpu(value: Any) -> bool:
+        try:
+            return torch.device(value).type == "cpu"
+        except (RuntimeError, TypeError, ValueError):
+            return False
+
+    if isinstance(map_location, str | torch.device):
+        return cpu(map_location)
+    if isinstance(map_location, Mapping):
+        return bool(map_location) and all(cpu(v) for v in map_location.values())
+    return False
+
+
+def _resolve_safe_globals(items: Iterable[Any]) -> list[Any]:
+    """Objects for ``torch.serialization.safe_globals``; ``"module.Name"`` strings are imported."""
+    resolved = []
+    for item in items:
+        if isinstance(item, str):
+            module_name, _, name = item.rpartition(".")
+            try:
+                resolved.append(getattr(importlib.import_module(module_name), name))
+            except (ImportError, AttributeError, ValueError) as err:
+                raise ConfigError(
+                    f"safe_globals entry {item!r} cannot be imported ({err}); pass the class itself, or "
+                    "load with salvage=True to read the tensors without it"
+                ) from err
+        else:
+            resolved.append(item)
+    return resolved
+
+
+def _refusal(path: Path, source: str, err: Exception, allowed: list[Any]) -> CheckpointError:
+    """UnsafeCheckpointError naming the globals, or CheckpointError when the pickle is just damaged."""
+    try:
+        names = _unsafe_globals(path, source, allowed)
+    except CheckpointError:
+        names = []
+    if not names:
+        reason = str(err).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0][:300]
+        return CheckpointError(f"{path}: the file is damaged or not a checkpoint ({reason})")
+    whole_model = any(n.startswith("torch.nn.modules.") for n in names)
+    hint = (
+        " It holds pickled nn.Module objects (a whole model saved with torch.save(model), or modules "
+        "among its extras): those load only with trusted=True and their classes importable; prefer "
+        "re-saving model.state_dict()."
+        if whole_model
+        else ""
+    )
+    message = (
+        f"{path}: refused by weights_only=True: the file needs {len(names)} global(s) beyond tensors and "
+        f"plain containers: {', '.join(names)}. Nothing from the file was executed.{hint} Ways forward: "
+        f"allow-list the ones you trust with load_checkpoint(path, safe_globals=[...]) (the classes, or "
+        f"'module.Name' strings), or pass trusted=True for a file you trust (runs its code); "
+        f"salvage=True reads the tensors without running anything."
+    )
+    return UnsafeCheckpointError(message, globals=names)
+
+
+def _read_failure(path: Path, err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+    if "cuda" in text.lower() and ("deserialize" in text.lower() or "not available" in text.lower()):
+        return (
+            f"{path}: it holds CUDA tensors but CUDA is not available here ({text}); pass map_location='cpu'"
+        )
+    if isinstance(err, MemoryError):
+        return f"{path}: it declares sizes too large to allocate; the file is damaged"
+    if isinstance(err, EOFError) or "eof" in text.lower():
+        return f"{path}: the file ends early (truncated?) ({type(err).__name__}: {text})"
+    return f"{path}: the file is damaged or not a checkpoint ({type(err).__name__}: {text})"
+
+
+def _load_safetensors(path: Path, map_location: MapLocation, source: str | None = None) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    device: Any = "cpu"
+    if isinstance(map_location, str | torch.device):
+        device = str(map_location)
+    elif isinstance(map_location, Mapping):
+        device = str(map_location.get("cpu", "cpu"))
+    try:
+        tensors = load_file(str(path if source is None else source), device=device)
+    except Exception as err:  # SafetensorError, OSError, ...: one clear error
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({type(err).__name__}: {err})"
+        ) from err
+    if callable(map_location) and not isinstance(map_location, Mapping):
+        for name, tensor in tensors.items():
+            moved = map_location(tensor.untyped_storage(), "cpu")
+            if isinstance(moved, torch.UntypedStorage) and moved.device != tensor.device:
+                tensors[name] = tensor.to(moved.device)
+    _remember_source(tensors, path)
+    return tensors

@@ -1,0 +1,286 @@
+"""Finding and copying model weights: :func:`extract_state_dict` and :func:`snapshot_state`.
+
+:func:`extract_state_dict` looks through whatever container the weights came in (conventional keys,
+EMA copies, a transferkit training checkpoint, nested dicts and lists, modules) and raises instead of
+guessing when there are several candidates. :func:`_unwrap` removes DataParallel / DDP /
+``torch.compile`` wrappers for the savers too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from transferkit.checkpoint._files import _source_label
+from transferkit.errors import CheckpointError, ConfigError
+
+__all__ = ["extract_state_dict", "snapshot_state"]
+
+# one logger for the whole package: the CLI quiets "transferkit.checkpoint" by name and prints the name
+logger = logging.getLogger("transferkit.checkpoint")
+
+
+# Keys under which people store model weights, most conventional first; the EMA copies come last so
+# the raw weights win when both are present (the EMA alternative is logged).
+_PRIMARY_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights", "params")
+_EMA_KEYS = ("ema", "model_ema", "state_dict_ema", "ema_state_dict")
+# Keys that hold tensors which are not model weights (optimizer moments, RNG states, ...).
+_NON_MODEL_KEYS = frozenset(
+    {
+        "optimizer",
+        "optimizers",
+        "optimizer_state_dict",
+        "optimizer_states",
+        "optim",
+        "opt",
+        "scheduler",
+        "schedulers",
+        "lr_scheduler",
+        "lr_schedulers",
+        "scaler",
+        "grad_scaler",
+        "amp",
+        "rng",
+        "rng_state",
+        "rng_states",
+        "meta",
+        "extra",
+        "callbacks",
+        "loops",
+        "hyper_parameters",
+        "hparams",
+        "args",
+        "config",
+        "metrics",
+    }
+)
+_SEARCH_DEPTH = 4
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(module, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
+            module = module._orig_mod
+        else:
+            return module
+
+
+def _is_state_dict(obj: Any) -> bool:
+    # a module with get_extra_state() saves "<prefix>_extra_state" entries of any type beside its tensors
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and all(isinstance(v, Tensor) or k.endswith("_extra_state") for k, v in obj.items())
+        and any(isinstance(v, Tensor) for v in obj.values())
+    )
+
+
+def _has_tensors(obj: Any, depth: int = 0) -> bool:
+    if isinstance(obj, Tensor | nn.Module):
+        return True
+    if depth >= _SEARCH_DEPTH:
+        return False
+    if isinstance(obj, Mapping):
+        return any(_has_tensors(v, depth + 1) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return any(_has_tensors(v, depth + 1) for v in obj)
+    return False
+
+
+def _join(where: str | None, key: Any) -> str:
+    return str(key) if where is None else f"{where}.{key}"
+
+
+def _looks_like_optimizer(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and "state" in obj and "param_groups" in obj
+
+
+def _candidates(obj: Any, where: str | None, depth: int = 0) -> list[tuple[str | None, Mapping]]:
+    """Every tensor dict below ``obj`` that may be model weights, with its dotted path."""
+    if _is_state_dict(obj):
+        return [(where, obj)]
+    if depth >= _SEARCH_DEPTH or _looks_like_optimizer(obj):
+        return []
+    found: list[tuple[str | None, Mapping]] = []
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if isinstance(key, str) and key.lower() in _NON_MODEL_KEYS:
+                continue
+            found.extend(_candidates(value, _join(where, key), depth + 1))
+    elif isinstance(obj, list | tuple):
+        for index, value in enumerate(obj):
+            found.extend(_candidates(value, _join(where, index), depth + 1))
+    elif isinstance(obj, nn.Module):
+        found.append((where, obj.state_dict()))
+    return found
+
+
+def _find(obj: Any, where: str | None, label: str) -> tuple[Mapping[str, Tensor], str | None]:
+    """The model weights at or below ``obj`` (reached by the dotted path ``where``)."""
+    if isinstance(obj, nn.Module):
+        return dict(_unwrap(obj).state_dict()), where
+    if _is_state_dict(obj):
+        return obj, where
+    if isinstance(obj, Tensor):
+        raise CheckpointError(
+            f"{label}: {where or 'the file'} is a single tensor of shape {tuple(obj.shape)}, not a dict of "
+            "named tensors"
+        )
+    if type(obj).__module__ == "transferkit.salvage":
+        # a whole pickled module read by salvage: its recorded _parameters/_buffers are the weights
+        from transferkit.salvage import module_state_dict
+
+        state = module_state_dict(obj)
+        if state:
+            return state, where
+    if not isinstance(obj, Mapping | list | tuple):
+        raise CheckpointError(
+            f"{label}: {where or 'the file'} holds a {type(obj).__name__!r} object, not a dict of named tensors"
+        )
+    if isinstance(obj, Mapping):
+        if str(obj.get("format", "")).startswith("transferkit.checkpoint") and isinstance(
+            obj.get("models"), Mapping
+        ):
+            return _find_in_models(obj["models"], _join(where, "models"), label)
+        present = [k for k in _PRIMARY_KEYS + _EMA_KEYS if k in obj and _has_tensors(obj[k])]
+        if present:
+            if len(present) > 1:
+                others = ", ".join(repr(_join(where, k)) for k in present[1:])
+                logger.info("%s: also holds %s; pass key= to use one of those instead", label, others)
+            return _find(obj[present[0]], _join(where, present[0]), label)
+    found = _candidates(obj, where)
+    if len(found) == 1:
+        return found[0][1], found[0][0]
+    if found:
+        listing = ", ".join(f"{path} ({len(sd)} tensors)" for path, sd in found)
+        raise CheckpointError(
+            f"{label}: found {len(found)} model state dicts: {listing}; pass key= to choose one, "
+            f"e.g. key={found[0][0]!r}"
+        )
+    keys = list(obj.keys()) if isinstance(obj, Mapping) else f"a {type(obj).__name__} of {len(obj)}"
+    raise CheckpointError(
+        f"{label}: no model weights (a dict of named tensors) found in {where or 'the file'}; it holds "
+        f"{_short(keys)}"
+    )
+
+
+def _find_in_models(models: Mapping, where: str, label: str) -> tuple[Mapping[str, Tensor], str]:
+    if len(models) == 1:
+        name = next(iter(models))
+        return _find(models[name], _join(where, name), label)
+    listing = ", ".join(_join(where, n) for n in models) or "none"
+    raise CheckpointError(
+        f"{label}: a transferkit checkpoint with {len(models)} models ({listing}); pass key= to choose one, "
+        f"e.g. key={_join(where, next(iter(models), 'model'))!r}"
+    )
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _follow(obj: Any, key: str, label: str) -> tuple[Any, str]:
+    """Walk the dotted path ``key``; a part may itself contain dots (``"module.fc"``), longest first."""
+    parts = key.split(".")
+    node, walked, i = obj, [], 0
+    while i < len(parts):
+        where = ".".join(walked) or "the top level"
+        if isinstance(node, Mapping):
+            for j in range(len(parts), i, -1):
+                name = ".".join(parts[i:j])
+                hit = name if name in node else int(name) if name.isdigit() and int(name) in node else None
+                if hit is not None:
+                    node, i = node[hit], j
+                    walked.append(name)
+                    break
+            else:
+                raise CheckpointError(
+                    f"{label}: key={key!r}: no {parts[i]!r} at {where}; keys there: {_short(list(node))}"
+                )
+        elif isinstance(node, list | tuple) and parts[i].isdigit() and int(parts[i]) < len(node):
+            node = node[int(parts[i])]
+            walked.append(parts[i])
+            i += 1
+        else:
+            raise CheckpointError(
+                f"{label}: key={key!r}: {where} is a {type(node).__name__}, which has no {parts[i]!r}"
+            )
+    return node, ".".join(walked)
+
+
+def extract_state_dict(
+    obj: Any, key: str | None = None, *, return_key: bool = False
+) -> dict[str, Tensor] | tuple[dict[str, Tensor], str | None]:
+    """Find the model weights (a dict of named tensors) inside a loaded checkpoint.
+
+    A plain state dict is returned as is. Otherwise the usual containers are tried: the model of a
+    transferkit checkpoint, then ``state_dict``, ``model_state_dict``, ``model``, ``net``, ``network``,
+    ``module``, ``weights``, ``params``, then the EMA copies (``ema``, ``model_ema``,
+    ``state_dict_ema``). Failing those, the one tensor dict found anywhere outside optimizer/RNG
+    entries. Several candidates (``modelA``/``modelB``, ``G``/``D``) raise instead of guessing.
+
+    Args:
+        obj: what :func:`load_checkpoint` returned (or any nested container, or an ``nn.Module``).
+        key: dotted path to the weights, e.g. ``"state_dict"``, ``"models.G"``, ``"model.ema"``.
+        return_key: also return the dotted path used (``None`` when ``obj`` itself is the state dict).
+
+    Returns:
+        The state dict, or ``(state_dict, key_path)`` with ``return_key=True``.
+
+    Raises:
+        CheckpointError: no tensors, several candidates (listed), or ``key`` does not exist.
+
+    Example:
+        >>> import torch
+        >>> ckpt = {"epoch": 3, "net": {"fc.weight": torch.zeros(2, 2)}}
+        >>> extract_state_dict(ckpt, return_key=True)[1]
+        'net'
+    """
+    label = _source_label(obj)
+    if key is not None:
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"key must be a non-empty dotted path such as 'state_dict', got {key!r}")
+        node, start = _follow(obj, key, label)
+        state, where = _find(node, start, label)
+    else:
+        state, where = _find(obj, None, label)
+    logger.info("%s: using the %d tensors at %s", label, len(state), where or "the top level")
+    return (state, where) if return_key else state  # type: ignore[return-value]
+
+
+def _module_or_state(obj: Any, caller: str) -> Mapping[str, Any]:
+    """The state dict of a module (wrappers removed), or ``obj`` itself when it already is one."""
+    if isinstance(obj, nn.Module):
+        return _unwrap(obj).state_dict()
+    if isinstance(obj, Mapping):
+        return obj
+    raise ConfigError(f"{caller} takes an nn.Module or a state dict, got {type(obj).__name__}")
+
+
+def snapshot_state(model_or_state_dict: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
+    """A detached deep copy of a model's state, e.g. for "best so far" tracking.
+
+    ``model.state_dict()`` returns tensors that share memory with the live parameters, so it keeps
+    changing as training continues; this copy does not.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(2, 1)
+        >>> best = snapshot_state(model)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.add_(1.0)
+        >>> bool(torch.equal(best["weight"], model.weight))
+        False
+    """
+    source = _module_or_state(model_or_state_dict, "snapshot_state")
+    import copy
+
+    return {k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in source.items()}
