@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,8 +168,11 @@ def test_list_backbones() -> None:
 
 
 def test_unknown_name_suggests_close_matches() -> None:
-    with pytest.raises(ConfigError, match="resnet50"):
+    with pytest.raises(ConfigError, match="resnet50") as info:
         create_model("resnet5O", num_classes=3, weights=None)
+    # the API's spelling, and the same listing from a shell (a CLI user has no Python prompt open)
+    assert "list_backbones('pattern*')" in str(info.value)
+    assert """python -c "import transferkit; print(transferkit.list_backbones('res*'))""" in str(info.value)
     with pytest.raises(ConfigError, match="timm:convnext_atto"):
         resolve_backbone("timm:convnext_attto")
 
@@ -213,6 +217,15 @@ def test_user_factory_head_named_explicitly(user_module: str) -> None:
     adapter = create_model(f"{user_module}:odd", num_classes=3, weights=None, head_name="3", width=4)
     assert adapter.head.out_features == 3 and adapter.head.in_features == 4
     _check_adapter(adapter, torch.randn(2, 3, 16, 16), 3)
+
+
+def test_load_report_of_a_weights_file_is_headed_by_its_name(tmp_path: Path) -> None:
+    from tests.tiny_models import tinynet
+
+    torch.save(tinynet(num_classes=10).state_dict(), tmp_path / "tiny.pth")
+    model = create_model("tests.tiny_models:tinynet", 10, weights=tmp_path / "tiny.pth")
+    assert model.load_report.source == "tiny.pth"
+    assert str(model.load_report).startswith("LoadReport (tiny.pth)\n")
 
 
 def test_user_factory_errors(user_module: str) -> None:

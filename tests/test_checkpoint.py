@@ -406,6 +406,42 @@ def test_whole_model_pickle_loads_only_when_trusted(tmp_path: Path) -> None:
         load_checkpoint(path, weights_only=False)
 
 
+def test_trusted_load_names_the_missing_package_or_class(tmp_path: Path, monkeypatch) -> None:
+    """A full unpickle that cannot import what the file pickled says what to install, not "damaged"."""
+    (tmp_path / "tk_gone_pkg.py").write_text("class Thing:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import tk_gone_pkg
+
+    path = tmp_path / "obj.pt"
+    torch.save({"thing": tk_gone_pkg.Thing(), "w": torch.ones(2)}, path)
+    monkeypatch.delattr(tk_gone_pkg, "Thing")  # the class is gone from its module
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path, trusted=True)
+    message = str(caught.value)
+    assert "needs the class tk_gone_pkg.Thing importable" in message and "salvage=True" in message
+    assert "damaged" not in message
+
+    monkeypatch.delitem(sys.modules, "tk_gone_pkg")
+    (tmp_path / "tk_gone_pkg.py").unlink()  # the module is not installed at all
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path, trusted=True)
+    message = str(caught.value)
+    assert "needs the package 'tk_gone_pkg' installed" in message and "salvage=True" in message
+    assert "damaged" not in message
+    assert torch.equal(load_checkpoint(path, salvage=True)["w"], torch.ones(2))
+
+
+def test_trusted_load_of_the_lightning_file_without_lightning_names_the_package(fixtures_dir: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("pytorch_lightning") is not None:
+        pytest.skip("pytorch_lightning is installed here: the file's classes import")
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(fixtures_dir / "lightning11_mnist_mlp_unsafe.ckpt", trusted=True)
+    message = str(caught.value)
+    assert "needs the package 'pytorch_lightning' installed" in message and "salvage=True" in message
+
+
 Tag = collections.namedtuple("Tag", "name")
 
 

@@ -504,6 +504,21 @@ BAD = [
     (["--unfreeze-at", "x:block"], "not an integer", None),
     (["--optimizer", "adamx"], "unknown optimizer", None),
     (["--lr", "-1"], "--lr must be a positive number", None),
+    # the CLI's own spelling, not the Python API's (weights=PATH, at={...}, rules=[...], list_backbones)
+    (["--weights", "imagenet"], "pass weights=PATH (CLI: --weights PATH)", None),
+    (["--unfreeze-at", "1:blok"], "--unfreeze-at 1:blok: 'blok' is not a layer group", None),
+    (["--unfreeze-at", "1:block,2:block"], "--unfreeze-at: layer group 'block' is given twice", None),
+    (["--backbone", "resnet5O"], "print(transferkit.list_backbones('res*'))", None),
+    (["--init-checkpoint", "{x}"], "--rule 're:PATTERN=>REPL'", _zero_tensor_checkpoint),
+    # zero tensors: the checkpoint's keys as the file has them (not with the adapter's "backbone.")
+    (["--init-checkpoint", "{x}"], "e.g. 'unrelated.weight'; model keys", _zero_tensor_checkpoint),
+    # --resume with --output: a missing folder is not "a run that never finished an epoch"
+    (["--resume"], "--resume: no run folder out (from --output)", None),
+    (
+        ["--resume"],
+        "out has no last.pt (the run there never finished an epoch)",
+        lambda t: (t / "out").mkdir(),
+    ),
 ]
 if not torch.cuda.is_available():
     BAD.append((["--device", "cuda"], "CUDA is not available", None))
@@ -563,3 +578,59 @@ def test_bad_input_in_a_real_process_is_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:"), proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what the console says
+
+
+def test_random_init_banner_leaves_what_trains_to_the_freeze_line(tmp_path, monkeypatch, capsys):
+    """Random weights with a thaw schedule: the banner says random init only; the freeze line says what trains,
+    with epochs counted from 1 as the epoch lines count them (plan key 1 = thawed for epoch 2)."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", *FAST, "--limit-train", "32", "--limit-val", "16", "--epochs", "2"]
+    argv += ["--freeze", "backbone", "--unfreeze-at", "1:block", "--output", "out"]
+    argv.remove("--quiet")  # the thaw is an INFO log line
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "Training from RANDOM initialisation." in captured.err and "every layer trains" not in captured.err
+    assert "head only, then thaw block after epoch 1 " in captured.out and "2 epochs x" in captured.out
+    assert (
+        "transferkit.schedule: epoch 2: thawed block" in captured.err
+    )  # between "epoch 1/2" and "epoch 2/2"
+
+
+def test_one_epoch_is_not_pluralised(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", *FAST, "--limit-train", "32", "--limit-val", "16", "--epochs", "1", "--output", "out"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "cosine schedule, 1 epoch x " in out and "1 epochs" not in out
+
+
+def test_resume_of_a_finished_run_says_it_is_complete_and_writes_nothing(digits_run, capsys):
+    run, _ = digits_run
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir())
+    assert main(["finetune", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert f"run {run} is complete: it already trained its 3 epochs; nothing to resume" in out[-2]
+    assert f"--init-checkpoint {run / 'best.pt'}" in out[-2] and "--eval-only" in out[-2]
+    labels = json.loads((run / "labels.json").read_text())
+    assert (
+        out[-1] == f"best val accuracy {labels['val_acc']:.2%} (epoch {labels['epoch']}/3); run folder: {run}"
+    )
+    assert not any(line.startswith("resumed") for line in out)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
+
+
+def test_resume_of_a_finished_run_without_its_export_writes_the_export(tmp_path, monkeypatch, capsys):
+    """Killed after the last epoch's last.pt but before model.safetensors: resuming finishes the export."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", *FAST, "--limit-train", "32", "--limit-val", "16", "--epochs", "1", "--output", "out"]
+    assert main(argv) == 0
+    (tmp_path / "out" / "model.safetensors").unlink()
+    capsys.readouterr()
+    assert main(["finetune", "--resume", "out"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/1 was already trained; writing the missing export" in out and "is complete" not in out
+    assert (tmp_path / "out" / "model.safetensors").is_file()

@@ -72,6 +72,15 @@ def test_unsafe_file_salvaged_shows_its_weights(fixtures_dir: Path) -> None:
     assert "4 tensors" in text and "backbone." in text
 
 
+def test_salvaged_placeholders_show_the_name_they_stand_for(fixtures_dir: Path) -> None:
+    """A placeholder's own class lives in transferkit.salvage; shown by that it would pass for a real class."""
+    text = inspect_checkpoint(fixtures_dir / "lightning11_mnist_mlp_unsafe.ckpt", salvage=True)
+    assert "backbone: Placeholder(__main__.Backbone)" in text  # an instance (hyper_parameters.backbone)
+    # Lightning keys its callbacks by class: the key is a placeholder class, shown whole
+    assert "Placeholder(pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint): dict" in text
+    assert "transferkit.salvage." not in text
+
+
 def test_dry_run_into_a_module_leaves_it_untouched(fixtures_dir: Path) -> None:
     from torchvision.models import squeezenet1_0
 

@@ -175,6 +175,36 @@ def test_zero_tensors_is_an_error_with_a_suggested_rule_and_nothing_written() ->
     assert_identical(dst, before)
 
 
+def test_zero_tensors_into_a_renaming_model_quotes_the_files_keys_and_a_rule_that_works() -> None:
+    """An adapter adds "backbone." to every key (RenameOnLoadMixin): the error quotes the keys as the file has
+    them, and the rule it suggests acts before that rename, so passing it loads everything."""
+    from tests.tiny_models import tinynet
+    from transferkit.backbones import create_model
+
+    src = {f"enc.{k}": v for k, v in tinynet(num_classes=10).state_dict().items()}
+    model = create_model("tests.tiny_models:tinynet", 10, weights=None)
+    with pytest.raises(LoadError) as info:
+        load_partial(model, src)
+    message = str(info.value)
+    assert "Checkpoint keys start with 'enc.' (14), e.g. 'enc.stem.conv.weight'" in message
+    assert "'backbone.enc." not in message
+    assert "--rule 'enc.=>backbone.'" in message
+    report = load_partial(model, src, rules=[Prefix("enc.", "backbone.")])
+    assert len(report.loaded) == 14 and report.ok
+
+    # a partial load's hint is in the same space: half the keys under "enc.", the head as the network has it
+    half = {k: v for k, v in src.items() if not k.startswith("enc.fc.")}
+    half.update({k: v for k, v in tinynet(num_classes=10).state_dict().items() if k.startswith("fc.")})
+    notes = load_partial(model, half).notes
+    assert any("--rule 'enc.=>backbone.'" in n for n in notes), notes
+
+
+def test_zero_tensors_without_a_prefix_swap_names_both_spellings_of_a_regex_rule() -> None:
+    with pytest.raises(LoadError) as info:
+        load_partial(nn.Linear(3, 2), {"unrelated.weight": torch.zeros(3, 3)})
+    assert "write Regex rules or a callable (CLI: --rule 're:PATTERN=>REPL')" in str(info.value)
+
+
 def test_suggest_prefix_rule_handles_removal_and_addition() -> None:
     assert suggest_prefix_rule(["model.net.0.weight"], ["net.0.weight"]) == (Prefix("model.", ""), 1)
     assert suggest_prefix_rule(["0.weight", "0.bias"], ["body.0.weight", "body.0.bias"]) == (

@@ -67,6 +67,21 @@ def test_every_k_epochs_thaws_top_down_with_discriminative_rates():
     _assert_optimizer_matches_trainable(opt, model)
 
 
+def test_thaw_log_line_counts_epochs_from_one(caplog):
+    """``step(2)`` is the third epoch: the log line says so, as a training console counts; the plan stays 0-based."""
+    import logging
+
+    model = TinyNet()
+    sched = GradualUnfreeze(model, at={2: "layer2"})
+    opt = build_optimizer(model, "sgd", lr=0.1)
+    with caplog.at_level(logging.INFO, logger="transferkit.schedule"):
+        assert sched.step(2, opt) == ["layer2"]
+    assert sched.plan == {2: ["layer2"]}
+    assert [r.getMessage() for r in caplog.records if r.name == "transferkit.schedule"] == [
+        "epoch 3: thawed layer2"
+    ]
+
+
 def test_optimizer_holds_exactly_the_trainable_parameters_after_every_thaw():
     model = TinyNet()
     sched = GradualUnfreeze(model, at={1: "layer2", 3: ["layer1", "stem"]})

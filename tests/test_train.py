@@ -82,6 +82,19 @@ def test_resume_is_exact(tmp_path, amp):
     ]
 
 
+def test_resume_log_line_counts_epochs_from_one(tmp_path, caplog):
+    """After epoch index 0 the run resumes at its second epoch: logged 1-based, as the console counts."""
+    import logging
+
+    first = make_trainer(tmp_path, epochs=1, gradual=False)
+    first.fit()
+    resumed = make_trainer(tmp_path, epochs=3, gradual=False)
+    with caplog.at_level(logging.INFO, logger="transferkit.train"):
+        assert resumed.resume(tmp_path / "last.pt") == 1  # the API's index stays 0-based
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed"))
+    assert line.startswith("resumed at epoch 2/3 (best val acc ") and line.endswith(" at epoch 1)")
+
+
 def test_resume_refuses_a_weights_file(tmp_path):
     torch.save({"weight": torch.zeros(2)}, tmp_path / "w.pt")
     with pytest.raises(CheckpointError, match="not a transferkit training checkpoint"):

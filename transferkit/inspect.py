@@ -254,7 +254,27 @@ def _summary(value: Any) -> str:
     if isinstance(value, (int, float, bool, str)) or value is None:
         text = repr(value)
         return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+    stand_in = _placeholder(value)
+    if stand_in is not None:
+        return stand_in
     return type(value).__module__ + "." + type(value).__qualname__
+
+
+def _placeholder(value: Any) -> str | None:
+    """``Placeholder(__main__.Backbone)`` for a salvage stand-in (instance or class), else ``None``: its own
+    type is a generated class in transferkit.salvage, which would look like a real transferkit class."""
+    from transferkit.salvage import Placeholder
+
+    if isinstance(value, Placeholder) or (isinstance(value, type) and issubclass(value, Placeholder)):
+        return f"Placeholder({value.target})"
+    return None
+
+
+def _label(name: Any) -> str:
+    stand_in = _placeholder(name)  # e.g. Lightning keys its callbacks by class: the dotted name is the point
+    if stand_in is not None:
+        return stand_in
+    return str(name) if len(str(name)) <= 60 else str(name)[:57] + "..."
 
 
 def _is_weights(value: Any) -> bool:
@@ -272,7 +292,7 @@ def _tree(obj: Any, depth: int, max_depth: int = 2, max_items: int = 12) -> list
     lines = []
     items = list(obj.items())
     for name, value in items[:max_items]:
-        label = str(name) if len(str(name)) <= 60 else str(name)[:57] + "..."
+        label = _label(name)
         lines.append(f"{indent}{label}: {_summary(value)}")
         # weights and optimizer state are summarised on their own lines below; do not list them here
         expand = isinstance(value, Mapping) and not _is_weights(value) and not _is_optimizer(value)

@@ -275,12 +275,13 @@ def load_partial(
         source=description,
         dry_run=dry_run,
     )
-    _add_hint(report, state, final, model_state)
+    _add_hint(report, state, passed, final, model_state)
     _check(
         report,
         target,
         model_state,
         state,
+        passed,
         final,
         strict=strict,
         min_coverage=min_coverage,
@@ -331,14 +332,18 @@ def _classify(
 def _add_hint(
     report: LoadReport,
     state: Mapping[str, Any],
+    passed: Mapping[str, str | None],
     final: Mapping[str, str | None],
     model_state: Mapping[str, Any],
 ) -> None:
     """Note a prefix swap that would load most of the unexpected keys into missing ones."""
     if not (report.unexpected and report.missing):
         return
-    shapes = _shapes(state, final, model_state)
-    hint = suggest_prefix_rule(report.unexpected, _significant_missing(report.missing), **shapes)
+    # a rule acts on keys before the model's own renames (an adapter's "backbone."): suggest in that space
+    before_mixins = {name: passed[raw] for raw, name in final.items() if name is not None}
+    unexpected = [before_mixins.get(k, k) for k in report.unexpected]
+    shapes = _shapes(state, passed, model_state)
+    hint = suggest_prefix_rule(unexpected, _significant_missing(report.missing), **shapes)
     if hint is not None and hint[1] * 2 >= len(report.unexpected):
         report.notes.append(f"the rule {hint[0]!r} (CLI --rule '{hint[0]}') would load {hint[1]} more key(s)")
 
@@ -366,6 +371,7 @@ def _check(
     target: nn.Module,
     model_state: Mapping[str, Any],
     state: Mapping[str, Any],
+    passed: Mapping[str, str | None],
     final: Mapping[str, str | None],
     *,
     strict: bool,
@@ -376,7 +382,7 @@ def _check(
     """Every reason to refuse, decided before a single tensor is written."""
     _check_mixin_policies(report, target)
     if not report.loaded:
-        raise _fail(_zero_message(report, model_state, state, final), report)
+        raise _fail(_zero_message(report, model_state, state, passed, final), report)
     if strict and not report.ok:
         raise _fail(
             "strict load failed: the checkpoint and the model differ (nothing was written)\n"
@@ -415,13 +421,14 @@ def _check_mixin_policies(report: LoadReport, target: nn.Module) -> None:
 
 
 def _shapes(
-    state: Mapping[str, Any], final: Mapping[str, str | None], model_state: Mapping[str, Any]
+    state: Mapping[str, Any], names: Mapping[str, str | None], model_state: Mapping[str, Any]
 ) -> dict[str, dict[str, Shape]]:
-    """Shapes by model-side name, for suggestions that only count keys whose shapes fit."""
+    """Shapes by renamed checkpoint key (``names``: raw -> new) and by model key, for suggestions that only
+    count keys whose shapes fit."""
     return {
         "checkpoint_shapes": {
             name: tuple(state[raw].shape)
-            for raw, name in final.items()
+            for raw, name in names.items()
             if name is not None and isinstance(state[raw], torch.Tensor)
         },
         "model_shapes": {k: tuple(v.shape) for k, v in model_state.items() if isinstance(v, torch.Tensor)},
@@ -432,42 +439,50 @@ def _zero_message(
     report: LoadReport,
     model_state: Mapping[str, Any],
     state: Mapping[str, Any],
+    passed: Mapping[str, str | None],
     final: Mapping[str, str | None],
 ) -> str:
     if not state:
         return "the checkpoint holds no tensors; nothing was written. Check `key=` points at the weights"
-    ckpt_keys = [k for k in final.values() if k is not None]
+    # quoted as the file has them (a model's own renames, e.g. an adapter's "backbone.", are not in the file)
+    own_keys = [raw for raw, name in final.items() if name is not None]
+    # what a rename rule sees: after wrapper cleaning and the given rules, before the model's own renames
+    rule_keys = [passed[raw] for raw in own_keys]
     model_keys = list(model_state)
-    if not ckpt_keys:
+    if not own_keys:
         return f"no tensor loaded: the rules dropped all {len(final)} checkpoint keys; nothing was written"
     if report.mismatched:
         first = next(iter(report.mismatched))
         a, b = report.mismatched[first]
+        raw = next((r for r, name in final.items() if name == first), first)
+        which = repr(raw) if raw == first else f"{raw!r} (model {first!r})"
         message = (
-            f"no tensor loaded: {len(report.mismatched)} of {len(ckpt_keys)} checkpoint keys match model "
-            f"keys by name but all differ in shape (e.g. {first!r}: checkpoint {list(a)} vs model {list(b)}) "
+            f"no tensor loaded: {len(report.mismatched)} of {len(own_keys)} checkpoint keys match model "
+            f"keys by name but all differ in shape (e.g. {which}: checkpoint {list(a)} vs model {list(b)}) "
             "and "
             f"{len(report.unexpected)} have no counterpart; nothing was written. Is this checkpoint for a "
             "different architecture or size?"
         )
     else:
         message = (
-            f"no tensor loaded: none of the {len(ckpt_keys)} checkpoint keys (after cleaning and rules) "
-            f"matches one of the model's {len(model_keys)} keys; nothing was written. Checkpoint keys start "
-            f"with {_first_segments(ckpt_keys)}, e.g. {ckpt_keys[0]!r}; model keys with "
+            f"no tensor loaded: none of the {len(own_keys)} checkpoint keys matches one of the model's "
+            f"{len(model_keys)} keys (after wrapper cleaning and rules); nothing was written. Checkpoint keys "
+            f"start with {_first_segments(own_keys)}, e.g. {own_keys[0]!r}; model keys with "
             f"{_first_segments(model_keys)}, e.g. {model_keys[0] if model_keys else '-'!r}."
         )
-    suggestion = suggest_prefix_rule(ckpt_keys, model_keys, **_shapes(state, final, model_state))
-    if suggestion is not None and suggestion[1] * 2 < len(ckpt_keys):
+    suggestion = suggest_prefix_rule(rule_keys, model_keys, **_shapes(state, passed, model_state))
+    if suggestion is not None and suggestion[1] * 2 < len(own_keys):
         suggestion = None  # a swap that fits a few keys by coincidence of shape is not a fix
     if suggestion is not None:
         rule, hits = suggestion
         message += (
-            f" The rule {rule!r} would load {hits} of {len(ckpt_keys)} keys: pass rules=[{rule!r}] "
+            f" The rule {rule!r} would load {hits} of {len(own_keys)} keys: pass rules=[{rule!r}] "
             f"(CLI: --rule '{rule}')."
         )
     elif not report.mismatched:
-        message += " No prefix swap aligns them; write Regex rules or a callable."
+        message += (
+            " No prefix swap aligns them; write Regex rules or a callable (CLI: --rule 're:PATTERN=>REPL')."
+        )
     return message
 
 

@@ -94,7 +94,9 @@ class GradualUnfreeze:
     """Thaw layer groups from the top down during training, each as a new optimizer group.
 
     Construction freezes every group but the top one (the head). Call :meth:`step` at the start of
-    every epoch; it thaws the groups due by then and adds them to the optimizer.
+    every epoch; it thaws the groups due by then and adds them to the optimizer. Epochs here (``at=``
+    keys, :attr:`plan`, ``step``'s argument) count from 0: ``at={2: "layer4"}`` thaws ``layer4`` after two
+    epochs, so it trains from the third; log lines count from 1.
 
     Args:
         model: a module with ``layer_groups()`` (an adapter), or any module with ``groups=``.
@@ -211,7 +213,9 @@ class GradualUnfreeze:
     def step(self, epoch: int, optimizer: torch.optim.Optimizer | None = None) -> list[str]:
         """Thaw the groups due by ``epoch`` (call at the start of each epoch); returns their names.
 
-        Groups whose epoch was skipped are thawed too; calling twice for one epoch thaws nothing new.
+        ``epoch`` counts from 0, as the keys of :attr:`plan` and ``at=`` do; the log line it writes counts
+        from 1 (``step(2)`` logs "epoch 3: thawed ..."), as a training console does. Groups whose epoch was
+        skipped are thawed too; calling twice for one epoch thaws nothing new.
         """
         optimizer = optimizer if optimizer is not None else self.optimizer
         self.optimizer = optimizer
@@ -233,7 +237,8 @@ class GradualUnfreeze:
                 add_param_group(optimizer, self.model, self.layout[g], lr=lr, group_name=g)
             self.thawed.append(g)
         if due:
-            logger.info("epoch %d: thawed %s", epoch, ", ".join(due))
+            # people count epochs from 1 (the CLI's "epoch 3/5"); ``epoch`` and the plan's keys count from 0
+            logger.info("epoch %d: thawed %s", epoch + 1, ", ".join(due))
         self.last_epoch = epoch
         return due
 

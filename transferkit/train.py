@@ -205,7 +205,7 @@ class EvalResult:
 
 @dataclass
 class FitResult:
-    """What :meth:`Trainer.fit` returns."""
+    """What :meth:`Trainer.fit` returns; ``best_epoch`` and the history's ``epoch`` count from 0."""
 
     best_acc: float
     best_epoch: int
@@ -558,11 +558,13 @@ class Trainer:
         self.best_epoch = int(extra.get("best_epoch", -1))
         self.start_epoch = int(ckpt["epoch"]) + 1
         self._wrap()
+        # log lines count epochs from 1, as the console does; start_epoch and best_epoch count from 0
         logger.info(
-            "resumed at epoch %d (best val acc %.4f at epoch %d)",
-            self.start_epoch,
+            "resumed at epoch %d/%d (best val acc %.4f at epoch %d)",
+            self.start_epoch + 1,
+            self.epochs,
             self.best_acc,
-            self.best_epoch,
+            self.best_epoch + 1,
         )
         return self.start_epoch
 

@@ -345,6 +345,9 @@ def _load(
     drop = set(head_src.values()) if fits and action != "keep" else set()
     source = {k: v for k, v in state.items() if k not in drop} if drop else state
     report = load_partial(net, source, rules=rules, assign=assign)
+    # load_partial saw a state dict; the report is headed by where it came from (a file name, a weights name)
+    local = plan.path is not None and plan.description == str(plan.path)
+    report.source = plan.path.name if local else plan.description
     report.notes.append(f"head: {reason}")
     return report, rows, head_src
 

@@ -192,5 +192,6 @@ def _unknown(name: str) -> ConfigError:
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return ConfigError(
         f"unknown backbone {name!r}.{hint} Plain names are torchvision models, 'timm:NAME' timm models, "
-        "'package.module:callable' your own factory; list_backbones('pattern*') lists the known names."
+        "'package.module:callable' your own factory; list_backbones('pattern*') lists the known names "
+        "(from a shell: python -c \"import transferkit; print(transferkit.list_backbones('res*'))\")."
     )

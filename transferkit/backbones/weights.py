@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 
 ALLOW_DOWNLOAD_ENV = "TRANSFERKIT_ALLOW_DOWNLOAD"
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's HASH_REGEX
+# the same errors reach Python callers and the CLI (which passes --weights through): name both spellings
+_PATH = "weights=PATH (CLI: --weights PATH)"
+_NONE = "weights=None (CLI: --weights none)"
 _KEYWORDS = {"auto", "imagenet", "default", "pretrained"}
 _verified: dict[tuple[str, int, int], bool] = {}
 
@@ -147,7 +150,7 @@ def verify_hash(path: Path) -> str | None:
         raise LoadError(
             f"cached weights {path} fail their hash check: the file name promises a SHA-256 starting with "
             f"{prefix!r} but the {stat.st_size}-byte file does not match (a truncated or corrupt download). "
-            "Delete the file and download it again, or pass weights=PATH to a good copy."
+            f"Delete the file and download it again, or pass {_PATH} to a good copy."
         )
     return prefix
 
@@ -181,7 +184,7 @@ def resolve_weights(spec: BackboneSpec, weights: Any) -> WeightsPlan:
         if explicit:
             raise ConfigError(
                 f"weights={weights!r}: {spec.name} is a user factory with no known pretrained weights; "
-                "pass weights=PATH to a checkpoint of it, or weights=None for its own initialisation"
+                f"pass {_PATH} to a checkpoint of it, or {_NONE} for its own initialisation"
             )
         note = f"{spec.name} is a user factory with no known pretrained weights; using its own initialisation"
         logger.info(note)
@@ -193,7 +196,7 @@ def resolve_weights(spec: BackboneSpec, weights: Any) -> WeightsPlan:
         return _torchvision_plan(spec, _tv_enum(spec, text), weights, explicit=True)
     raise ConfigError(
         f"weights={weights!r}: no such file ({path.resolve()}), and not one of 'auto', 'imagenet', 'DEFAULT', "
-        "a torchvision weights name (e.g. 'IMAGENET1K_V1') or None."
+        "a torchvision weights name (e.g. 'IMAGENET1K_V1') or None (CLI: none)."
     )
 
 
@@ -211,9 +214,7 @@ def _tv_enum(spec: BackboneSpec, name: str) -> Any:
     try:
         enum = torchvision.models.get_model_weights(spec.name)
     except ValueError as exc:
-        raise ConfigError(
-            f"torchvision has no pretrained weights for {spec.name}; pass weights=PATH"
-        ) from exc
+        raise ConfigError(f"torchvision has no pretrained weights for {spec.name}; pass {_PATH}") from exc
     short = name.rsplit(".", 1)[-1]
     if "." in name and name.split(".", 1)[0] != enum.__name__:
         raise ConfigError(f"weights={name!r} belong to another model; {spec.name} takes {enum.__name__}.*")
@@ -229,7 +230,7 @@ def _tv_enum(spec: BackboneSpec, name: str) -> Any:
 def _not_cached(desc: str, expected: str, requested: Any, explicit: bool) -> WeightsPlan:
     hint = (
         f"transferkit never downloads unless {ALLOW_DOWNLOAD_ENV}=1 is set: download the file once (set it, or "
-        f"fetch it by hand to {expected}), or pass weights=PATH to a local checkpoint"
+        f"fetch it by hand to {expected}), or pass {_PATH} to a local checkpoint"
     )
     if explicit:
         raise LoadError(
@@ -237,7 +238,7 @@ def _not_cached(desc: str, expected: str, requested: Any, explicit: bool) -> Wei
         )
     message = (
         f"PRETRAINED WEIGHTS NOT FOUND: {desc} is not cached at {expected}; building with RANDOM weights "
-        f"(adapter.pretrained=False). {hint}; pass weights=None to silence this."
+        f"(adapter.pretrained=False). {hint}; pass {_NONE} to silence this."
     )
     logger.warning(message)
     return WeightsPlan("none", description="random", requested=requested, notes=[message])
@@ -286,7 +287,7 @@ def _timm_source(spec: BackboneSpec, requested: Any, explicit: bool) -> WeightsP
     desc = f"timm:{spec.name}"
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         if explicit:
-            raise LoadError(f"timm has no pretrained weights registered for {spec.name}; pass weights=PATH")
+            raise LoadError(f"timm has no pretrained weights registered for {spec.name}; pass {_PATH}")
         note = f"timm has no pretrained weights for {spec.name}; using random weights"
         logger.warning(note)
         return WeightsPlan("none", requested=requested, notes=[note], pretrained_cfg=cfg_dict)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pickle
+import re
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -117,8 +118,29 @@ def _torch_load(
         if "weights only load failed" in str(err).lower():
             raise _refusal(path, source, err, allowed) from err
         raise CheckpointError(_read_failure(path, err).replace(source, str(path))) from err
+    except (ImportError, AttributeError) as err:
+        missing = _missing_class(err) if trusted else None
+        if missing is None:
+            raise CheckpointError(_read_failure(path, err).replace(source, str(path))) from err
+        raise CheckpointError(
+            f"{path}: a full unpickle (trusted=True) needs {missing} to rebuild the objects the file pickled "
+            f"({type(err).__name__}: {err}); provide it and load again, or pass "
+            "salvage=True to read the tensors without it (nothing from the file is executed)"
+        ) from err
     except Exception as err:  # torch.load raises anything on damaged input; one clear error instead
         raise CheckpointError(_read_failure(path, err).replace(source, str(path))) from err
+
+
+def _missing_class(err: BaseException) -> str | None:
+    """What a full unpickle failed to import: ``"the package 'pytorch_lightning' installed"`` or ``"the class
+    __main__.Backbone importable"``; ``None`` when the error is not about a missing module or class."""
+    if isinstance(err, ModuleNotFoundError) and err.name:
+        return f"the package {err.name.split('.')[0]!r} installed"
+    # pickle's own wording: "Can't get attribute 'Backbone' on <module '__main__' from '...'>"
+    match = re.search(r"Can't get attribute '([^']+)' on <module '([^']+)'", str(err))
+    if match:
+        return f"the class {match.group(2)}.{match.group(1)} importable"
+    return None
 
 
 def _salvage(path: Path, map_location: MapLocation) -> Any:

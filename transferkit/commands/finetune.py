@@ -103,11 +103,14 @@ def _run(
     job = _prepare(cfg, dist_ctx, device, resume_path)
     job.argv = argv
     console.validated()
+    if _already_finished(job):
+        return _report_finished(job, console)
     if not job.pretrained and job.weights_requested is not None and not cfg["eval_only"]:
+        # what trains (everything, the head only, a thaw schedule) is the freeze line's to say
         console.warn(
             "=" * 78 + f"\nWARNING: no pretrained weights for {cfg['backbone']} could be loaded (--weights "
-            f"{cfg['weights']}; offline and not cached?).\nTraining from RANDOM initialisation: every layer "
-            "trains. Pass --weights PATH to use a local file.\n" + "=" * 78
+            f"{cfg['weights']}; offline and not cached?).\nTraining from RANDOM initialisation. Pass "
+            "--weights PATH to use a local file, or --weights none to silence this.\n" + "=" * 78
         )
     if job.init_report is not None:
         logger.info("init checkpoint %s:\n%s", cfg["init_checkpoint"], job.init_report)
@@ -116,6 +119,38 @@ def _run(
         return _eval_only(job, console)
     trainer = _train(job, console)
     return _finish(job, trainer, console)
+
+
+def _already_finished(job: _Job) -> bool:
+    """A resumed run whose last.pt holds its final epoch, and whose export was written: nothing to do."""
+    if job.resume_ckpt is None or int(job.resume_ckpt["epoch"]) + 1 < job.cfg["epochs"]:
+        return False
+    # killed between the last epoch's checkpoint and the export: resuming finishes the export
+    return all((job.run_dir / name).is_file() for name in ("model.safetensors", "labels.json"))
+
+
+def _report_finished(job: _Job, console: Console) -> int:
+    """Say that the resumed run is complete, with its best accuracy; write nothing."""
+    cfg, extra = job.cfg, job.resume_ckpt.get("extra") or {}
+    epochs = cfg["epochs"]
+    best = job.run_dir / "best.pt"
+    console.out(
+        f"run {job.run_dir} is complete: it already trained its {_count(epochs, 'epoch')}; nothing to resume "
+        f"(to train longer, start a new run with --init-checkpoint {best}; to re-check its accuracy: "
+        f"--resume {best} --eval-only)"
+    )
+    best_epoch = int(extra.get("best_epoch", -1))
+    if best_epoch >= 0:
+        console.out(
+            f"best val accuracy {float(extra.get('best_acc', 0.0)):.2%} (epoch {best_epoch + 1}/{epochs}); "
+            f"run folder: {job.run_dir}"
+        )
+    return 0
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 epoch``, ``3 epochs``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path | None) -> _Job:
@@ -243,7 +278,13 @@ def _train(job: _Job, console: Console) -> Any:
     )  # fmt: skip
     if job.resume_ckpt is not None:
         start = trainer.resume(job.resume_ckpt)
-        console.out(f"resumed {job.resume_path} at epoch {start + 1}/{cfg['epochs']}")
+        if start < cfg["epochs"]:
+            console.out(f"resumed {job.resume_path} at epoch {start + 1}/{cfg['epochs']}")
+        else:  # the last epoch was saved but the export was not: write it now
+            n = cfg["epochs"]
+            console.out(
+                f"resumed {job.resume_path}: epoch {n}/{n} was already trained; writing the missing export"
+            )
     for line in _header(cfg, job.facts):
         console.out(line)
     trainer.fit()
@@ -352,8 +393,8 @@ def _header(cfg: dict[str, Any], facts: dict[str, Any]) -> list[str]:
     return [
         f"{facts['backbone']} ({weights}), {facts['num_classes']} classes, data {facts['data']}: "
         f"{facts['train_images']} train / {facts['val_images']} val images at {facts['img_size']} px",
-        f"{facts['freeze']}; {cfg['optimizer']} lr {cfg['lr']:g}, {cfg['scheduler']} schedule, {cfg['epochs']} "
-        f"epochs x {facts['steps_per_epoch']} steps on {facts['device']}"
+        f"{facts['freeze']}; {cfg['optimizer']} lr {cfg['lr']:g}, {cfg['scheduler']} schedule, "
+        f"{_count(cfg['epochs'], 'epoch')} x {facts['steps_per_epoch']} steps on {facts['device']}"
         + (f" x {facts['world_size']} processes" if facts["world_size"] > 1 else "")
         + (", cached features" if facts["feature_cache"] else ""),
     ]

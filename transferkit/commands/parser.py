@@ -162,8 +162,9 @@ def _add_finetune(sub: Any) -> None:
         "--unfreeze-at",
         action="append",
         metavar="EPOCH[:GROUP,...]",
-        help="thaw layer groups at an "
-        "epoch, e.g. 2:layer4,4:layer3 (repeatable); a bare EPOCH thaws every remaining group",
+        help="thaw layer groups after "
+        "EPOCH epochs, e.g. 2:layer4,4:layer3 (layer4 trains from epoch 3 on; repeatable); a bare EPOCH "
+        "thaws every remaining group",
     )
     add(g, "--unfreeze-every", type=int, metavar="K", help="thaw one more layer group every K epochs")
     add(

@@ -47,13 +47,27 @@ def resume_source(cfg: dict[str, Any]) -> Path:
         path = Path(value)
         if path.is_dir():
             path = path / "last.pt"
+            if not path.is_file():
+                raise ConfigError(
+                    f"--resume {value}: the run folder has no last.pt (its run never finished an epoch); "
+                    "drop --resume to start it again (with --overwrite if the folder holds files)"
+                )
         if not path.is_file():
             raise ConfigError(f"--resume {value}: no checkpoint at {path}; give a run folder or its last.pt")
         return path
     if cfg.get("output"):
-        path = Path(cfg["output"]) / "last.pt"
+        folder = Path(cfg["output"])
+        if not folder.is_dir():
+            raise ConfigError(
+                f"--resume: no run folder {folder} (from --output); give the folder of an earlier run, or drop "
+                "--resume to start a new run there"
+            )
+        path = folder / "last.pt"
         if not path.is_file():
-            raise ConfigError(f"--resume: {path} does not exist; the run in --output never finished an epoch")
+            raise ConfigError(
+                f"--resume: {folder} has no last.pt (the run there never finished an epoch); drop --resume to "
+                "start it again (with --overwrite if the folder holds files)"
+            )
         return path
     pattern = f"*-{safe_name(cfg['backbone'] or '')}/last.pt"
     found = (
@@ -186,14 +200,17 @@ def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any
             sched = GradualUnfreeze(model, every=every, lr_decay=schedule_decay)
         else:
             below = list(model.layer_groups())[:-1]
+            _check_unfreeze_groups(plan, below)
             named = {g for gs in plan.values() if gs for g in gs}
             at = {
                 e: (gs if gs is not None else [g for g in reversed(below) if g not in named])
                 for e, gs in plan.items()
             }
             sched = GradualUnfreeze(model, at={e: g for e, g in at.items() if g}, lr_decay=schedule_decay)
+        # plan key e (0-based) = thawed after e epochs, i.e. from console epoch e + 1 on
         desc = "head only, then thaw " + ", ".join(
-            f"{'+'.join(g)}@{e}" for e, g in sorted(sched.plan.items())
+            f"{'+'.join(g)} after epoch {e}" if e else f"{'+'.join(g)} from the start"
+            for e, g in sorted(sched.plan.items())
         )
         return sched, f"{desc} (lr x{schedule_decay} per level)", None
     groups = [g.strip() for g in mode.split(",") if g.strip()]
@@ -212,6 +229,23 @@ def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any
         )
     freeze(model, *groups)
     return None, f"frozen for the whole run: {', '.join(groups)}", lr_decay
+
+
+def _check_unfreeze_groups(plan: dict[int, list[str] | None], below: list[str]) -> None:
+    """Refuse unknown or repeated groups in ``--unfreeze-at``, in the flag's own spelling."""
+    seen: set[str] = set()
+    for epoch, groups in sorted(plan.items()):
+        for g in groups or []:
+            if g not in below:
+                close = difflib.get_close_matches(g, below, n=3)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(
+                    f"--unfreeze-at {epoch}:{g}: {g!r} is not a layer group below the head; expected one of "
+                    f"{', '.join(below)}.{hint}"
+                )
+            if g in seen:
+                raise ConfigError(f"--unfreeze-at: layer group {g!r} is given twice; name each group once")
+            seen.add(g)
 
 
 def make_lr_schedule(cfg: dict[str, Any], optimizer: Any, steps_per_epoch: int) -> Any:
