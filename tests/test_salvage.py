@@ -1,4 +1,4 @@
-"""Tests for transferkit/salvage.py and for every reader against malicious checkpoints.
+"""Tests for transferkit/salvage/ and for every reader against malicious checkpoints.
 
 Salvage must get tensors out of files ``weights_only=True`` refuses without running anything from them;
 the payload tests (builders in ``malicious_payloads.py``) check that no reader of the package executes a

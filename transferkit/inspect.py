@@ -263,9 +263,9 @@ def _summary(value: Any) -> str:
 def _placeholder(value: Any) -> str | None:
     """``Placeholder(__main__.Backbone)`` for a salvage stand-in (instance or class), else ``None``: its own
     type is a generated class in transferkit.salvage, which would look like a real transferkit class."""
-    from transferkit.salvage import Placeholder
+    from transferkit.salvage import is_placeholder
 
-    if isinstance(value, Placeholder) or (isinstance(value, type) and issubclass(value, Placeholder)):
+    if is_placeholder(value):
         return f"Placeholder({value.target})"
     return None
 

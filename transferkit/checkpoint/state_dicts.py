@@ -9,6 +9,7 @@ guessing when there are several candidates. :func:`_unwrap` removes DataParallel
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -133,11 +134,10 @@ def _find(obj: Any, where: str | None, label: str) -> tuple[Mapping[str, Tensor]
             f"{label}: {where or 'the file'} is a single tensor of shape {tuple(obj.shape)}, not a dict of "
             "named tensors"
         )
-    if type(obj).__module__ == "transferkit.salvage":
+    salvage = sys.modules.get("transferkit.salvage")  # no placeholder exists unless salvage was imported
+    if salvage is not None and salvage.is_placeholder(obj):
         # a whole pickled module read by salvage: its recorded _parameters/_buffers are the weights
-        from transferkit.salvage import module_state_dict
-
-        state = module_state_dict(obj)
+        state = salvage.module_state_dict(obj)
         if state:
             return state, where
     if not isinstance(obj, Mapping | list | tuple):

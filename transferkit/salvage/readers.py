@@ -1,0 +1,279 @@
+"""The file readers and :func:`salvage_load`: torch zip files, legacy pre-1.6 torch files, plain pickles
+and safetensors.
+
+:func:`salvage_load` checks the path, tells the formats apart by their first bytes (:func:`_detect`),
+hands the file to its reader and turns any parser failure into one :class:`CheckpointError` naming the
+file (:func:`_describe`). The zip reader checks each storage member's size and compression ratio before
+reading it; the legacy reader walks the pickle once with meta storages to learn what the raw bytes after
+it must hold, then reads them and unpickles again; safetensors goes to the ordinary checkpoint reader.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import struct
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transferkit.errors import CheckpointError, TransferkitError
+from transferkit.salvage.allowlist import _int, _Refused, _StorageType, _typed
+from transferkit.salvage.devices import MapLocation, _swap_bytes, _to_device
+from transferkit.salvage.placeholders import find_placeholders
+from transferkit.salvage.unpickler import _plain_load, _SalvageUnpickler
+
+__all__ = ["salvage_load", "_load_zip", "_load_legacy", "_load_safetensors", "_detect", "_describe"]
+
+# One logger for the whole package: "transferkit.salvage" is what users see in CLI log lines.
+logger = logging.getLogger("transferkit.salvage")
+
+# Legacy (pre-1.6, non-zip) torch files start with these two pickled integers.
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+# Torch writes storages uncompressed; a re-zipped file may deflate them, but not by more than this.
+_MAX_RATIO = 1000
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, nbytes: int) -> torch.Tensor:
+    """The bytes of one storage member as a uint8 tensor, checked against the size the pickle declared."""
+    try:
+        member = archive.getinfo(name)
+    except KeyError:
+        raise _Refused(f"the pickle refers to storage {name}, which the archive does not contain") from None
+    if member.file_size != nbytes:
+        raise _Refused(f"storage {name} should hold {nbytes} bytes, the archive has {member.file_size}")
+    if member.compress_type != zipfile.ZIP_STORED and nbytes > _MAX_RATIO * member.compress_size + 2**20:
+        raise _Refused(f"storage {name} inflates {nbytes // max(member.compress_size, 1)}-fold: a zip bomb")
+    buffer = bytearray(nbytes)
+    with archive.open(member) as stream:  # zipfile checks the CRC once the member is read to its end
+        got = stream.readinto(buffer)
+        if got != nbytes or stream.read(1):
+            raise _Refused(f"storage {name} holds {got} bytes, expected {nbytes}")
+    return torch.frombuffer(buffer, dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
+
+
+def _load_zip(path: Path, map_location: MapLocation) -> Any:
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        if not pickles:
+            raise _Refused(
+                f"it is a zip file without a torch data.pkl (members: {names[:5]}); not a torch checkpoint"
+            )
+        prefix = pickles[0][: -len("data.pkl")]
+        big_endian = f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder") == b"big"
+        storages: dict[str, torch.UntypedStorage] = {}
+
+        def persistent(pid: Any) -> Any:
+            if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
+                raise _Refused(f"unexpected persistent id {str(pid)[:80]}")
+            _, storage_type, key, location, numel = pid
+            if not isinstance(storage_type, _StorageType) or not isinstance(key, str):
+                raise _Refused(f"malformed storage reference {str(pid)[:80]}")
+            nbytes = _int(numel, "storage size") * storage_type.dtype.itemsize
+            if key not in storages:
+                data = _read_member(archive, f"{prefix}data/{key}", nbytes)
+                if big_endian != (sys.byteorder == "big"):
+                    data = _swap_bytes(data, storage_type.dtype.itemsize)
+                storages[key] = _to_device(data, str(location), map_location)
+            elif storages[key].nbytes() != nbytes:  # the same storage seen again with another size
+                raise _Refused(
+                    f"storage {key} should hold {nbytes} bytes, the archive has {storages[key].nbytes()}"
+                )
+            return _typed(storages[key], storage_type.dtype)
+
+        return _SalvageUnpickler(io.BytesIO(archive.read(pickles[0])), persistent).load()
+
+
+def _load_legacy(path: Path, map_location: MapLocation) -> Any:
+    raw = path.read_bytes()
+    stream = io.BytesIO(raw)
+    if _plain_load(stream) != _LEGACY_MAGIC:
+        raise _Refused("not a legacy torch file (bad magic number)")
+    if (version := _plain_load(stream)) != _LEGACY_PROTOCOL:
+        raise _Refused(f"unsupported legacy protocol version {version!r}, expected {_LEGACY_PROTOCOL}")
+    sys_info = _plain_load(stream)
+    little = not (isinstance(sys_info, dict) and sys_info.get("little_endian") is False)
+    main_start = stream.tell()
+
+    # Pass 1 walks the main pickle with meta storages, only to learn each storage's dtype, size and
+    # location; the raw bytes come after the pickle, in the order of a key list that follows it.
+    declared: dict[str, tuple[torch.dtype, int, str]] = {}
+
+    def declare(pid: Any) -> Any:
+        if isinstance(pid, tuple) and pid and pid[0] in ("module", b"module") and len(pid) == 4:
+            return pid[1]  # a whole-module pickle: the class (a placeholder) is the object itself
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] in ("storage", b"storage")):
+            raise _Refused(f"unexpected persistent id {str(pid)[:80]}")
+        _, storage_type, key, location, numel, view = pid
+        if not isinstance(storage_type, _StorageType) or not isinstance(key, str):
+            raise _Refused(f"malformed storage reference {str(pid)[:80]}")
+        nbytes = _int(numel, "storage size") * storage_type.dtype.itemsize
+        if nbytes > len(raw):  # the bytes must be in the file: refuse before allocating anything
+            raise _Refused(f"storage {key} claims {nbytes} bytes, more than the whole file ({len(raw)})")
+        declared.setdefault(
+            key,
+            (storage_type.dtype, numel, location.decode() if isinstance(location, bytes) else str(location)),
+        )
+        return _legacy_view(torch.UntypedStorage(nbytes, device="meta"), storage_type.dtype, view)
+
+    _SalvageUnpickler(stream, declare).load()  # leaves the stream just after the main pickle
+    keys = _plain_load(stream)
+    if not isinstance(keys, list) or set(keys) != set(declared):
+        raise _Refused("the storage key list does not match the storages the pickle refers to")
+
+    storages: dict[str, torch.UntypedStorage] = {}
+    for key in keys:
+        dtype, numel, location = declared[key]
+        header = stream.read(8)
+        if len(header) != 8:
+            raise _Refused(f"file ends before the data of storage {key}")
+        (count,) = struct.unpack("<q" if little else ">q", header)
+        if count != numel:
+            raise _Refused(f"storage {key} holds {count} elements, the pickle says {numel}")
+        nbytes = count * dtype.itemsize
+        chunk = stream.read(nbytes)
+        if len(chunk) != nbytes:
+            raise _Refused(f"file ends inside the data of storage {key} ({len(chunk)} of {nbytes} bytes)")
+        data = (
+            torch.frombuffer(bytearray(chunk), dtype=torch.uint8)
+            if chunk
+            else torch.empty(0, dtype=torch.uint8)
+        )
+        if not little and sys.byteorder == "little" or little and sys.byteorder == "big":
+            data = _swap_bytes(data, dtype.itemsize)
+        storages[key] = _to_device(data, location, map_location)
+
+    def resolve(pid: Any) -> Any:
+        if pid[0] in ("module", b"module"):
+            return pid[1]
+        _, storage_type, key, _location, _numel, view = pid
+        return _legacy_view(storages[key], storage_type.dtype, view)
+
+    stream.seek(main_start)
+    return _SalvageUnpickler(stream, resolve).load()
+
+
+def _legacy_view(untyped: torch.UntypedStorage, dtype: torch.dtype, view: Any) -> torch.storage.TypedStorage:
+    """Legacy files may refer to a slice ``(view_key, offset, size)`` of a root storage."""
+    if view is None:
+        return _typed(untyped, dtype)
+    if not (isinstance(view, tuple) and len(view) == 3):
+        raise _Refused(f"malformed storage view {str(view)[:80]}")
+    offset, size = _int(view[1], "view offset"), _int(view[2], "view size")
+    start, stop = offset * dtype.itemsize, (offset + size) * dtype.itemsize
+    if offset < 0 or size < 0 or stop > untyped.nbytes():
+        raise _Refused(f"storage view {offset}+{size} lies outside its storage")
+    return _typed(untyped[start:stop], dtype)
+
+
+def _load_safetensors(path: Path, map_location: MapLocation) -> dict[str, torch.Tensor]:
+    # Safetensors holds no code at all; reading it here keeps salvage a one-stop "get me the tensors".
+    # The normal reader already honours every map_location form (device, dict, callable).
+    from transferkit.checkpoint.reading import _load_safetensors as read_safetensors
+
+    return read_safetensors(path, map_location)
+
+
+def _detect(path: Path) -> str:
+    with path.open("rb") as stream:
+        head = stream.read(16)
+    if not head:
+        raise _Refused("the file is empty")
+    if head.startswith(b"PK"):
+        return "zip"
+    if head.startswith(b"\x80\x02\x8a\x0a"):  # PROTO 2, LONG1 of 10 bytes: the legacy magic number
+        return "legacy"
+    if len(head) >= 9 and head[8:9] == b"{":
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if header_len < path.stat().st_size:
+            return "safetensors"
+        if not head.startswith(b"\x80"):  # else it may be a plain pickle, tried below
+            raise _Refused(
+                f"a safetensors file whose header says {header_len} bytes but the file has only "
+                f"{path.stat().st_size}; it is truncated or damaged"
+            )
+    if head.startswith(b"\x80"):
+        return "pickle"
+    raise _Refused(
+        f"unrecognised format (starts with {head[:8]!r}); salvage reads torch zip files, legacy torch "
+        "pickles, plain pickles and safetensors"
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, _Refused):
+        return str(exc)
+    if isinstance(exc, EOFError):
+        return "the data ends early; the file looks truncated"
+    if isinstance(exc, zipfile.BadZipFile | zipfile.LargeZipFile):
+        return f"the zip archive is damaged ({exc})"
+    if isinstance(exc, MemoryError):
+        return "it declares sizes too large to allocate; the file is damaged"
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply to read"
+    return f"the file is damaged or not a checkpoint ({type(exc).__name__}: {str(exc)[:200]})"
+
+
+def salvage_load(path: str | os.PathLike[str], *, map_location: MapLocation = "cpu") -> Any:
+    """Load a checkpoint without executing anything from it; unknown globals become :class:`Placeholder` s.
+
+    Use it for files ``weights_only=True`` refuses only because of harmless extras. Tensors (and
+    ``Parameter`` s) are rebuilt from the file's storages after bounds checks; ``OrderedDict``, ``set``,
+    ``torch.Size``, dtypes and the like are real; any other object is a placeholder recording its name,
+    arguments and state. Tensor subclasses come back as plain tensors and tensors' Python attributes and
+    backward hooks are dropped.
+
+    Args:
+        path: a torch zip checkpoint (``.pt``, ``.pth``, ``.ckpt`` ...), a legacy pre-1.6 torch file, a
+            plain pickle or a ``.safetensors`` file.
+        map_location: where storages go, as in ``torch.load``: a device string or ``torch.device``, a dict
+            mapping saved locations to new ones, a callable ``(storage, location) -> storage | None``, or
+            ``None`` to keep the saved device.
+
+    Returns:
+        The unpickled object (usually a dict) with placeholders where globals were refused.
+
+    Raises:
+        CheckpointError: the file is missing, damaged, or asks for something salvage will not do; the
+            message names the path and the reason.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "w.pt"
+        >>> torch.save({"w": torch.zeros(3)}, path)
+        >>> salvage_load(path)["w"].shape
+        torch.Size([3])
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"cannot salvage {path}: no such file; check the path")
+    if not path.is_file():
+        raise CheckpointError(f"cannot salvage {path}: it is a directory, not a checkpoint file")
+    readers = {"zip": _load_zip, "legacy": _load_legacy, "safetensors": _load_safetensors}
+    try:
+        kind = _detect(path)
+        if kind == "pickle":
+            result = _SalvageUnpickler(io.BytesIO(path.read_bytes()), None).load()
+        else:
+            result = readers[kind](path, map_location)
+    except TransferkitError:
+        raise
+    except Exception as exc:  # every parser failure becomes one clear error naming the file
+        raise CheckpointError(f"cannot salvage {path}: {_describe(exc)}") from exc
+    replaced = find_placeholders(result)
+    if replaced:
+        logger.warning(
+            "salvaged %s without running its code; %d global(s) replaced by inert placeholders: %s",
+            path,
+            len(replaced),
+            ", ".join(replaced),
+        )
+    return result
