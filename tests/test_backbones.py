@@ -248,3 +248,38 @@ def test_bad_arguments() -> None:
         create_model("resnet18", num_classes=3, weights=None, class_names=["a"])
     with pytest.raises(ConfigError, match="head must be"):
         create_model("resnet18", num_classes=3, weights=None, head="maybe")
+
+
+def test_an_argument_the_builder_does_not_take_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"'resnet18' does not accept.*'foo'"):
+        create_model("resnet18", num_classes=2, weights=None, foo=1)
+
+
+def test_list_backbones_needs_a_string() -> None:
+    with pytest.raises(ConfigError, match="glob string"):
+        list_backbones(3)  # type: ignore[arg-type]
+    assert list_backbones("no-such-backbone-*") == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_classes": 2, "class_names": ["a", "a"]}, "duplicate labels"),
+        ({"num_classes": 3, "class_names": "abc"}, "list of labels"),
+        ({"num_classes": 2, "in_chans": True}, "in_chans must be a positive int"),
+    ],
+)
+def test_create_model_refuses_bad_labels_and_channels(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        create_model("resnet18", weights=None, **kwargs)
+
+
+def test_replace_head_argument_errors() -> None:
+    from transferkit.backbones import replace_head
+
+    with pytest.raises(ConfigError, match="num_classes must be a positive int"):
+        replace_head(nn.Sequential(nn.Linear(2, 2)), "2", head_name="0")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="not a submodule.*0 \\(Linear\\)"):
+        replace_head(nn.Sequential(nn.Linear(2, 2)), 2, head_name="5")
+    with pytest.raises(ConfigError, match="is a ReLU; the head must be an nn.Linear"):
+        replace_head(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), 2, head_name="1")

@@ -830,3 +830,61 @@ def test_whole_model_pickle_weights_come_out_through_salvage(tmp_path: Path) -> 
     assert list(state) == list(model.state_dict())
     for name, value in model.state_dict().items():
         assert torch.equal(state[name], value), name
+
+
+# ---------------------------------------------------------------------------------- adversarial API inputs
+
+
+def test_failed_restore_writes_nothing(tmp_path: Path) -> None:
+    """torch's load_state_dict copies what fits before raising; restore_checkpoint checks everything first."""
+    src = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    path = save_checkpoint(tmp_path / "c.pt", model=src, optimizer=torch.optim.SGD(src.parameters(), lr=1))
+    dst = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 3))
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(CheckpointError, match="size mismatch for 1.weight.*Nothing was restored"):
+        restore_checkpoint(path, model=dst)
+    assert all(torch.equal(before[k], v) for k, v in dst.state_dict().items())
+    # the model fits but the optimizer does not: the model is not written either
+    same = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    before = {k: v.clone() for k, v in same.state_dict().items()}
+    groups = [{"params": list(same[0].parameters())}, {"params": list(same[1].parameters())}]
+    with pytest.raises(CheckpointError, match="1 parameter group.*2 of sizes"):
+        restore_checkpoint(path, model=same, optimizer=torch.optim.SGD(groups, lr=1))
+    assert all(torch.equal(before[k], v) for k, v in same.state_dict().items())
+
+
+def test_meta_device_models_are_refused_at_save_time(tmp_path: Path) -> None:
+    with torch.device("meta"):
+        model = nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="meta device"):
+        save_checkpoint(tmp_path / "c.pt", model=model)
+    with pytest.raises(ConfigError, match="meta device"):
+        save_weights(tmp_path / "w.safetensors", model)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epoch": "three"}, "epoch must be an int"),
+        ({"step": 2.5}, "step must be an int"),
+        ({"metrics": [0.1]}, "metrics must be a dict"),
+        ({"extra": "x"}, "extra must be a dict"),
+    ],
+)
+def test_save_checkpoint_argument_types(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        save_checkpoint(tmp_path / "c.pt", model=nn.Linear(1, 1), **kwargs)
+
+
+def test_numpy_integer_epoch_is_accepted(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "c.pt", model=nn.Linear(1, 1), epoch=np.int64(3))
+    assert load_checkpoint(path)["epoch"] == 3
+
+
+def test_a_save_path_written_as_a_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="names a folder.*last.pt"):
+        save_checkpoint(f"{tmp_path}/run/", model=nn.Linear(1, 1))
+    with pytest.raises(ConfigError, match="names a folder"):
+        save_weights(f"{tmp_path}/run/", nn.Linear(1, 1))
+    assert not (tmp_path / "run").exists()

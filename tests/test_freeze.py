@@ -296,3 +296,16 @@ def test_summary_table():
     assert by_module.splitlines()[0].startswith("module")
     with pytest.raises(ConfigError):
         summary(nn.Linear(2, 2), by="group")
+
+
+def test_a_parameter_object_is_a_selector() -> None:
+    model = TinyNet()
+    assert freeze(model, model.head.weight) == ["head.weight"]
+    with pytest.raises(ConfigError, match="not a parameter of the model"):
+        freeze(model, torch.zeros(2, requires_grad=True))
+
+
+@pytest.mark.parametrize("fn", [freeze, unfreeze, summary])
+def test_the_model_must_be_a_module(fn) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="needs the model itself"):
+        fn(None)

@@ -38,3 +38,16 @@ def test_old_import_paths_give_the_same_objects() -> None:
     assert transferkit.LoadReport is partial.LoadReport is load_report.LoadReport
     assert partial.build_report is load_report.build_report
     assert partial.compact_keys is load_report.compact_keys
+
+
+def test_tied_parameters_count_once_and_load_through_an_alias() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(5, 4)
+            self.out = nn.Linear(4, 5, bias=False)
+            self.out.weight = self.emb.weight
+
+    model = Tied()
+    report = build_report(model.state_dict(keep_vars=True), {"emb.weight": model.emb.weight})
+    assert report.missing == [] and (report.loaded_params, report.total_params) == (20, 20)

@@ -179,3 +179,12 @@ def test_layer_wise_rates_on_a_real_adapter():
     decayed = {n for g in opt.param_groups if g["weight_decay"] > 0 for n in g["param_names"]}
     assert decayed == {n for n, p in model.named_parameters() if p.ndim > 1}  # convs and fc weight only
     assert set(_ids(opt)) == _trainable_ids(model) and len(_ids(opt)) == len(set(_ids(opt)))
+
+
+def test_groups_must_be_a_dict_and_the_model_a_module() -> None:
+    with pytest.raises(ConfigError, match="groups must be a dict"):
+        build_optimizer(TinyNet(), groups=["stem"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="build_optimizer needs the model itself"):
+        build_optimizer(None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="needs a torch optimizer"):
+        add_param_group("adam", TinyNet(), "head", lr=1e-3, group_name="x")  # type: ignore[arg-type]

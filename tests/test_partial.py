@@ -664,3 +664,85 @@ def test_property_holds_through_a_rename_rule_and_dtype_casts(case) -> None:  # 
     for key in model_spec:
         expected = ckpt[final[key]].float() if key in report.loaded else before[key]
         assert after[key].dtype == torch.float32 and torch.equal(after[key], expected), key
+
+
+# ---------------------------------------------------------------------------------- adversarial API inputs
+
+
+class _Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(5, 4)
+        self.out = nn.Linear(4, 5, bias=False)
+        self.out.weight = self.emb.weight
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_non_string_keys_are_refused_with_the_fix() -> None:
+    state = {**nn.Linear(2, 2).state_dict(), 5: torch.zeros(2)}
+    with pytest.raises(ConfigError, match=r"not strings: 5 \(int\).*str\(k\)"):
+        load_partial(nn.Linear(2, 2), state)
+
+
+def test_model_argument_must_be_a_module() -> None:
+    src = nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="load_partial\\(model, source\\)"):
+        load_partial(src.state_dict(), src)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["0.5", True, [0.5], {"weight": "high"}])
+def test_min_coverage_of_the_wrong_type_is_a_config_error(bad: object) -> None:
+    with pytest.raises(ConfigError, match="min_coverage"):
+        load_partial(nn.Linear(2, 2), nn.Linear(2, 2).state_dict(), min_coverage=bad)  # type: ignore[arg-type]
+
+
+def test_meta_device_checkpoint_tensors_are_refused_before_writing(tmp_path: Path) -> None:
+    path = tmp_path / "w.pt"
+    torch.save(nn.Linear(2, 2).state_dict(), path)
+    model = nn.Linear(2, 2)
+    before = _snapshot(model)
+    with pytest.raises(ConfigError, match="meta device.*map_location='cpu'"):
+        load_partial(model, path, map_location="meta")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert load_partial(model, path, map_location="meta", dry_run=True).loaded == ["weight", "bias"]
+
+
+def test_sparse_checkpoint_tensors_load_dense() -> None:
+    src = nn.Linear(3, 3)
+    state = {"weight": src.weight.detach().to_sparse(), "bias": src.bias.detach()}
+    model = nn.Linear(3, 3)
+    report = load_partial(model, state, strict=True)
+    assert torch.equal(model.weight, src.weight) and model.weight.layout == torch.strided
+    assert any("sparse" in n for n in report.notes)
+
+
+def test_tied_weights_stored_once_load_strictly_and_count_once() -> None:
+    src, dst = _Tied(), _Tied()
+    report = load_partial(dst, {"emb.weight": src.emb.weight.detach().clone()}, strict=True)
+    assert report.missing == [] and report.total_params == 20 and report.total_coverage == 1.0
+    assert torch.equal(dst.out.weight, src.emb.weight)
+
+
+def test_assign_keeps_weight_tying() -> None:
+    src = _Tied()
+    with torch.device("meta"):
+        dst = _Tied()
+    load_partial(dst, {"out.weight": src.emb.weight.detach().clone()}, assign=True)
+    assert dst.out.weight is dst.emb.weight and not dst.emb.weight.is_meta
+    both = _Tied()
+    load_partial(both, src.state_dict(), assign=True)
+    assert both.out.weight is both.emb.weight
+
+
+def test_tied_weights_given_two_values_are_noted() -> None:
+    report = load_partial(_Tied(), {"emb.weight": torch.ones(5, 4), "out.weight": torch.zeros(5, 4)})
+    assert any("tied weights emb.weight, out.weight" in n for n in report.notes)
+
+
+def test_non_tensor_entries_are_named_in_the_error() -> None:
+    state = {"weight": None, "bias": torch.zeros(2)}
+    with pytest.raises(CheckpointError, match=r"'weight' \(NoneType\)"):
+        load_partial(nn.Linear(2, 2), state)

@@ -262,3 +262,17 @@ def test_a_mixin_inside_a_mixin_renames_twice() -> None:
     # load_partial predicts the same two-step rename before writing
     report = load_partial(Wrapper(), ckpt, strict=True)
     assert report.renamed["det.rpn_head.weight"] == "detector.img_rpn_head.weight"
+
+
+def test_a_rule_that_raises_is_named_with_the_key() -> None:
+    def broken(key: str) -> str:
+        raise KeyError(key)
+
+    with pytest.raises(ConfigError, match=r"raised KeyError on key 'weight'"):
+        load_partial(nn.Linear(2, 2), nn.Linear(2, 2).state_dict(), rules=[broken])
+
+
+@pytest.mark.parametrize("bad", [3, {"a.": "b."}])
+def test_rules_that_are_not_rules_or_lists_are_refused(bad: object) -> None:
+    with pytest.raises(ConfigError, match="rules must be one rule or a list"):
+        normalize_rules(bad)  # type: ignore[arg-type]

@@ -405,3 +405,38 @@ def test_resume_without_rng_state_changes_the_data_order(tmp_path):
     assert without["order"] != with_rng["order"]
     assert not torch.equal(without["model"]["head.weight"], full["model"]["head.weight"])
     assert without["trainable"] == full["trainable"]  # the schedule state alone still rethaws the backbone
+
+
+def test_step_arguments_are_checked() -> None:
+    model = TinyNet()
+    thaw = GradualUnfreeze(model, every=1)
+    with pytest.raises(ConfigError, match="epoch must be an integer >= 0"):
+        thaw.step("2")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="optimizer must be a torch optimizer"):
+        thaw.step(1, "adam")  # type: ignore[arg-type]
+
+
+def test_damaged_or_foreign_unfreeze_states_are_refused() -> None:
+    model = TinyNet()
+    thaw = GradualUnfreeze(model, every=1)
+    with pytest.raises(CheckpointError, match="lacks \\['plan'"):
+        thaw.load_state_dict({"type": "GradualUnfreeze"})
+    state = thaw.state_dict()
+    state["plan"] = {1: ["layer9"]}
+    with pytest.raises(CheckpointError, match="layer groups \\['layer9'\\]"):
+        thaw.load_state_dict(state)
+
+
+def test_lr_schedule_arguments_and_states_are_checked() -> None:
+    optimizer = build_optimizer(TinyNet())
+    with pytest.raises(ConfigError, match="needs a torch optimizer"):
+        LRSchedule("adam", "cosine", total_steps=10)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="min_factor must be a finite number"):
+        LRSchedule(optimizer, "cosine", total_steps=10, min_factor="0")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="milestones must be a list of integer steps"):
+        LRSchedule(optimizer, "step", milestones=[5, -1])
+    sched = LRSchedule(optimizer, "cosine", total_steps=10)
+    state = sched.state_dict()
+    del state["last_step"]
+    with pytest.raises(CheckpointError, match="last_step=None"):
+        sched.load_state_dict(state)

@@ -341,3 +341,20 @@ def test_fast_build_missing_tensors_match_the_slow_build(tmp_path: Path) -> None
         else:
             assert torch.equal(fast[key], slow[key]) and fast[key].dtype == slow[key].dtype, key
     assert fast["bn1.num_batches_tracked"].dtype == torch.long and fast["bn1.num_batches_tracked"] == 0
+
+
+def test_an_adapter_checkpoint_loads_into_create_model(tmp_path: Path) -> None:
+    """save_weights(adapter) / a run's model.safetensors and best.pt hold backbone.* keys."""
+    from transferkit.checkpoint import save_checkpoint, save_weights
+
+    source = create_model("resnet18", num_classes=3, weights=None)
+    for path in (
+        save_weights(tmp_path / "model.safetensors", source),
+        save_checkpoint(tmp_path / "best.pt", model=source),
+    ):
+        adapter = create_model("resnet18", num_classes=3, weights=path)
+        report = adapter.load_report
+        assert report.missing == [] and report.unexpected == [] and not report.mismatched
+        assert any("adapter checkpoint" in n for n in report.notes)
+        for key, value in source.state_dict().items():
+            assert torch.equal(adapter.state_dict()[key], value), key

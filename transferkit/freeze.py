@@ -79,8 +79,21 @@ _GLOB_CHARS = frozenset("*?[")
 # selectors
 
 
+def check_model(model: Any, caller: str = "transferkit") -> None:
+    """Refuse a model argument that is not an ``nn.Module`` (a state dict, a name, ``None``).
+
+    Raises:
+        ConfigError: naming what was given.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"{caller} needs the model itself (an nn.Module); got {type(model).__name__}: {model!r:.80}"
+        )
+
+
 def _canonical_names(model: nn.Module) -> tuple[dict[str, nn.Parameter], dict[str, str]]:
     """Canonical name -> parameter, and every name (aliases of tied weights too) -> canonical name."""
+    check_model(model)
     canonical = dict(model.named_parameters())
     by_id = {id(p): n for n, p in canonical.items()}
     alias = {n: by_id[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}
@@ -173,6 +186,15 @@ def _resolve_one(model: nn.Module, selector: Any, alias: dict[str, str], canonic
                 return hits
         names = [*(groups or {}), *(m for m in modules if m), *alias]
         raise _unknown(selector, names, "layer group, module or parameter")
+    if isinstance(selector, torch.Tensor):
+        # a parameter object itself (model.fc.weight); checked before Iterable, as tensors iterate
+        hits = [n for n, p in canonical.items() if p is selector]
+        if not hits:
+            raise ConfigError(
+                f"selector tensor of shape {tuple(selector.shape)} is not a parameter of the model; pass "
+                "one taken from this model (e.g. model.fc.weight) or its name"
+            )
+        return hits
     if callable(selector):
         return [n for n, p in canonical.items() if selector(n, p)]
     if isinstance(selector, Iterable):
@@ -352,6 +374,7 @@ def freeze(model: nn.Module, *selectors: Selector, train_bn: bool = False, bn: s
     """
     if bn not in ("eval", "frozen"):
         raise ConfigError(f"bn must be 'eval' or 'frozen', got {bn!r}")
+    check_model(model, "freeze")
     names = select_parameters(model, *selectors)
     params = dict(model.named_parameters())
     changed = [n for n in names if params[n].requires_grad]
@@ -387,6 +410,7 @@ def unfreeze(model: nn.Module, *selectors: Selector) -> list[str]:
         >>> unfreeze(m, "1")
         ['1.weight', '1.bias']
     """
+    check_model(model, "unfreeze")
     names = select_parameters(model, *selectors)
     params = dict(model.named_parameters())
     changed = [n for n in names if not params[n].requires_grad]
@@ -497,6 +521,7 @@ def summary(model: nn.Module, by: str = "auto") -> str:
         1            4          4       0  1 train
         total       10         10       0
     """
+    check_model(model, "summary")
     groups = _layer_groups(model) if by in ("auto", "group") else None
     if by == "group" and groups is None:
         raise ConfigError(

@@ -315,7 +315,10 @@ def build_report(
     extra = [k for k in checkpoint if k not in model_state]
     mismatched_rel = {k[len(prefix) :] for k in mismatched}
     taken = set(loaded) | mismatched_rel
-    missing = [k for k in model_state if k not in taken]
+    # tied weights (one tensor under several names, e.g. an embedding and an output layer): a checkpoint
+    # that stores only one name (safetensors dedupes them) loads the others too; they are not missing
+    through_alias = _loaded_through_alias(model_state, set(loaded))
+    missing = [k for k in model_state if k not in taken and k not in through_alias]
     cast: dict[str, tuple[str, str]] = {}
     for k in loaded:
         src, dst = checkpoint[k], model_state[k]
@@ -339,19 +342,40 @@ def build_report(
     )
 
 
+def _loaded_through_alias(model_state: Mapping[str, Any], loaded: set[str]) -> set[str]:
+    """Keys not loaded themselves whose tensor is the very tensor of a loaded key (tied weights)."""
+    loaded_ids = {id(model_state[k]) for k in loaded if isinstance(model_state.get(k), torch.Tensor)}
+    return {
+        k
+        for k, v in model_state.items()
+        if k not in loaded and isinstance(v, torch.Tensor) and id(v) in loaded_ids
+    }
+
+
 def _coverage(model_state: Mapping[str, Any], loaded: set[str]) -> tuple[dict[str, float], int, int]:
-    """Fraction of parameter elements loaded per top-level module (one level down while there is only one)."""
-    params = [(key, value.numel()) for key, value in model_state.items() if isinstance(value, nn.Parameter)]
+    """Fraction of parameter elements loaded per top-level module (one level down while there is only one).
+
+    A tensor tied under several names counts once (under its first name), and counts as loaded when any
+    of its names loaded.
+    """
+    loaded_ids = {id(model_state[k]) for k in loaded if k in model_state}
+    params, seen = [], set()
+    for key, value in model_state.items():
+        if isinstance(value, nn.Parameter) and id(value) not in seen:
+            seen.add(id(value))
+            params.append((key, value.numel(), id(value) in loaded_ids))
     depth = 1
     # A wrapper such as an Adapter holds everything under one name ("backbone"); show its parts instead.
-    while len({_group(k, depth) for k, _ in params}) == 1 and all(k.count(".") >= depth for k, _ in params):
+    while len({_group(k, depth) for k, _, _ in params}) == 1 and all(
+        k.count(".") >= depth for k, _, _ in params
+    ):
         depth += 1
     total: dict[str, int] = {}
     done: dict[str, int] = {}
-    for key, n in params:
+    for key, n, is_loaded in params:
         group = _group(key, depth)
         total[group] = total.get(group, 0) + n
-        done[group] = done.get(group, 0) + (n if key in loaded else 0)
+        done[group] = done.get(group, 0) + (n if is_loaded else 0)
     coverage = {group: (done[group] / n if n else 1.0) for group, n in total.items()}
     return coverage, sum(done.values()), sum(total.values())
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from transferkit.errors import ConfigError
-from transferkit.freeze import select_parameters
+from transferkit.freeze import check_model, select_parameters
 
 __all__ = ["build_optimizer", "add_param_group", "optimizer_names", "no_decay_names", "OPTIMIZERS"]
 
@@ -250,6 +250,12 @@ def build_optimizer(
         >>> [(g["name"], g["lr"]) for g in opt.param_groups]
         [('body', 0.05), ('head', 0.1)]
     """
+    check_model(model, "build_optimizer")
+    if groups is not None and not isinstance(groups, Mapping):
+        raise ConfigError(
+            "groups must be a dict {group_name: selector} ordered from input to output, e.g. "
+            f"{{'body': 'layer[1-3]', 'head': 'fc'}}; got {type(groups).__name__}: {groups!r:.100}"
+        )
     key = str(name).lower()
     if key not in OPTIMIZERS:
         close = difflib.get_close_matches(key, OPTIMIZERS, n=3)
@@ -340,8 +346,11 @@ def add_param_group(
         >>> [g["name"] for g in add_param_group(opt, m, "0", lr=0.01, group_name="again")]
         []
     """
-    if not (isinstance(lr, int | float) and lr > 0):
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise ConfigError(f"lr must be a positive number, got {lr!r}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"add_param_group needs a torch optimizer, got {type(optimizer).__name__}")
+    check_model(model, "add_param_group")
     if isinstance(names, str) or not isinstance(names, Sequence):
         names = select_parameters(model, names)
     else:

@@ -172,6 +172,30 @@ def _check_no_lazy(model_state: Mapping[str, Any]) -> None:
         )
 
 
+def _check_keys(state: Mapping[Any, Any], description: str) -> None:
+    """Refuse non-string keys up front (every rule, match and message works on dotted names)."""
+    bad = [k for k in state if not isinstance(k, str)]
+    if bad:
+        shown = ", ".join(f"{k!r} ({type(k).__name__})" for k in bad[:4])
+        raise ConfigError(
+            f"the {description} has {len(bad)} key(s) that are not strings: {shown}; state dict keys are "
+            "dotted parameter names such as 'layer1.0.conv1.weight'. Convert them first, e.g. "
+            "{str(k): v for k, v in state.items()}, or drop them"
+        )
+
+
+def _dense(state: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """Sparse checkpoint tensors made dense: copying one into a dense parameter fails mid-load otherwise."""
+    sparse = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.layout != torch.strided]
+    if not sparse:
+        return state
+    out = dict(state)
+    for k in sparse:
+        out[k] = state[k].to_dense()
+    notes.append(f"made {len(sparse)} sparse checkpoint tensor(s) dense: {', '.join(compact_keys(sparse))}")
+    return out
+
+
 def _resolve_source(
     source: Any, *, key: str | None, map_location: Any, salvage: bool, trusted: bool
 ) -> dict[str, Any]:
@@ -242,7 +266,8 @@ def load_partial(
             loading (the model may then be partly written, and the message says so).
         CheckpointError: the file cannot be read.
         ConfigError: bad arguments (e.g. a meta-device model without ``assign``/``dry_run``, a model with
-            uninitialised lazy parameters).
+            uninitialised lazy parameters, checkpoint keys that are not strings, checkpoint tensors on the
+            meta device, a rule that raises).
 
     Example:
         >>> from torch import nn
@@ -251,6 +276,11 @@ def load_partial(
         >>> report.loaded
         ['weight', 'bias']
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"load_partial's first argument is the model to load into (an nn.Module); got "
+            f"{type(model).__name__}. The call is load_partial(model, source)"
+        )
     notes: list[str] = []
     target = _unwrap(model, notes)
     rules_t = normalize_rules(rules)
@@ -258,6 +288,9 @@ def load_partial(
     _check_no_lazy(model_state)
     state = _resolve_source(source, key=key, map_location=map_location, salvage=salvage, trusted=trusted)
     description = _describe(source)
+    _check_keys(state, description)
+    if not dry_run:
+        state = _dense(state, notes)
 
     raw_keys = list(state)
     cleaned, clean_notes = clean_keys(raw_keys, model_state, rules_t, model=target)
@@ -288,6 +321,7 @@ def load_partial(
         assign=assign,
         dry_run=dry_run,
     )
+    _note_tied_conflicts(report, fits, model_state)
     if dry_run:
         return report
     renamed_any = any(passed[r] != r for r in raw_keys)
@@ -299,11 +333,72 @@ def load_partial(
         assign,
         report,
     )
+    if assign:
+        _retie(target, model_state)
     if isinstance(target, RenameOnLoadMixin):
         # its own _load_from_state_dict saw only the filtered dict; the full picture is this report
         target.load_report = report
     logger.info("load_partial(%s): %s", description, report.summary())
     return report
+
+
+def _tied_groups(model_state: Mapping[str, Any]) -> list[list[str]]:
+    """Model keys that name one tensor object (tied weights), each group in state-dict order."""
+    by_id: dict[int, list[str]] = defaultdict(list)
+    for k, v in model_state.items():
+        if isinstance(v, torch.Tensor):
+            by_id[id(v)].append(k)
+    return [keys for keys in by_id.values() if len(keys) > 1]
+
+
+def _note_tied_conflicts(report: LoadReport, fits: Mapping[str, Any], model_state: Mapping[str, Any]) -> None:
+    """Say so when a checkpoint gives a tied tensor two different values: only one of them can stay."""
+    for keys in _tied_groups(model_state):
+        given = [k for k in keys if isinstance(fits.get(k), torch.Tensor)]
+        if len(given) < 2:
+            continue
+        first = fits[given[0]]
+        differ = (
+            [
+                k
+                for k in given[1:]
+                if fits[k].shape != first.shape or not torch.equal(fits[k].to(first.dtype), first)
+            ]
+            if not first.is_meta
+            else []
+        )
+        if differ:
+            report.notes.append(
+                f"tied weights {', '.join(given)} are one tensor in the model but differ in the checkpoint; "
+                f"the value of {given[-1]!r} (loaded last) is the one kept"
+            )
+
+
+def _retie(target: nn.Module, model_state: Mapping[str, Any]) -> None:
+    """Restore weight tying that ``assign=True`` broke (it sets each name to its own checkpoint tensor).
+
+    All names of a tied group are pointed at the tensor now held by the first of them that changed, so
+    the model keeps one tensor per group, as it was built.
+    """
+    for keys in _tied_groups(model_state):
+        old = model_state[keys[0]]
+        now = {k: _get_tensor(target, k) for k in keys}
+        if all(v is now[keys[0]] for v in now.values()):
+            continue
+        winner = next((now[k] for k in reversed(keys) if now[k] is not old), now[keys[0]])
+        for k in keys:
+            module_name, _, attr = k.rpartition(".")
+            module = target.get_submodule(module_name) if module_name else target
+            if attr in module._parameters:
+                module._parameters[attr] = winner  # type: ignore[assignment]
+            elif attr in module._buffers:
+                module._buffers[attr] = winner
+
+
+def _get_tensor(target: nn.Module, key: str) -> Any:
+    module_name, _, attr = key.rpartition(".")
+    module = target.get_submodule(module_name) if module_name else target
+    return module._parameters.get(attr, module._buffers.get(attr))
 
 
 def _classify(
@@ -391,6 +486,19 @@ def _check(
         )
     if min_coverage is not None:
         _check_coverage(report, model_state, min_coverage)
+    if not dry_run:
+        raw_of = {name: raw for raw, name in final.items() if name is not None}
+        meta_src = [
+            k
+            for k in report.loaded
+            if k in raw_of and isinstance(state[raw_of[k]], torch.Tensor) and state[raw_of[k]].is_meta
+        ]
+        if meta_src:
+            raise ConfigError(
+                f"{len(meta_src)} checkpoint tensors are on the meta device (e.g. {meta_src[0]!r}): they hold "
+                "no values to load (was it read with map_location='meta'?). Read it with "
+                "map_location='cpu', or pass dry_run=True to only check; nothing was written"
+            )
     if not dry_run and not assign:
         meta = [
             k
@@ -489,9 +597,23 @@ def _zero_message(
 def _check_coverage(
     report: LoadReport, model_state: Mapping[str, Any], min_coverage: float | Mapping[str, float]
 ) -> None:
-    wanted = {"": min_coverage} if isinstance(min_coverage, (int, float)) else dict(min_coverage)
+    if isinstance(min_coverage, (int, float)) and not isinstance(min_coverage, bool):
+        wanted: dict[Any, Any] = {"": min_coverage}
+    elif isinstance(min_coverage, Mapping):
+        wanted = dict(min_coverage)
+    else:
+        raise ConfigError(
+            f"min_coverage must be a fraction in [0, 1] or a {{module_name: fraction}} dict; got "
+            f"{type(min_coverage).__name__}: {min_coverage!r:.100}"
+        )
     loaded = set(report.loaded)
     for module, fraction in wanted.items():
+        if not isinstance(module, str):
+            raise ConfigError(f"min_coverage keys are module names (str), got {module!r}")
+        if not isinstance(fraction, (int, float)) or isinstance(fraction, bool):
+            raise ConfigError(
+                f"min_coverage for {module or 'the model'!r} must be a number in [0, 1]; got {fraction!r}"
+            )
         if not 0.0 <= float(fraction) <= 1.0:
             raise ConfigError(
                 f"min_coverage for {module or 'the model'!r} must be within [0, 1]; got {fraction!r}"
@@ -514,10 +636,16 @@ def _check_coverage(
 def _module_coverage(model_state: Mapping[str, Any], loaded: set[str], module: str) -> float | None:
     head = module.rstrip(".")
     total = done = 0
+    # a tied tensor counts once, and as loaded when any of its names loaded
+    loaded_ids = {id(model_state[k]) for k in loaded if k in model_state}
+    seen: set[int] = set()
     for key, value in model_state.items():
-        if isinstance(value, nn.Parameter) and (key == head or key.startswith(head + ".") or not head):
+        if not isinstance(value, nn.Parameter) or id(value) in seen:
+            continue
+        if key == head or key.startswith(head + ".") or not head:
+            seen.add(id(value))
             total += value.numel()
-            done += value.numel() if key in loaded else 0
+            done += value.numel() if id(value) in loaded_ids else 0
     return done / total if total else None
 
 

@@ -176,6 +176,11 @@ def normalize_rules(rules: Rule | str | Iterable[Rule | str] | None) -> tuple[Ru
         return ()
     if isinstance(rules, str) or callable(rules):
         rules = [rules]
+    if isinstance(rules, Mapping) or not isinstance(rules, Iterable):
+        raise ConfigError(
+            "rules must be one rule or a list of rules (Prefix, Regex, a callable key -> key | None, or a "
+            f"string {RULE_FORMS}); got {type(rules).__name__}: {rules!r:.200}"
+        )
     out: list[Rule] = []
     for rule in rules:
         if isinstance(rule, str):
@@ -199,7 +204,16 @@ def apply_rules(key: str, rules: Sequence[Rule]) -> str | None:
         True
     """
     for rule in rules:
-        out = rule(key)
+        try:
+            out = rule(key)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            # a user callable failing on one key: name the rule and the key instead of a bare traceback
+            raise ConfigError(
+                f"rename rule {rule!r} raised {type(exc).__name__} on key {key!r}: {exc}; a rule must "
+                "return the new key (str) or None to drop it, for every key of the checkpoint"
+            ) from exc
         if out is None:
             return None
         if not isinstance(out, str):

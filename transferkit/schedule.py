@@ -217,6 +217,12 @@ class GradualUnfreeze:
         from 1 (``step(2)`` logs "epoch 3: thawed ..."), as a training console does. Groups whose epoch was
         skipped are thawed too; calling twice for one epoch thaws nothing new.
         """
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ConfigError(f"step(epoch): epoch must be an integer >= 0 (counting from 0), got {epoch!r}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigError(
+                f"step(epoch, optimizer): optimizer must be a torch optimizer, got {type(optimizer).__name__}"
+            )
         optimizer = optimizer if optimizer is not None else self.optimizer
         self.optimizer = optimizer
         if optimizer is not None and not self._warned_frozen:
@@ -303,6 +309,21 @@ class GradualUnfreeze:
             )
         if state.get("version", 0) > _STATE_VERSION:
             raise CheckpointError(f"GradualUnfreeze state version {state['version']} is newer than supported")
+        required = ("plan", "thawed", "last_epoch", "base_lr", "lr_decay", "train_bn", "frozen", "bn_locked")
+        absent = [k for k in required if k not in state]
+        if absent:
+            raise CheckpointError(
+                f"the GradualUnfreeze state lacks {absent}; it is damaged or was not written by "
+                "GradualUnfreeze.state_dict()"
+            )
+        unknown_groups = sorted(
+            ({g for gs in state["plan"].values() for g in gs} | set(state["thawed"])) - set(self.layout)
+        )
+        if unknown_groups:
+            raise CheckpointError(
+                f"the GradualUnfreeze state names layer groups {unknown_groups} this model does not have "
+                f"(its groups: {', '.join(self.order)}); resume with the same architecture and groups="
+            )
         params = dict(self.model.named_parameters())
         recorded = state.get("optimizer_groups") or []
         wanted = set(state["frozen"]) | {n for g in recorded for n in g["param_names"]}
@@ -411,6 +432,16 @@ class LRSchedule:
         div_factor: float = 25.0,
         final_div_factor: float = 1e4,
     ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigError(
+                f"LRSchedule needs a torch optimizer (e.g. from build_optimizer), got {type(optimizer).__name__}"
+            )
+        if milestones is not None and (
+            isinstance(milestones, str)
+            or not isinstance(milestones, Sequence)
+            or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones)
+        ):
+            raise ConfigError(f"milestones must be a list of integer steps >= 0, got {milestones!r}")
         self.optimizer = optimizer
         self.config = {
             "kind": kind,
@@ -436,6 +467,19 @@ class LRSchedule:
             close = difflib.get_close_matches(str(kind), cls.KINDS, n=2)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown LR schedule {kind!r}; expected one of {', '.join(cls.KINDS)}.{hint}")
+        for option in (
+            "min_factor",
+            "warmup_start_factor",
+            "gamma",
+            "pct_start",
+            "div_factor",
+            "final_div_factor",
+        ):
+            value = c[option]
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+                raise ConfigError(f"{option} must be a finite number, got {value!r}")
+        if not c["div_factor"] > 0 or not c["final_div_factor"] > 0:
+            raise ConfigError("div_factor and final_div_factor must be > 0")
         if kind in ("cosine", "linear", "onecycle") and not (isinstance(total, int) and total >= 1):
             raise ConfigError(f"LR schedule {kind!r} needs total_steps (an integer >= 1), got {total!r}")
         if not (isinstance(warm, int) and warm >= 0):
@@ -521,13 +565,22 @@ class LRSchedule:
             raise CheckpointError(
                 f"expected an LRSchedule state dict (from .state_dict()), got {state!r:.200}"
             )
+        last_step = state.get("last_step")
+        if not isinstance(last_step, int) or isinstance(last_step, bool) or last_step < 0:
+            raise CheckpointError(
+                f"the LRSchedule state has last_step={last_step!r}; expected an integer >= 0 (the state is "
+                "damaged or not from LRSchedule.state_dict())"
+            )
         config = {k: state[k] for k in self.config if k in state}
         if config != self.config:
             logger.warning("resuming LR schedule with the saved configuration %s", config)
         merged = {**self.config, **config}
-        self._validate(merged)
+        try:
+            self._validate(merged)
+        except ConfigError as exc:
+            raise CheckpointError(f"the saved LRSchedule configuration is invalid: {exc}") from exc
         self.config = merged
-        self.last_step = int(state["last_step"])
+        self.last_step = last_step
         self.apply()
 
     def __repr__(self) -> str:

@@ -49,6 +49,7 @@ from transferkit.backbones.heads import (
     get_module,
     match_labels,
     replace_with_info,
+    validate_class_names,
 )
 from transferkit.backbones.meta import build_on_meta, materialize_defaults, meta_safe, replay_init
 from transferkit.backbones.preprocess import (
@@ -100,7 +101,9 @@ def create_model(
         name: ``"resnet50"`` (torchvision), ``"timm:convnext_atto"``, or ``"package.module:callable"``.
         num_classes: outputs of the new head.
         weights: ``"auto"``, ``"imagenet"``/``"DEFAULT"``, a torchvision weights name, a local checkpoint
-            path, or ``None`` (see :mod:`transferkit.backbones.weights`).
+            path, or ``None`` (see :mod:`transferkit.backbones.weights`). A checkpoint of an adapter
+            (``backbone.``-prefixed keys: ``save_weights(adapter)``, a run's ``model.safetensors`` or
+            ``best.pt``) loads too.
         in_chans: input channels; when it differs from the network's (3 for torchvision and timm) or the
             checkpoint's first convolution, that convolution is adapted from the checkpoint's filters
             (``adapter.in_chans_strategy``; a checkpoint that already has ``in_chans`` loads as is).
@@ -202,6 +205,7 @@ def _build_pretrained(
             recording = None
     if recording is None:
         net = _build(spec, build_kwargs, meta=False)
+    state, layout_note = _native_layout(state, net)
     info = _fit_head(net, num_classes, head_name)
     native_chans = _match_checkpoint_channels(net, state, rules)
     report, rows, head_src = _load(net, info, state, rules, request, plan, spec, assign=recording is not None)
@@ -226,16 +230,46 @@ def _build_pretrained(
             report, rows, head_src = _load(net, info, state, rules, request, plan, spec, assign=False)
     if rows:
         _surgery(net, info, state, head_src, rows)
+    if layout_note:
+        report.notes.insert(0, layout_note)
     return net, report, native_chans
+
+
+def _native_layout(state: dict[str, Tensor], net: nn.Module) -> tuple[dict[str, Tensor], str | None]:
+    """A checkpoint of an :class:`Adapter` (``backbone.``-prefixed keys: ``save_weights(adapter)``, a run's
+    ``model.safetensors`` or ``best.pt``) in the network's own layout, so it loads like any other.
+
+    Only when every key has the prefix and the network itself has no ``backbone`` attribute, so a user
+    network whose own keys start with ``backbone.`` is left alone.
+    """
+    prefix = "backbone."
+    if not state or not all(k.startswith(prefix) for k in state):
+        return state, None
+    if any(k.startswith(prefix) for k in net.state_dict(keep_vars=True)):
+        return state, None
+    out = OrderedDict((k[len(prefix) :], v) for k, v in state.items())
+    versions = getattr(state, "_metadata", None)
+    if isinstance(versions, Mapping):
+        out._metadata = (
+            {  # type: ignore[attr-defined]
+                k[len(prefix) :]: v for k, v in versions.items() if k.startswith(prefix)
+            }
+            | ({"": versions["backbone"]} if "backbone" in versions else {})
+        )
+    note = f"adapter checkpoint: stripped {prefix!r} from its {len(state)} keys (the network's own layout)"
+    logger.info(note)
+    return out, note
 
 
 def _validate(num_classes: Any, in_chans: Any, class_names: Sequence[str] | None, head: str) -> None:
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
-    if in_chans is not None and (not isinstance(in_chans, int) or in_chans < 1):
+    if in_chans is not None and (not isinstance(in_chans, int) or isinstance(in_chans, bool) or in_chans < 1):
         raise ConfigError(f"in_chans must be a positive int, got {in_chans!r}")
-    if class_names is not None and len(class_names) != num_classes:
-        raise ConfigError(f"class_names has {len(class_names)} labels but num_classes is {num_classes}")
+    if class_names is not None:
+        validate_class_names(class_names)
+        if len(class_names) != num_classes:
+            raise ConfigError(f"class_names has {len(class_names)} labels but num_classes is {num_classes}")
     if head not in HEAD_POLICIES:
         raise ConfigError(f"head must be one of {HEAD_POLICIES}, got {head!r}")
 

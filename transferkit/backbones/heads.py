@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -219,12 +220,20 @@ def find_heads(model: nn.Module, head_name: str | None = None) -> HeadInfo:
         head_name: the classifier's qualified name, overriding every rule.
     """
     if head_name is not None:
+        if not isinstance(head_name, str) or not head_name:
+            raise ConfigError(f"head_name must be a dotted module path such as 'fc', got {head_name!r}")
         try:
-            get_module(model, head_name)
-        except AttributeError as exc:
+            head = get_module(model, head_name)
+        except (AttributeError, IndexError) as exc:
             raise ConfigError(
-                f"head_name {head_name!r} is not a submodule of {type(model).__name__}"
+                f"head_name {head_name!r} is not a submodule of {type(model).__name__}; "
+                f"its last layers are {_last_layers(model)}"
             ) from exc
+        if not _is_classifier_layer(head):
+            raise ConfigError(
+                f"head_name {head_name!r} is a {type(head).__name__}; the head must be an nn.Linear or a 1x1 "
+                f"nn.Conv2d (its last layers are {_last_layers(model)}); name that layer instead"
+            )
         return HeadInfo(canonical_path(model, head_name))
     info = HEADS.get(type(model).__name__) if is_torchvision(model) else None
     if info is None and _is_timm(model):
@@ -233,6 +242,36 @@ def find_heads(model: nn.Module, head_name: str | None = None) -> HeadInfo:
         return HeadInfo(find_user_head(model))
     aux = tuple(canonical_path(model, p) for p in info.aux if _exists(model, p))
     return HeadInfo(canonical_path(model, info.main), aux, info.init, info.post)
+
+
+def _last_layers(model: nn.Module) -> str:
+    layers = [f"{n} ({type(m).__name__})" for n, m in model.named_modules() if n and not list(m.children())]
+    return ", ".join(layers[-4:]) or "none"
+
+
+def validate_class_names(class_names: Any) -> None:
+    """Refuse labels that cannot name one class each: a bare string, a non-sequence, duplicates.
+
+    Raises:
+        ConfigError: naming the problem (the duplicated labels, say).
+    """
+    if isinstance(class_names, str | bytes) or not isinstance(class_names, Sequence):
+        raise ConfigError(
+            f"class_names must be a list of labels, one per class, e.g. ['cat', 'dog']; got "
+            f"{type(class_names).__name__}: {class_names!r:.100}"
+        )
+    counts: dict[Any, int] = {}
+    for label in class_names:
+        if not isinstance(label, str | int) or isinstance(label, bool):
+            raise ConfigError(
+                f"class_names must be strings (or ints); got {label!r} ({type(label).__name__})"
+            )
+        counts[label] = counts.get(label, 0) + 1
+    dupes = [label for label, n in counts.items() if n > 1]
+    if dupes:
+        raise ConfigError(
+            f"class_names has duplicate labels {dupes[:5]!r}; each output of the head needs its own label"
+        )
 
 
 def canonical_path_of(model: nn.Module, target: nn.Module) -> str:
@@ -391,8 +430,12 @@ def replace_head(
         >>> replace_head(net, 2, keep=[2, None], head_name="1")
         {0: 2}
     """
-    if num_classes < 1:
-        raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"replace_head takes the network (an nn.Module), got {type(model).__name__}")
+    if class_names is not None:
+        validate_class_names(class_names)
     adapter = model if hasattr(model, "backbone") and hasattr(model, "_head_info") else None
     net = adapter.backbone if adapter is not None else model
     if adapter is not None and head_name is None:

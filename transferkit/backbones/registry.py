@@ -62,7 +62,18 @@ class BackboneSpec:
         """Build the network with random weights; unknown keyword arguments of user factories are dropped."""
         if self.source == "user":
             kwargs = _accepted_kwargs(self.builder, kwargs)
-        model = self.builder(**kwargs)
+        try:
+            model = self.builder(**kwargs)
+        except TypeError as exc:
+            # an argument the constructor does not take (a typo, timm's img_size= for torchvision):
+            # the bare TypeError names neither the backbone nor what to do
+            if "argument" not in str(exc):
+                raise
+            raise ConfigError(
+                f"backbone {self.full_name!r} does not accept the arguments given: {exc}. transferkit passes "
+                f"num_classes plus your extra keyword arguments ({', '.join(sorted(kwargs))}); drop or "
+                "rename the ones its constructor does not take"
+            ) from exc
         if not isinstance(model, nn.Module):
             raise ConfigError(
                 f"backbone factory {self.name!r} returned {type(model).__name__}, expected an nn.Module; "
@@ -103,6 +114,8 @@ def list_backbones(pattern: str = "*") -> list[str]:
         >>> list_backbones("timm:mobilenetv3_small_05*")
         ['timm:mobilenetv3_small_050']
     """
+    if not isinstance(pattern, str):
+        raise ConfigError(f"list_backbones takes a glob string such as 'resnet*'; got {pattern!r}")
     tv = [n for n in torchvision_names() if fnmatch.fnmatchcase(n, pattern)]
     bare = pattern[len("timm:") :] if pattern.startswith("timm:") else pattern
     tm = [f"timm:{n}" for n in timm_names() if fnmatch.fnmatchcase(n, bare)]

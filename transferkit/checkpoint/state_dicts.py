@@ -167,8 +167,21 @@ def _find(obj: Any, where: str | None, label: str) -> tuple[Mapping[str, Tensor]
     keys = list(obj.keys()) if isinstance(obj, Mapping) else f"a {type(obj).__name__} of {len(obj)}"
     raise CheckpointError(
         f"{label}: no model weights (a dict of named tensors) found in {where or 'the file'}; it holds "
-        f"{_short(keys)}"
+        f"{_short(keys)}{_not_tensors(obj)}"
     )
+
+
+def _not_tensors(obj: Any) -> str:
+    """For a dict that is almost a state dict: which entries keep it from being one, and the fix."""
+    if not isinstance(obj, Mapping) or not obj:
+        return ""
+    bad = [(k, v) for k, v in obj.items() if not isinstance(v, Tensor) and not _has_tensors(v)]
+    if not bad or len(bad) == len(obj) and not any(type(v).__module__ == "numpy" for _, v in bad):
+        return ""
+    shown = ", ".join(f"{k!r} ({type(v).__name__})" for k, v in bad[:4])
+    numpy = any(type(v).__module__ == "numpy" for _, v in bad)
+    fix = "convert them with torch.from_numpy" if numpy else "drop them (or replace them with tensors)"
+    return f". {len(bad)} of its {len(obj)} entries are not tensors: {shown}; {fix} to load the weights"
 
 
 def _find_in_models(models: Mapping, where: str, label: str) -> tuple[Mapping[str, Tensor], str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import numbers
 import os
 import sys
 from collections import Counter, OrderedDict
@@ -33,6 +34,32 @@ logger = logging.getLogger("transferkit.checkpoint")
 
 
 FORMAT = "transferkit.checkpoint/1"
+
+
+def _save_path(path: Any) -> Path:
+    """The target of a save as a Path; a path written as a folder (trailing separator) is refused, since
+    ``Path`` would silently drop the separator and write a file of that name."""
+    out = _as_path(path)
+    text = os.fspath(path)
+    if isinstance(text, str) and text.endswith((os.sep, "/")):
+        raise ConfigError(
+            f"{text!r} names a folder; give the file to write, e.g. {os.path.join(text, 'last.pt')!r}"
+        )
+    return out
+
+
+def _refuse_meta(states: Mapping[str, Any], where: str) -> None:
+    """Meta-device tensors have no data: a file of them loads back as shapes only, so refuse at save time."""
+    for name, state in states.items():
+        if not isinstance(state, Mapping):
+            continue
+        meta = [k for k, v in state.items() if isinstance(v, Tensor) and v.is_meta]
+        if meta:
+            raise ConfigError(
+                f"cannot store {where}[{name!r}]: {len(meta)} tensor(s) are on the meta device and hold no "
+                f"values (e.g. {meta[0]!r}); materialise the model first (load weights with assign=True, or "
+                "model.to_empty(device='cpu') and initialise it)"
+            )
 
 
 def _state_of(obj: Any, what: str) -> Any:
@@ -142,9 +169,15 @@ def save_checkpoint(
         >>> sorted(load_checkpoint(path)["optimizers"])
         ['optimizer']
     """
-    path = _as_path(path)
+    path = _save_path(path)
     import transferkit
 
+    for what, value in (("epoch", epoch), ("step", step)):
+        if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool)):
+            raise ConfigError(f"{what} must be an int (or None), got {type(value).__name__}: {value!r:.80}")
+    for what, value in (("metrics", metrics), ("extra", extra), ("meta", meta)):
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"{what} must be a dict (or None), got {type(value).__name__}: {value!r:.80}")
     payload = {
         "format": FORMAT,
         "models": {n: _state_of(m, f"model {n!r}") for n, m in _named(model, models, "model").items()},
@@ -168,6 +201,7 @@ def save_checkpoint(
         },
     }
     payload = _plain(payload, "checkpoint")
+    _refuse_meta(payload["models"], "checkpoint['models']")
     _torch_save(payload, path)
     logger.info(
         "saved checkpoint %s (models: %s, epoch %s, step %s)",
@@ -180,6 +214,51 @@ def save_checkpoint(
 
 
 # --------------------------------------------------------------------------------------------- restoring
+
+
+def _custom_loading(module: nn.Module) -> bool:
+    """True when a submodule loads its own way (renames keys, reshapes), so keys cannot be predicted."""
+    return any(
+        type(m)._load_from_state_dict is not nn.Module._load_from_state_dict or m._load_state_dict_pre_hooks
+        for m in module.modules()
+    )
+
+
+def _precheck(target: Any, state: Any, what: str, label: str) -> None:
+    """Raise the error ``load_state_dict`` would raise, before anything is written."""
+    problems: list[str] = []
+    if isinstance(target, nn.Module) and isinstance(state, Mapping):
+        module = _unwrap(target)
+        mine = module.state_dict()
+        for k, v in state.items():
+            own = mine.get(k)
+            if isinstance(v, Tensor) and isinstance(own, Tensor) and v.shape != own.shape:
+                problems.append(
+                    f"size mismatch for {k}: checkpoint {list(v.shape)} vs model {list(own.shape)}"
+                )
+        if not _custom_loading(module):
+            missing = [k for k in mine if k not in state]
+            unexpected = [k for k in state if k not in mine]
+            if missing:
+                problems.append(f"missing {_short(missing, 160)}")
+            if unexpected:
+                problems.append(f"unexpected {_short(unexpected, 160)}")
+    elif isinstance(target, torch.optim.Optimizer) and isinstance(state, Mapping):
+        saved = state.get("param_groups")
+        if isinstance(saved, list):
+            have = [len(g["params"]) for g in target.param_groups]
+            want = [len(g.get("params", ())) if isinstance(g, Mapping) else -1 for g in saved]
+            if have != want:
+                problems.append(
+                    f"the checkpoint has {len(want)} parameter group(s) of sizes {want}, this optimizer "
+                    f"{len(have)} of sizes {have}"
+                )
+    if problems:
+        raise CheckpointError(
+            f"{label}: cannot restore {what}: {'; '.join(problems[:6])}. Nothing was restored. Was the "
+            f"checkpoint written for this {what.split()[0]}? (to warm-start from other weights use "
+            "load_partial; a GradualUnfreeze schedule's load_state_dict must run before the optimizer's)"
+        )
 
 
 def _load_into(target: Any, state: Any, what: str, label: str) -> None:
@@ -211,7 +290,8 @@ def restore_checkpoint(
 ) -> dict[str, Any]:
     """Load a :func:`save_checkpoint` file into live objects, so resuming is one call.
 
-    Every name given must be in the checkpoint; all names are checked before anything is loaded.
+    Every name given must be in the checkpoint; all names, model keys and shapes, and optimizer group
+    sizes are checked before anything is loaded, so a mismatch leaves every object as it was.
     Models keep their device (``load_state_dict`` copies into the existing parameters) and optimizer
     state follows its parameters.
 
@@ -266,6 +346,10 @@ def restore_checkpoint(
             plan.append((scaler, state, "scaler"))
         elif getattr(scaler, "is_enabled", lambda: False)():
             logger.warning("%s: no grad-scaler state saved; the scaler starts afresh", label)
+    # every object is checked before the first is written, so a mismatch leaves them all as they were
+    # (torch's load_state_dict copies the tensors that fit before it reports the ones that do not)
+    for target, state, what in plan:
+        _precheck(target, state, what, label)
     for target, state, what in plan:
         _load_into(target, state, what, label)
     if restore_rng and ckpt.get("rng"):

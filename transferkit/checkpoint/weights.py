@@ -10,10 +10,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from transferkit.checkpoint._files import PathLike, _as_path
+from transferkit.checkpoint._files import PathLike
 from transferkit.checkpoint.atomic import _atomic_path, _torch_save
 from transferkit.checkpoint.state_dicts import _module_or_state, _short
-from transferkit.checkpoint.training import _plain
+from transferkit.checkpoint.training import _plain, _save_path
 from transferkit.errors import CheckpointError, ConfigError
 
 __all__ = ["save_weights"]
@@ -27,6 +27,13 @@ def _tensor_dict(state_dict_or_module: Any) -> dict[str, Tensor]:
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
         raise ConfigError(f"save_weights needs a dict of named tensors; not tensors: {_short(bad)}")
+    meta = [k for k, v in state.items() if v.is_meta]
+    if meta:
+        raise ConfigError(
+            f"save_weights: {len(meta)} tensor(s) are on the meta device and hold no values (e.g. "
+            f"{meta[0]!r}); materialise the model first (load weights with assign=True, or "
+            "model.to_empty(device='cpu') and initialise it)"
+        )
     return dict(state)
 
 
@@ -51,7 +58,7 @@ def save_weights(
         >>> sorted(load_checkpoint(path))
         ['bias', 'weight']
     """
-    path = _as_path(path)
+    path = _save_path(path)
     state = _tensor_dict(state_dict_or_module)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
