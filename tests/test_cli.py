@@ -470,6 +470,31 @@ def _zero_tensor_checkpoint(tmp: Path) -> str:
     return "zero.pt"
 
 
+def _text(tmp: Path, name: str, text: str) -> str:
+    (tmp / name).write_text(text)
+    return name
+
+
+def _damaged_run(tmp: Path) -> str:
+    """A run folder whose args.yaml agrees with the BAD rows' flags, a truncated last.pt, a best.pt."""
+    run = tmp / "run"
+    run.mkdir()
+    (run / "args.yaml").write_text(
+        yaml.safe_dump({"args": {"backbone": TINY, "img_size": 16}, "resolved": {}})
+    )
+    torch.save({"models": {"model": {}}, "epoch": 0}, run / "best.pt")
+    (run / "last.pt").write_bytes((run / "best.pt").read_bytes()[:200])
+    return "run"
+
+
+def _train_test_layout(tmp: Path) -> str:
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp / "tt" / split / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp / "tt" / split / c / "0.png")
+    return "tt"
+
+
 def _one_class(tmp: Path) -> str:
     (tmp / "one" / "cat").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp / "one" / "cat" / "a.png")
@@ -503,7 +528,40 @@ BAD = [
     (["--freeze", "layerX"], "unknown layer group", None),
     (["--unfreeze-at", "x:block"], "not an integer", None),
     (["--optimizer", "adamx"], "unknown optimizer", None),
-    (["--lr", "-1"], "--lr must be a positive number", None),
+    (["--lr", "-1"], "--lr must be a positive finite number", None),
+    (["--lr", "inf"], "--lr must be a positive finite number", None),
+    (["--lr", "nan"], "--lr must be a positive finite number", None),
+    (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0", None),
+    (
+        ["--config", "bin.yaml"],
+        "is not UTF-8 text",
+        lambda t: (t / "bin.yaml").write_bytes(b"\xff\xfe\x00x") and None,
+    ),
+    (
+        ["--config", "{x}"],
+        "must hold a mapping of flag: value, found a list",
+        lambda t: _text(t, "l.yaml", "- epochs: 1\n"),
+    ),
+    (
+        ["--config", "{x}"],
+        "optimizer must be a single value",
+        lambda t: _text(t, "d.yaml", "optimizer: {x: 1}\n"),
+    ),
+    (
+        ["--config", "{x}"],
+        "rule must be a string or a list of strings",
+        lambda t: _text(t, "r.yaml", "rule: {a: b}\n"),
+    ),
+    (["--config", "."], "cannot read config file .", None),
+    (["--data", "{x}"], "is a file, not a folder", lambda t: _text(t, "notes.txt", "hi\n")),
+    (["--output", "{x}/run"], "is a file; give a folder path", lambda t: _text(t, "file", "hi\n")),
+    # a resumed run's last.pt that is damaged: the error points at its intact best.pt
+    (["--resume", "{x}"], "may still be intact: --resume", lambda t: _damaged_run(t)),
+    (["--epochs", "0"], "--epochs must be an integer >= 1, got 0", None),
+    (["--data", "{x}"], "a train/val layout needs exactly", lambda t: _train_test_layout(t)),
+    (["--img-size", "7"], "--img-size must be an integer >= 8", None),
+    (["--workers", "-1"], "--workers must be an integer >= 0", None),
+    (["--device", "tpu"], "expected auto, cpu, cuda or cuda:N", None),
     # the CLI's own spelling, not the Python API's (weights=PATH, at={...}, rules=[...], list_backbones)
     (["--weights", "imagenet"], "pass weights=PATH (CLI: --weights PATH)", None),
     (["--unfreeze-at", "1:blok"], "--unfreeze-at 1:blok: 'blok' is not a layer group", None),
@@ -634,3 +692,165 @@ def test_resume_of_a_finished_run_without_its_export_writes_the_export(tmp_path,
     out = capsys.readouterr().out
     assert "epoch 1/1 was already trained; writing the missing export" in out and "is complete" not in out
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# run folders: what is there is never lost
+
+
+def _listing(folder: Path) -> list[tuple[str, int]]:
+    return sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run_and_keeps_user_files_of_a_run(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    user = tmp_path / "thesis"
+    user.mkdir()
+    (user / "thesis.tex").write_text("precious\n")
+    (user / "metrics.csv").write_text("my own numbers\n")  # named like a run file, but not a run's
+    before = _listing(user)
+    argv = ["finetune", *FAST, "--limit-train", "32", "--limit-val", "16", "--epochs", "1"]
+    assert main([*argv, "--output", "thesis", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a transferkit run folder" in err and "thesis.tex" in err and err.count("\n") == 1
+    assert _listing(user) == before
+
+    # a real run folder with a note of the user's: --overwrite replaces the run's files, keeps the note
+    assert main([*argv, "--output", "run"]) == 0
+    (tmp_path / "run" / "notes.txt").write_text("mine\n")
+    assert main([*argv, "--output", "run", "--overwrite"]) == 0
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine\n"
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_resume_refuses_another_non_empty_output_folder(digits_run, tmp_path, capsys):
+    run, _ = digits_run
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.csv").write_text("precious\n")
+    before = _listing(other)
+    assert main(["finetune", "--resume", str(run), "--output", str(other)]) == 2
+    assert "is not the folder of the run resumed" in capsys.readouterr().err
+    assert _listing(other) == before
+
+
+def _copy_run(run: Path, dest: Path, names: tuple[str, ...] = ("last.pt", "best.pt")) -> Path:
+    import shutil
+
+    dest.mkdir()
+    for name in names:
+        shutil.copyfile(run / name, dest / name)
+    return dest
+
+
+def test_resume_of_a_checkpoint_that_does_not_fit_writes_nothing(digits_run, tmp_path, monkeypatch, capsys):
+    """A last.pt of a 10-class run, moved without its args.yaml, resumed on 3 classes: refused before a
+    single file is written (args.yaml used to be written first, and then named the wrong run)."""
+    run, _ = digits_run
+    monkeypatch.chdir(tmp_path)
+    moved = _copy_run(run, tmp_path / "moved")
+    for c in ("a", "b", "c"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (16, 16), (60 * i, 20 * ord(c) % 255, 0)).save(
+                tmp_path / "data" / c / f"{i}.png"
+            )
+    before = _listing(moved)
+    argv = ["finetune", *FAST, "--data", "data", "--val-split", "0.5", "--epochs", "5", "--resume", "moved"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the checkpoint does not fit this run" in err and "3 classes" in err, err
+    assert "load_partial" not in err and "--init-checkpoint" in err  # the CLI's words, not the API's
+    assert _listing(moved) == before
+
+
+def test_resume_without_args_yaml_or_backbone_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    assert main(["finetune", "--resume", "notes.txt"]) == 2
+    err = capsys.readouterr().err
+    assert "has no args.yaml, so it is not the folder of a transferkit run" in err, err
+
+
+def test_resume_without_the_best_epochs_weights_is_refused_up_front(
+    digits_run, tmp_path, monkeypatch, capsys
+):
+    """best.pt gone and last.pt is not the best epoch: the export could not be written after training."""
+    from transferkit.checkpoint import load_checkpoint
+
+    run, _ = digits_run
+    monkeypatch.chdir(tmp_path)
+    moved = _copy_run(run, tmp_path / "moved", ())
+    ckpt = load_checkpoint(run / "last.pt")  # memory-mapped: never write over the file it maps
+    ckpt["epoch"], ckpt["extra"]["best_epoch"] = 1, 0  # epoch 2 saved, epoch 1 the best
+    torch.save(ckpt, moved / "last.pt")
+    before = _listing(moved)
+    assert main(["finetune", *FAST, "--epochs", "3", "--resume", "moved"]) == 2
+    err = capsys.readouterr().err
+    assert "best.pt is missing, and it holds the best epoch's weights (epoch 1)" in err, err
+    assert _listing(moved) == before
+
+
+def test_sigint_stops_with_one_line_and_a_resumable_last_pt(tmp_path):
+    """Ctrl-C mid-run: exit 130, one line saying what last.pt holds and the --resume to continue."""
+    from transferkit.checkpoint import load_checkpoint
+
+    args = [*FAST, "--limit-train", "64", "--limit-val", "16", "--epochs", "200", "--output", "run"]
+    args += ["--weights", "none"]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=cli_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("epoch 2/200"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("interrupted: ") and "continue with transferkit finetune --resume run" in err
+    held = int(err.split(" holds epoch ")[1].split("/")[0])
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] + 1 == held >= 2
+
+
+def test_factory_in_the_current_folder_is_found(tmp_path, monkeypatch, capsys):
+    """--backbone mymodels:net names a module of the working folder, as uvicorn/python -m find one."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    (tmp_path / "cwd_models_adv.py").write_text("from tests.tiny_models import tinynet as net\n")
+    argv = ["finetune", *FAST, "--backbone", "cwd_models_adv:net", "--limit-train", "32", "--limit-val", "16"]
+    assert main([*argv, "--epochs", "1", "--output", "out"]) == 0, capsys.readouterr().err
+    assert sys.path[-1] == str(tmp_path)  # appended: never shadows an installed package
+
+
+def test_more_workers_than_cores_are_capped_with_a_warning(monkeypatch, caplog):
+    from transferkit.commands import plan
+
+    monkeypatch.setattr(plan, "_cpu_count", lambda: 2)
+    bundle = type("B", (), {"source": "folder"})()
+    with caplog.at_level("WARNING", logger="transferkit.cli"):
+        assert plan.loader_workers({"workers": 64}, bundle) == 2
+    assert "--workers 64 is more than the 2 CPU core(s)" in caplog.text
+    assert plan.loader_workers({"workers": 1}, bundle) == 1
+
+
+INSPECT_BAD = [
+    (["{run}"], "is a folder, not a checkpoint file; checkpoint files in it: best.pt, last.pt"),
+    (["{run}/nothing.pt"], "no such file"),
+    (["{run}/last.pt", "--classes", "5"], "--classes 5 applies to --model"),
+    (["{run}/last.pt", "--key", "nope"], "key='nope': no 'nope' at the top level"),
+    (["{run}/last.pt", "--against", "{run}"], "--against"),
+    (["{run}/args.yaml"], "not a PyTorch or safetensors checkpoint"),
+]
+
+
+@pytest.mark.parametrize("extra, match", INSPECT_BAD, ids=[" ".join(b[0]) for b in INSPECT_BAD])
+def test_inspect_bad_input_exits_2_with_one_line(digits_run, capsys, extra, match):
+    run, _ = digits_run
+    assert main(["inspect", *[a.replace("{run}", str(run)) for a in extra]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error:") and match in err, err

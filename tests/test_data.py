@@ -117,8 +117,9 @@ def test_unreadable_images_are_skipped_and_counted_or_strict(tmp_path, caplog):
             lambda p: (p / "d" / "a").mkdir(parents=True) or (p / "d" / "b").mkdir() or p / "d",
             "no readable images",
         ),
+        (lambda p: (p / "notes.txt").write_text("x") and p / "notes.txt", "is a file, not a folder"),
     ],
-    ids=["missing", "empty", "one-class", "no-images"],
+    ids=["missing", "empty", "one-class", "no-images", "a-file"],
 )
 def test_bad_folders_raise_config_errors(tmp_path, make, match):
     with pytest.raises(ConfigError, match=match):
@@ -130,6 +131,70 @@ def test_val_class_missing_from_train_is_an_error(tmp_path):
     (root / "val" / "extra").mkdir()
     with pytest.raises(ConfigError, match="training split lacks"):
         split_image_folder(root)
+
+
+@pytest.mark.parametrize("other", ["test", None], ids=["train+test", "train-only"])
+def test_a_split_layout_without_val_is_not_read_as_classes(tmp_path, other):
+    """DIR/train + DIR/test used to train a 2-class "train vs test" model without a word."""
+    import shutil
+
+    write_digit_folder(tmp_path / "d", layout="split")
+    if other:
+        shutil.move(tmp_path / "d" / "val", tmp_path / "d" / other)
+    else:
+        shutil.rmtree(tmp_path / "d" / "val")
+    with pytest.raises(ConfigError, match="a train/val layout needs exactly .*/train and .*/val"):
+        split_image_folder(tmp_path / "d")
+
+
+def test_train_class_missing_from_val_is_a_warning(tmp_path, caplog):
+    root = write_digit_folder(tmp_path / "data", layout="split")
+    for f in (root / "val" / "digit2").iterdir():
+        f.unlink()
+    with caplog.at_level(logging.WARNING, logger="transferkit.data"):
+        split = split_image_folder(root)
+    assert "classes ['digit2'] have training images but no validation images" in caplog.text
+    assert 2 not in {label for _, label in split.val}
+
+
+def test_val_split_gives_every_class_a_validation_and_a_training_image(tmp_path):
+    """60 images beside 2: a plain stratified 20% split rounds the rare class's share to no val image."""
+    from PIL import Image
+
+    for name, n in (("common", 60), ("rare", 2)):
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / name / f"{i}.png")
+    for seed in range(3):
+        split = split_image_folder(tmp_path, val_split=0.2, seed=seed)
+        val, train = Counter(lab for _, lab in split.val), Counter(lab for _, lab in split.train)
+        assert val[1] == 1 and train[1] == 1 and val[0] + train[0] == 60
+        assert split_image_folder(tmp_path, val_split=0.2, seed=seed).val == split.val  # still seeded
+    # a split that already had every class on both sides is exactly what it was
+    balanced = write_digit_folder(tmp_path / "b", per_class=10)
+    from sklearn.model_selection import train_test_split
+
+    split = split_image_folder(balanced, val_split=0.3, seed=1)
+    samples = sorted(split.train + split.val)
+    _, ref_val = train_test_split(samples, test_size=9, stratify=[lab for _, lab in samples], random_state=1)
+    assert split.val == sorted(ref_val)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path, mode):
+    """PIL's convert() clips 16-bit values at 255 (a 16-bit PNG turns almost white); the reader scales them."""
+    from PIL import Image
+
+    from transferkit.data import ImageFileDataset
+
+    ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
+    img = Image.fromarray(ramp) if mode == "I;16" else Image.fromarray(ramp.astype(np.int32), mode="I")
+    path = tmp_path / ("wide.png" if mode == "I;16" else "wide.tif")  # PNG cannot hold mode I
+    img.save(path)
+    ds = ImageFileDataset([(str(path), 0)], lambda im: torch.from_numpy(np.asarray(im).copy()))
+    x, _ = ds[0]
+    assert x.shape == (8, 8, 3) and x.min() == 0 and x.max() == 255
+    assert abs(float(x.float().mean()) - 127.5) < 2  # the ramp's middle, not a clipped white
 
 
 def test_loader_order_depends_only_on_seed_and_epoch():

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from transferkit.commands.config import resolve_config
 from transferkit.commands.console import one_line
-from transferkit.commands.finetune import run_finetune
+from transferkit.commands.finetune import Interrupted, run_finetune
 from transferkit.commands.inspect_cmd import run_inspect
 from transferkit.commands.parser import DEFAULTS, build_parser
 from transferkit.errors import TransferkitError
@@ -46,19 +46,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after the program name (default: ``sys.argv[1:]``).
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    # `--backbone mymodels:net` names a module of the current folder, as `python -m` or uvicorn would find
+    # it; appended, not prepended, so a file in the folder never shadows an installed package
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    rank = int(os.environ.get("RANK", "0"))
     try:
         ns = build_parser().parse_args(args)
         ns.argv = args[1:]
         return int(_COMMANDS[ns.command](ns) or 0)
     except TransferkitError as exc:
-        rank = int(os.environ.get("RANK", "0"))
         if rank == 0:
             print(f"error: {one_line(str(exc))}", file=sys.stderr, flush=True)
         return 2
     except SystemExit as exc:  # --help / --version
         return exc.code if isinstance(exc.code, int) else 0
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line (what was kept, how to continue), exit 128 + SIGINT
+        if rank == 0:
+            print(
+                one_line(str(exc)) if isinstance(exc, Interrupted) else "interrupted",
+                file=sys.stderr,
+                flush=True,
+            )
         return 130
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "FolderSplit",
     "scan_image_folder",
     "build_transforms",
+    "to_8bit",
     "make_loaders",
     "set_loader_epoch",
     "ShardSampler",
@@ -247,7 +248,7 @@ class ImageFileDataset(Dataset):
         from PIL import Image
 
         with Image.open(path) as img:
-            return img.convert(self.mode)
+            return to_8bit(img).convert(self.mode)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         tries = min(len(self.samples), self.MAX_SUBSTITUTES)
@@ -275,6 +276,25 @@ class ImageFileDataset(Dataset):
             f"{tries} image files in a row became unreadable during the run (e.g. {self.samples[index][0]}); "
             "the data folder changed or vanished -- restore it and resume the run with --resume"
         )
+
+
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_8bit(img: Any) -> Any:
+    """A 16-bit grayscale image (PIL mode ``I;16``/``I``) scaled to 8 bits.
+
+    PIL's own ``convert("RGB")``/``convert("L")`` of those modes clips every value above 255, which turns a
+    16-bit PNG (values up to 65535) into an almost white image; this divides by 257 instead (65535 -> 255).
+    Other modes are returned as they are.
+    """
+    if img.mode not in _WIDE_MODES:
+        return img
+    import numpy as np
+    from PIL import Image
+
+    wide = np.asarray(img, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), mode="L")
 
 
 def _image_ok(path: str) -> bool:
@@ -374,7 +394,34 @@ def _stratified_split(
     train, val = train_test_split(
         samples, test_size=n_val, stratify=[label for _, label in samples], random_state=seed
     )
+    _every_class_in_both(train, val, class_names)
     return sorted(train), sorted(val)
+
+
+def _every_class_in_both(
+    train: list[tuple[str, int]], val: list[tuple[str, int]], class_names: list[str]
+) -> None:
+    """Move single samples so that every class has a training and a validation image (in place).
+
+    A stratified split rounds each class's share; a rare class next to a big one (2 images beside 60) can
+    get no validation image at all, and its accuracy would silently go unmeasured. Each class has >= 2
+    images here, so one can always move; the donor split keeps every class it had. Only such rounding cases
+    change: a split where every class already is on both sides is left exactly as it was.
+    """
+
+    def counts(split: list[tuple[str, int]]) -> Counter:
+        return Counter(label for _, label in split)
+
+    for src, dst in ((train, val), (val, train)):
+        have = counts(dst)
+        for label, name in enumerate(class_names):
+            if have[label] == 0:
+                left = counts(src)
+                if left[label] >= 2:
+                    # the last one the shuffled split put there: deterministic for a given seed
+                    i = max(i for i, (_, lab) in enumerate(src) if lab == label)
+                    dst.append(src.pop(i))
+                    logger.info("class %r: moved one image so that both splits hold the class", name)
 
 
 @dataclass
@@ -416,12 +463,19 @@ def split_image_folder(
         transferkit.errors.ConfigError: data folder /no/such/dir does not exist; ...
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(
+            f"data folder {root} is a file, not a folder; give the folder that holds the class sub-folders "
+            "(DIR/<class>/*.png) or DIR/train/<class> + DIR/val/<class>"
+        )
     if not root.is_dir():
         raise ConfigError(
             f"data folder {root} does not exist; expected a folder of class sub-folders "
             "(DIR/<class>/*.png) or DIR/train/<class> + DIR/val/<class>"
         )
     split_dirs = (root / "train").is_dir() and (root / "val").is_dir()
+    if not split_dirs:
+        _refuse_half_split(root)
     if split_dirs:
         train_s, names, bad = scan_image_folder(root / "train")
         val_s, _, bad_val = scan_image_folder(root / "val", names)
@@ -439,6 +493,16 @@ def split_image_folder(
         _check_classes(root / "train", names, train_s)
         if not val_s:
             raise ConfigError(f"{root / 'val'} holds no readable images; add validation images")
+        in_val = {label for _, label in val_s}
+        unmeasured = [n for i, n in enumerate(names) if i not in in_val]
+        if unmeasured:
+            logger.warning(
+                "classes %s have training images but no validation images under %s: the validation "
+                "accuracy does not measure them; add %s/<class> images for them",
+                unmeasured,
+                root / "val",
+                root / "val",
+            )
     else:
         _check_classes(root, names, samples)
         train_s, val_s = _stratified_split(samples, names, val_split, seed)
@@ -451,6 +515,24 @@ def split_image_folder(
         f", {len(bad)} unreadable skipped" if bad else "",
     )
     return FolderSplit(train_s, val_s, names, str(root), bad)
+
+
+_SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+
+
+def _refuse_half_split(root: Path) -> None:
+    """``DIR/train`` + ``DIR/test`` (or a lone ``DIR/train``) is a split layout without ``val``, not two classes.
+
+    Read as a class tree it would silently train a "train vs test" classifier.
+    """
+    named = [d for d in _class_dirs(root) if d.name.lower() in _SPLIT_NAMES and any(_class_dirs(d))]
+    if named:
+        found = ", ".join(f"{d.name}/" for d in named)
+        raise ConfigError(
+            f"{root} holds {found} with class folders inside: a train/val layout needs exactly {root}/train "
+            f"and {root}/val (rename the validation folder to val), or give a folder whose sub-folders are the "
+            "classes"
+        )
 
 
 def load_image_folder(

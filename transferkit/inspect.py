@@ -204,6 +204,8 @@ def describe_object(
     try:
         state, where = extract_state_dict(obj, key, return_key=True)
     except CheckpointError as exc:
+        if key is not None:
+            raise  # a --key that names nothing is the caller's mistake, not a fact about the file
         lines.append(f"weights: not found ({exc})")
         return lines
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}

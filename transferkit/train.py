@@ -318,6 +318,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_acc, self.best_epoch = -1.0, -1
         self.start_epoch = 0
+        #: the last epoch (0-based) whose checkpoint is on disk in ``run_dir/last.pt``; -1: none yet
+        self.saved_epoch = -1
         self._wrap()
 
     # ---- wrapping --------------------------------------------------------------------------------------
@@ -474,6 +476,7 @@ class Trainer:
             if self.run_dir is not None and self.dist.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 self.save(self.run_dir / "last.pt", epoch, row)
+                self.saved_epoch = epoch
                 if improved:
                     _link_or_copy(self.run_dir / "last.pt", self.run_dir / "best.pt")
             if self.on_epoch_end is not None:
@@ -557,6 +560,7 @@ class Trainer:
         self.best_acc = float(extra.get("best_acc", -1.0))
         self.best_epoch = int(extra.get("best_epoch", -1))
         self.start_epoch = int(ckpt["epoch"]) + 1
+        self.saved_epoch = int(ckpt["epoch"])
         self._wrap()
         # log lines count epochs from 1, as the console does; start_epoch and best_epoch count from 0
         logger.info(

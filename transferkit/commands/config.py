@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,12 @@ def _coerce(dest: str, value: Any, action: argparse.Action, source: str) -> Any:
         return value
     if isinstance(action, argparse._AppendAction):
         values = value if isinstance(value, list) else [value]
+        bad = [v for v in values if isinstance(v, dict | list) or v is None]
+        if bad:
+            raise ConfigError(
+                f"{source}: {dest} must be a string or a list of strings, got {bad[0]!r}"
+                + (" (quote a rule that holds ': ', e.g. 'a: b')" if isinstance(bad[0], dict) else "")
+            )
         return [str(v) for v in values]
     kind = action.type
     if kind in (int, float):
@@ -53,6 +60,10 @@ def _coerce(dest: str, value: Any, action: argparse.Action, source: str) -> Any:
         if kind is int and isinstance(value, float) and value != out:
             raise ConfigError(f"{source}: {dest} must be an integer, got {value!r}")
         return out
+    if isinstance(value, dict | list):
+        raise ConfigError(
+            f"{source}: {dest} must be a single value, got the {type(value).__name__} {value!r}"
+        )
     return str(value)
 
 
@@ -67,6 +78,10 @@ def read_config(
             data = yaml.safe_load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (is it the right file?); give a YAML file of flag: value"
+        ) from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
@@ -80,7 +95,7 @@ def read_config(
             f"config file {path} must hold a mapping of flag: value, found a {type(data).__name__}"
         )
     out: dict[str, Any] = {}
-    known = sorted(d for d in actions if d != "func")
+    known = sorted(d for d in actions if d not in ("func", "config"))
     for raw_key, value in data.items():
         dest = str(raw_key).lstrip("-").replace("-", "_")
         if dest not in actions or dest == "config":
@@ -127,10 +142,11 @@ def validate(cfg: dict[str, Any]) -> None:
     positive("unfreeze_every")
     positive("workers", minimum=0)
     positive("warmup_epochs", minimum=0, allow_none=False)
-    if not (isinstance(cfg["lr"], int | float) and cfg["lr"] > 0):
-        raise ConfigError(f"--lr must be a positive number, got {cfg['lr']!r}")
-    if not (isinstance(cfg["weight_decay"], int | float) and cfg["weight_decay"] >= 0):
-        raise ConfigError(f"--weight-decay must be >= 0, got {cfg['weight_decay']!r}")
+    if not (isinstance(cfg["lr"], int | float) and math.isfinite(cfg["lr"]) and cfg["lr"] > 0):
+        raise ConfigError(f"--lr must be a positive finite number, e.g. 1e-3, got {cfg['lr']!r}")
+    wd = cfg["weight_decay"]
+    if not (isinstance(wd, int | float) and math.isfinite(wd) and wd >= 0):
+        raise ConfigError(f"--weight-decay must be a finite number >= 0, e.g. 0.05, got {wd!r}")
     if cfg["lr_decay"] is not None and not 0 < cfg["lr_decay"] <= 1:
         raise ConfigError(f"--lr-decay must be in (0, 1], got {cfg['lr_decay']!r}")
     if not 0 < cfg["val_split"] < 1:

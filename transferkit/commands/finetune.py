@@ -32,7 +32,8 @@ from transferkit.commands.plan import (
 )
 from transferkit.errors import ConfigError
 
-__all__ = ["run_finetune"]
+__all__ = ["run_finetune", "Interrupted"]
+
 
 logger = logging.getLogger("transferkit.cli")
 
@@ -46,6 +47,12 @@ def run_finetune(ns: argparse.Namespace) -> int:
         resume_path = resume_source(cfg)
         # the run's own args.yaml is the base; this command line (and --config) override it
         saved = saved_args(resume_path.parent)
+        if not saved and not cfg["backbone"]:
+            raise ConfigError(
+                f"--resume {cfg['resume']}: {resume_path.parent} has no args.yaml, so it is not the folder of a "
+                "transferkit run (or its args.yaml was removed); give the folder of an earlier run, or repeat "
+                "that run's flags (--backbone, --data, --epochs, ...)"
+            )
         cfg = resolve_config(explicit, saved)
         if not cfg["eval_only"]:
             check_resume_unchanged(cfg, saved, resume_path)
@@ -78,6 +85,7 @@ class _Job:
     weights_requested: Any
     augment: bool
     use_cache: bool
+    workers: int = 0
     freeze_schedule: Any = None
     freeze_desc: str = ""
     optimizer: Any = None
@@ -85,6 +93,8 @@ class _Job:
     init_report: Any = None
     resume_path: Path | None = None
     resume_ckpt: Any = None
+    best_source: Path | None = None
+    start_epoch: int = 0
     run_dir: Path | None = None
     argv: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
@@ -102,9 +112,15 @@ def _run(
 ) -> int:
     job = _prepare(cfg, dist_ctx, device, resume_path)
     job.argv = argv
-    console.validated()
     if _already_finished(job):
+        console.validated()
         return _report_finished(job, console)
+    job.model.to(device)
+    trainer = None
+    if not cfg["eval_only"]:
+        # a resumed checkpoint is restored here: one that does not fit this model fails before any output
+        trainer = _build_trainer(job, console)
+    console.validated()
     if not job.pretrained and job.weights_requested is not None and not cfg["eval_only"]:
         # what trains (everything, the head only, a thaw schedule) is the freeze line's to say
         console.warn(
@@ -114,10 +130,9 @@ def _run(
         )
     if job.init_report is not None:
         logger.info("init checkpoint %s:\n%s", cfg["init_checkpoint"], job.init_report)
-    job.model.to(device)
-    if cfg["eval_only"]:
+    if trainer is None:
         return _eval_only(job, console)
-    trainer = _train(job, console)
+    _train(job, trainer, console)
     return _finish(job, trainer, console)
 
 
@@ -194,12 +209,17 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
             "--feature-cache needs the whole backbone frozen for the whole run (--linear-probe)"
         )
     job = _Job(cfg, dist_ctx, device, model, bundle, class_names, pretrained, weights, augment, use_cache,
-               freeze_sched, freeze_desc, init_report=init_report, resume_path=resume_path)  # fmt: skip
+               loader_workers(cfg, bundle), freeze_sched, freeze_desc, init_report=init_report,
+               resume_path=resume_path)  # fmt: skip
     if cfg["eval_only"]:
         if resume_path is not None:
             from transferkit.checkpoint import restore_checkpoint
+            from transferkit.errors import CheckpointError
 
-            restore_checkpoint(resume_path, model=model, restore_rng=False)
+            try:
+                restore_checkpoint(resume_path, model=model, restore_rng=False)
+            except CheckpointError as exc:
+                raise CheckpointError(_does_not_fit(job, exc)) from None
         return job
     job.resume_ckpt = load_resume(resume_path) if resume_path is not None else None
     _build_optimizer(job, opt_lr_decay)
@@ -213,7 +233,32 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
     if isinstance(decided, ConfigError):
         raise decided
     job.run_dir = decided
+    if job.resume_ckpt is not None:
+        job.best_source = _best_source(job)
     return job
+
+
+def _best_source(job: _Job) -> Path | None:
+    """Where a resumed run's best weights so far are (for the export if no later epoch beats them).
+
+    Checked before anything is written: finding out after the last epoch would leave a trained run without
+    its export.
+    """
+    extra = job.resume_ckpt.get("extra") or {}
+    best_epoch = int(extra.get("best_epoch", -1))
+    if best_epoch < 0:
+        return None  # no epoch evaluated yet: the first one resumed becomes the best
+    assert job.resume_path is not None and job.run_dir is not None
+    for folder in (job.run_dir, job.resume_path.parent):
+        if (folder / "best.pt").is_file():
+            return folder / "best.pt"
+    if best_epoch == int(job.resume_ckpt["epoch"]):
+        return job.resume_path  # the checkpoint resumed is the best epoch's
+    raise ConfigError(
+        f"--resume {job.resume_path}: {job.resume_path.parent / 'best.pt'} is missing, and it holds the best "
+        f"epoch's weights (epoch {best_epoch + 1}) that the export needs; put it back, or start a new run "
+        f"from these weights with --init-checkpoint {job.resume_path}"
+    )
 
 
 def _build_optimizer(job: _Job, lr_decay: float | None) -> None:
@@ -234,29 +279,22 @@ def _build_optimizer(job: _Job, lr_decay: float | None) -> None:
     job.lr_schedule = make_lr_schedule(cfg, job.optimizer, len(probe))
 
 
-def _train(job: _Job, console: Console) -> Any:
-    """Feature cache, loaders, run folder, the epochs (Trainer.fit)."""
+def _build_trainer(job: _Job, console: Console) -> Any:
+    """Feature cache, loaders, the Trainer, and a resumed checkpoint restored into it. Writes nothing."""
     from transferkit.data import cache_features, make_loaders
-    from transferkit.report import RUN_FILES, format_epoch, plot_curves, write_metrics_csv, write_yaml
+    from transferkit.report import format_epoch, plot_curves, write_metrics_csv
     from transferkit.train import Trainer, amp_dtype_for
 
     cfg, model, device, dist_ctx, run_dir = job.cfg, job.model, job.device, job.dist, job.run_dir
     if job.use_cache:
         amp_dtype = amp_dtype_for(device) if cfg["amp"] else None
         job.bundle = cache_features(model, job.bundle, cfg["batch_size"], device, amp_dtype=amp_dtype,
-                                    channels_last=cfg["channels_last"], workers=loader_workers(cfg, job.bundle))  # fmt: skip
+                                    channels_last=cfg["channels_last"], workers=job.workers)  # fmt: skip
     train_loader, val_loader = make_loaders(
-        job.bundle, cfg["batch_size"], workers=0 if job.use_cache else loader_workers(cfg, job.bundle), seed=cfg["seed"],
+        job.bundle, cfg["batch_size"], workers=0 if job.use_cache else job.workers, seed=cfg["seed"],
         rank=dist_ctx.rank, world_size=dist_ctx.world_size, pin_memory=device.type == "cuda",
     )  # fmt: skip
     job.facts = _resolved_facts(job, train_loader)
-    if dist_ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg["overwrite"]:
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
-        args_out = {k: v for k, v in cfg.items() if k != "config"}
-        write_yaml(run_dir / "args.yaml", {"args": args_out, "resolved": job.facts})
     job.best_state = {}
 
     def on_epoch_end(trainer: Trainer, row: dict[str, Any], result: Any) -> None:
@@ -276,8 +314,24 @@ def _train(job: _Job, console: Console) -> Any:
         seed=cfg["seed"], label_smoothing=cfg["label_smoothing"], progress=console.progress,
         on_epoch_end=on_epoch_end,
     )  # fmt: skip
+    job.start_epoch = _resume(job, trainer) if job.resume_ckpt is not None else 0
+    return trainer
+
+
+def _train(job: _Job, trainer: Any, console: Console) -> None:
+    """The run folder (only now, with every input checked and a resumed checkpoint restored), the epochs."""
+    from transferkit.report import RUN_FILES, write_yaml
+
+    cfg, run_dir, start = job.cfg, job.run_dir, job.start_epoch
+    assert run_dir is not None
+    if job.dist.is_main:
+        _create_run_dir(run_dir)
+        if cfg["overwrite"]:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+        args_out = {k: v for k, v in cfg.items() if k != "config"}
+        write_yaml(run_dir / "args.yaml", {"args": args_out, "resolved": job.facts})
     if job.resume_ckpt is not None:
-        start = trainer.resume(job.resume_ckpt)
         if start < cfg["epochs"]:
             console.out(f"resumed {job.resume_path} at epoch {start + 1}/{cfg['epochs']}")
         else:  # the last epoch was saved but the export was not: write it now
@@ -287,8 +341,62 @@ def _train(job: _Job, console: Console) -> Any:
             )
     for line in _header(cfg, job.facts):
         console.out(line)
-    trainer.fit()
-    return trainer
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted_message(job, trainer)) from None
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during the epochs, with what was kept and how to continue."""
+
+
+def _interrupted_message(job: _Job, trainer: Any) -> str:
+    done = trainer.saved_epoch + 1  # epochs whose checkpoint reached last.pt, resumed ones included
+    epochs = job.cfg["epochs"]
+    if done == 0 or not (job.run_dir / "last.pt").is_file():
+        return (
+            f"interrupted before the first epoch finished; nothing to resume: run the command again (with "
+            f"--overwrite to reuse {job.run_dir})"
+        )
+    return (
+        f"interrupted: {job.run_dir / 'last.pt'} holds epoch {done}/{epochs}; continue with "
+        f"transferkit finetune --resume {job.run_dir}"
+    )
+
+
+def _resume(job: _Job, trainer: Any) -> int:
+    """Restore the resumed checkpoint into the trainer; a checkpoint of another model is a one-line error."""
+    from transferkit.errors import CheckpointError
+
+    try:
+        return int(trainer.resume(job.resume_ckpt))
+    except CheckpointError as exc:
+        raise CheckpointError(_does_not_fit(job, exc)) from None
+
+
+def _does_not_fit(job: _Job, exc: Exception) -> str:
+    """A restore error in the CLI's words: the library's hints speak of its API (load_partial, the order of
+    load_state_dict calls); a file that is no training checkpoint keeps its own message."""
+    detail = str(exc).removeprefix(f"{job.resume_path}: ")
+    if "cannot restore" not in detail:
+        return str(exc)
+    for api_hint in (" Was the checkpoint written", " (to warm-start"):
+        detail = detail.split(api_hint, 1)[0]
+    return (
+        f"--resume {job.resume_path}: the checkpoint does not fit this run ({job.cfg['backbone']}, "
+        f"{len(job.class_names)} classes): {detail} Was it written by a run of another backbone, class count "
+        f"or freeze plan? To start from its weights instead: --init-checkpoint {job.resume_path}"
+    )
+
+
+def _create_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # checked up front; this is a race or a file system that changed since
+        raise ConfigError(
+            f"--output {run_dir}: cannot create the run folder ({exc.strerror or exc})"
+        ) from None
 
 
 def _finish(job: _Job, trainer: Any, console: Console) -> int:
@@ -300,7 +408,7 @@ def _finish(job: _Job, trainer: Any, console: Console) -> int:
         from transferkit.checkpoint import load_checkpoint
 
         _barrier(job.dist)
-        job.best_state = load_checkpoint(run_dir / "best.pt")["models"]["model"]
+        job.best_state = load_checkpoint(job.best_source or run_dir / "best.pt")["models"]["model"]
     model.load_state_dict(job.best_state)
     final = trainer.evaluate()
     if job.dist.is_main:
@@ -412,7 +520,7 @@ def _eval_only(job: _Job, console: Console) -> int:
         console.warn(
             "WARNING: --eval-only with random weights; give --resume RUN, --init-checkpoint or --weights"
         )
-    _, val_loader = make_loaders(bundle, cfg["batch_size"], workers=loader_workers(cfg, bundle), rank=job.dist.rank,
+    _, val_loader = make_loaders(bundle, cfg["batch_size"], workers=job.workers, rank=job.dist.rank,
                                  world_size=job.dist.world_size, pin_memory=job.device.type == "cuda")  # fmt: skip
     no_training = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
     trainer = Trainer(job.model, no_training, val_loader, val_loader, epochs=1, num_classes=bundle.num_classes,

@@ -21,8 +21,13 @@ def run_inspect(ns: argparse.Namespace) -> int:
         raise ConfigError("--model needs --classes N (the number of classes of the model to load into)")
     if ns.classes is not None and ns.classes < 1:
         raise ConfigError(f"--classes must be an integer >= 1, got {ns.classes}")
-    if not Path(ns.checkpoint).is_file():
-        raise ConfigError(f"checkpoint {ns.checkpoint} does not exist")
+    if ns.classes is not None and not ns.model:
+        raise ConfigError(
+            f"--classes {ns.classes} applies to --model; add --model NAME to dry-run the load, or drop --classes"
+        )
+    for flag, value in (("checkpoint", ns.checkpoint), ("--against", ns.against)):
+        if value is not None:
+            _check_file(flag, Path(value))
     handler, undo_logging = setup_logging(quiet=True, rank=0)
     handler.show_pending()
     try:
@@ -39,3 +44,20 @@ def run_inspect(ns: argparse.Namespace) -> int:
         undo_logging()
     print(text)
     return 0
+
+
+_CKPT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".tar", ".th")
+
+
+def _check_file(flag: str, path: Path) -> None:
+    """A checkpoint argument that names a file, or an error saying what it names instead."""
+    if path.is_dir():
+        found = sorted(
+            p.name for p in path.iterdir() if p.is_file() and p.name.lower().endswith(_CKPT_SUFFIXES)
+        )
+        hint = f"checkpoint files in it: {', '.join(found[:8])}" if found else "it holds no checkpoint files"
+        raise ConfigError(f"{flag} {path} is a folder, not a checkpoint file; {hint}")
+    if not path.exists():
+        raise ConfigError(f"{flag} {path}: no such file; check the path")
+    if not path.is_file():
+        raise ConfigError(f"{flag} {path} is not a regular file; give a checkpoint file")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import logging
 import os
 import re
 from pathlib import Path
@@ -17,12 +18,15 @@ from typing import Any
 from transferkit.commands.config import parse_unfreeze_at
 from transferkit.errors import ConfigError
 
+logger = logging.getLogger("transferkit.cli")
+
 __all__ = [
     "DIGITS_IMG_SIZE",
     "PRETRAINED_LR_DECAY",
     "safe_name",
     "resume_source",
     "decide_run_dir",
+    "is_run_folder",
     "load_resume",
     "scan_data",
     "load_bundle",
@@ -89,13 +93,64 @@ def decide_run_dir(cfg: dict[str, Any], resume_path: Path | None) -> Path:
         run_dir = Path("runs") / f"{stamp}-{safe_name(cfg['backbone'])}"
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--output {run_dir} is a file; give a folder")
-    occupied = run_dir.is_dir() and any(run_dir.iterdir())
-    if occupied and not (cfg["overwrite"] or resume_path is not None):
+    _check_creatable(run_dir)
+    # hidden entries (.DS_Store, .ipynb_checkpoints) do not make a folder someone's work
+    entries = (
+        sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) if run_dir.is_dir() else []
+    )
+    if entries and not (cfg["overwrite"] or resume_path is not None):
         raise ConfigError(
             f"run folder {run_dir} already exists and is not empty; use --resume to continue it, "
             "--overwrite to replace it, or another --output"
         )
+    if entries and resume_path is not None and run_dir.resolve() != resume_path.parent.resolve():
+        raise ConfigError(
+            f"--output {run_dir} is not the folder of the run resumed ({resume_path.parent}) and is not empty; "
+            "its files would be replaced: drop --output to continue in the run's own folder, or give an "
+            "empty --output"
+        )
+    if entries and cfg["overwrite"] and not is_run_folder(run_dir):
+        from transferkit.report import RUN_FILES
+
+        # --overwrite replaces a run's own files and keeps the rest; in a folder that is not a run's, a file
+        # named like one (someone's metrics.csv next to their notes) is not the run's to replace
+        others = [name for name in entries if name not in RUN_FILES]
+        if others:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise ConfigError(
+                f"--overwrite: {run_dir} is not a transferkit run folder (no args.yaml of a run) and holds "
+                f"other files ({shown}); nothing was touched. Give a new or empty --output folder"
+            )
     return run_dir
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a run's ``args.yaml`` (its ``args`` and ``resolved`` sections)."""
+    import yaml
+
+    try:
+        with open(folder / "args.yaml") as f:
+            data = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("args"), dict) and "resolved" in data
+
+
+def _check_creatable(run_dir: Path) -> None:
+    """Refuse, before any work, a run folder that cannot be created or written (under a file, read-only)."""
+    probe = run_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(
+            f"--output {run_dir}: cannot create the run folder, {probe} is a file; give a folder path"
+        )
+    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--output {run_dir}: {probe} is not writable (permission denied); give a folder you can write to"
+        )
 
 
 def load_resume(path: Path) -> Any:
@@ -103,7 +158,17 @@ def load_resume(path: Path) -> Any:
     from transferkit.checkpoint import load_checkpoint
     from transferkit.errors import CheckpointError
 
-    ckpt = load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as exc:
+        best = path.parent / "best.pt"
+        other = (
+            f"; {best} may still be intact: --resume {best} continues from the best epoch"
+            if best.is_file() and path.name != "best.pt"
+            else ""
+        )
+        detail = str(exc).removeprefix(f"{path}: ")
+        raise CheckpointError(f"--resume {path}: {detail}{other}") from None
     if not isinstance(ckpt, dict) or "models" not in ckpt or ckpt.get("epoch") is None:
         raise CheckpointError(
             f"--resume {path}: not a transferkit training checkpoint (last.pt/best.pt of a run)"
@@ -156,11 +221,29 @@ def load_bundle(cfg: dict[str, Any], split: Any, model: Any, augment: bool) -> A
 
 def loader_workers(cfg: dict[str, Any], bundle: Any) -> int:
     """``--workers``, or a default suited to the data source."""
+    cpus = _cpu_count()
     if cfg["workers"] is not None:
+        if cfg["workers"] > cpus:
+            # more loader processes than cores only adds start-up time and memory (and torch's own warning)
+            logger.warning(
+                "--workers %d is more than the %d CPU core(s) this process may use; using %d",
+                cfg["workers"],
+                cpus,
+                cpus,
+            )
+            return cpus
         return cfg["workers"]
     if bundle.source == "digits":
         return 0  # in-memory tensors: worker processes would only add start-up and copying
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    return max(0, min(4, cpus - 1))
+
+
+def _cpu_count() -> int:
+    """The CPU cores this process may run on (its affinity mask, not the machine's total)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any, str, float | None]:
