@@ -233,6 +233,9 @@ def test_user_factory_errors(user_module: str) -> None:
         create_model(f"{user_module}:lenett", num_classes=3, weights=None)
     with pytest.raises(ConfigError, match="cannot import"):
         create_model("no_such_pkg.nets:f", num_classes=3, weights=None)
+    for empty in (":lenet", f"{user_module}:", f"{user_module}:a..b"):
+        with pytest.raises(ConfigError, match="both parts non-empty"):
+            create_model(empty, num_classes=3, weights=None)
     with pytest.raises(
         ConfigError, match=r"no known pretrained weights; pass weights=PATH .* or weights=None"
     ):

@@ -470,6 +470,17 @@ def _zero_tensor_checkpoint(tmp: Path) -> str:
     return "zero.pt"
 
 
+def _unsafe_checkpoint(tmp: Path) -> str:
+    """The tiny model's weights beside an ``argparse.Namespace``: weights_only refuses the file."""
+    import argparse
+
+    from transferkit import create_model
+
+    state = create_model(TINY, 10, weights=None).backbone.state_dict()
+    torch.save({"state_dict": state, "hparams": argparse.Namespace(lr=0.1)}, tmp / "unsafe.pt")
+    return "unsafe.pt"
+
+
 def _text(tmp: Path, name: str, text: str) -> str:
     (tmp / name).write_text(text)
     return name
@@ -522,6 +533,8 @@ BAD = [
     ),
     (["--init-checkpoint", "{x}", "--rule", "no-arrow"], "=>", _zero_tensor_checkpoint),
     (["--init-checkpoint", "{x}"], "no tensor loaded", _zero_tensor_checkpoint),
+    (["--init-checkpoint", "{x}"], "--salvage with --init-checkpoint", _unsafe_checkpoint),
+    (["--salvage"], "--salvage applies to --init-checkpoint", None),
     (["--epochs", "many"], "invalid int value", None),
     (["--bogus-flag"], "unrecognized arguments", None),
     (["--resume", "no_run_here"], "no checkpoint", None),
@@ -854,3 +867,14 @@ def test_inspect_bad_input_exits_2_with_one_line(digits_run, capsys, extra, matc
     assert main(["inspect", *[a.replace("{run}", str(run)) for a in extra]]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error:") and match in err, err
+
+
+def test_salvage_reads_an_init_checkpoint_that_weights_only_refuses(tmp_path, monkeypatch, capsys):
+    """--salvage: the refused file's tensors come out through the restricted unpickler, nothing runs."""
+    monkeypatch.chdir(tmp_path)
+    _unsafe_checkpoint(tmp_path)
+    rc = main(["finetune", *FAST, *SUBSET, "--epochs", "1", "--init-checkpoint", "unsafe.pt", "--salvage",
+               "--output", "out"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    resolved = yaml.safe_load((tmp_path / "out" / "args.yaml").read_text())["resolved"]
+    assert resolved["init_checkpoint_tensors"] > 0 and resolved["pretrained_weights_used"] is True

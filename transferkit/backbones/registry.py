@@ -162,6 +162,12 @@ def _resolve_timm(name: str) -> BackboneSpec:
 
 def _resolve_user(name: str) -> BackboneSpec:
     module_path, _, attr = name.partition(":")
+    module_path, attr = module_path.strip(), attr.strip()
+    if not module_path or not attr or any(not part for part in attr.split(".")):
+        raise ConfigError(
+            f"backbone {name!r}: a factory is written 'package.module:callable' with both parts non-empty, "
+            "e.g. 'mypkg.nets:resnet20'"
+        )
     try:
         module = importlib.import_module(module_path)
     except ImportError as exc:

@@ -120,8 +120,8 @@ def _detect_format(path: Path, source: str | Path | None = None) -> str:
         (header_len,) = struct.unpack("<Q", head[:8])
         if header_len > size - 8:
             raise CheckpointError(
-                f"{path}: a safetensors file whose header says {header_len} bytes but the file has only "
-                f"{size}; it is truncated or damaged"
+                f"{path}: a safetensors file whose header says {header_len} bytes but only {size - 8} follow "
+                "its 8-byte length; it is truncated or damaged"
             )
         return "safetensors"
     if head[:1] == b"\x80" or head[257:262] == b"ustar":

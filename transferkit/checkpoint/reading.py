@@ -61,7 +61,10 @@ def load_checkpoint(
         safe_globals: classes/functions (or ``"module.Name"`` strings, imported) to allow on top of
             what ``weights_only=True`` accepts.
         mmap: memory-map the file's storages; ``None`` = when it is a zip file and the tensors go to
-            the CPU. Ignored for legacy and safetensors files.
+            the CPU. Ignored for legacy and safetensors files. The tensors then read the file lazily: do
+            not rewrite it in place while they are alive (the process gets SIGBUS). ``save_checkpoint`` over
+            it is safe, since it replaces the file and the mapping keeps the old one; ``mmap=False`` reads
+            everything into memory.
         salvage: read the tensors of a file ``weights_only`` refuses without executing anything, via
             :func:`transferkit.salvage.salvage_load` (unknown objects become inert placeholders).
 
@@ -210,7 +213,8 @@ def _refusal(path: Path, source: str, err: Exception, allowed: list[Any]) -> Che
         f"plain containers: {', '.join(names)}. Nothing from the file was executed.{hint} Ways forward: "
         f"allow-list the ones you trust with load_checkpoint(path, safe_globals=[...]) (the classes, or "
         f"'module.Name' strings), or pass trusted=True for a file you trust (runs its code); "
-        f"salvage=True reads the tensors without running anything."
+        f"salvage=True reads the tensors without running anything (CLI: --salvage with --init-checkpoint, "
+        f"or transferkit inspect PATH --salvage)."
     )
     return UnsafeCheckpointError(message, globals=names)
 

@@ -190,10 +190,13 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
     if cfg["init_checkpoint"]:
         from transferkit.partial import load_partial
 
-        init_report = load_partial(model, cfg["init_checkpoint"], rules=rules, key=cfg["key"])
+        init_report = load_partial(
+            model, cfg["init_checkpoint"], rules=rules, key=cfg["key"], salvage=cfg["salvage"]
+        )
         pretrained = True
-    elif rules:
-        raise ConfigError("--rule applies to --init-checkpoint; give --init-checkpoint PATH or drop --rule")
+    elif rules or cfg["salvage"]:
+        flag = "--rule" if rules else "--salvage"
+        raise ConfigError(f"{flag} applies to --init-checkpoint; give --init-checkpoint PATH or drop {flag}")
     augment = cfg["augment"] if cfg["augment"] is not None else not cfg["linear_probe"]
     freeze_sched, freeze_desc, opt_lr_decay = setup_freeze(cfg, model, pretrained)
     bundle = load_bundle(cfg, split, model, augment)

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "init_checkpoint": None,
     "rule": [],
     "key": None,
+    "salvage": False,
     "epochs": 10,
     "batch_size": 64,
     "lr": 1e-3,
@@ -101,6 +102,13 @@ def _add_finetune(sub: Any) -> None:
         help="rename rule for --init-checkpoint (repeatable; 're:PATTERN=>REPL' for a regex)",
     )
     add(g, "--key", help="where the weights sit inside --init-checkpoint (e.g. state_dict, models.model)")
+    add(
+        g,
+        "--salvage",
+        action="store_true",
+        help="read an --init-checkpoint that weights_only refuses with the restricted unpickler: its "
+        "tensors come out, nothing from the file runs",
+    )
 
     g = p.add_argument_group("data")
     add(

@@ -192,12 +192,12 @@ def _detect(path: Path) -> str:
         return "legacy"
     if len(head) >= 9 and head[8:9] == b"{":
         (header_len,) = struct.unpack("<Q", head[:8])
-        if header_len < path.stat().st_size:
+        if header_len <= path.stat().st_size - 8:
             return "safetensors"
         if not head.startswith(b"\x80"):  # else it may be a plain pickle, tried below
             raise _Refused(
-                f"a safetensors file whose header says {header_len} bytes but the file has only "
-                f"{path.stat().st_size}; it is truncated or damaged"
+                f"a safetensors file whose header says {header_len} bytes but only {path.stat().st_size - 8} "
+                "follow its 8-byte length; it is truncated or damaged"
             )
     if head.startswith(b"\x80"):
         return "pickle"
