@@ -114,7 +114,7 @@ def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
     path = _resolve_link(_as_path(path))
     mode = _file_mode(path)
     fd, tmp = _make_temp(path)
-    try:
+    with _discarded_on_failure(tmp, path):
         try:
             f = os.fdopen(fd, "wb")
         except BaseException:
@@ -127,11 +127,6 @@ def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as err:
-        _discard(tmp)
-        if isinstance(err, OSError):
-            raise CheckpointError(f"cannot write {path}: {_describe_os_error(err)}") from err
-        raise
     _fsync_dir(path.parent)
 
 
@@ -141,7 +136,7 @@ def _atomic_path(path: Path) -> Iterator[str]:
     path = _resolve_link(path)
     mode = _file_mode(path)
     fd, tmp = _make_temp(path)
-    try:
+    with _discarded_on_failure(tmp, path):
         os.close(fd)
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
@@ -151,12 +146,19 @@ def _atomic_path(path: Path) -> Iterator[str]:
             os.close(fd)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _discarded_on_failure(tmp: str, path: Path) -> Iterator[None]:
+    """On any exception remove the temp file; an ``OSError`` becomes a CheckpointError naming ``path``."""
+    try:
+        yield
     except BaseException as err:
         _discard(tmp)
         if isinstance(err, OSError):
             raise CheckpointError(f"cannot write {path}: {_describe_os_error(err)}") from err
         raise
-    _fsync_dir(path.parent)
 
 
 class _RecordingWriter:
