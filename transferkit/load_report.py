@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,11 +125,7 @@ class LoadReport:
             lines.extend(_wrap(cells, 100))
         if self.mismatched:
             lines.append(f"skipped for shape ({len(self.mismatched)}): checkpoint -> model")
-            by_shapes: dict[tuple[Shape, Shape], list[str]] = defaultdict(list)
-            for key, pair in self.mismatched.items():
-                by_shapes[pair].append(key)
-            for (a, b), keys in by_shapes.items():
-                lines.extend(f"  {k}  {list(a)} -> {list(b)}" for k in compact_keys(keys))
+            lines.extend(_by_pair(self.mismatched, lambda a, b: f"{list(a)} -> {list(b)}"))
         for title, keys in (
             ("missing", self.missing),
             ("unexpected", self.unexpected),
@@ -140,11 +136,7 @@ class LoadReport:
                 lines.extend("  " + k for k in compact_keys(keys))
         if self.cast:
             lines.append(f"cast ({len(self.cast)})")
-            by_pair: dict[tuple[str, str], list[str]] = defaultdict(list)
-            for key, pair in self.cast.items():
-                by_pair[pair].append(key)
-            for (a, b), keys in by_pair.items():
-                lines.extend(f"  {k}  {a} -> {b}" for k in compact_keys(keys))
+            lines.extend(_by_pair(self.cast, lambda a, b: f"{a} -> {b}"))
         if self.renamed:
             lines.append(f"renamed ({len(self.renamed)})")
             lines.extend("  " + line for line in _compact_renames(self.renamed))
@@ -155,6 +147,14 @@ class LoadReport:
             lines.append("notes")
             lines.extend(f"  - {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+def _by_pair(table: Mapping[str, tuple[Any, Any]], describe: Callable[[Any, Any], str]) -> list[str]:
+    """Table lines ``  key  <a -> b>``: keys sharing a (checkpoint, model) pair are grouped and compacted."""
+    groups: dict[tuple[Any, Any], list[str]] = defaultdict(list)
+    for key, pair in table.items():
+        groups[pair].append(key)
+    return [f"  {k}  {describe(a, b)}" for (a, b), keys in groups.items() for k in compact_keys(keys)]
 
 
 def _wrap(cells: list[str], width: int) -> list[str]:
