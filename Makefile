@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench lint clean
+.PHONY: install demo test test-all bench bench-transfer lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# transferkit's default recipe against the peers' on real pretrained weights and real data (about 40 min
+# on 2 cores); needs ../shared/fixtures and Debian's dataset-fashion-mnist
+bench-transfer: $(STAMP)
+	@test -d /usr/share/datasets/fashion-mnist || apt-get install -y dataset-fashion-mnist
+	$(PY) benchmarks/bench_transfer.py --out benchmarks/transfer_table.md --json benchmarks/transfer_runs.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check transferkit tests scripts benchmarks

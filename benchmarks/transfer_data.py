@@ -41,7 +41,9 @@ def _write(root: Path, images: np.ndarray, labels: np.ndarray, names: list[str],
 
 
 def _balanced(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
-    return np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)])
+    return np.concatenate(
+        [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)]
+    )
 
 
 def fashion_folder(root: Path, per_class: int = 50, val_per_class: int = 100, subset_seed: int = 0) -> Path:
@@ -58,23 +60,34 @@ def fashion_folder(root: Path, per_class: int = 50, val_per_class: int = 100, su
     return root
 
 
-def digits_folder(root: Path, val_fraction: float = 0.2, subset_seed: int = 0) -> Path:
-    """scikit-learn's digits as an image folder (8x8 scans scaled to 0..255), split per class."""
+def digits_folder(root: Path) -> Path:
+    """scikit-learn's digits as an image folder (8x8 scans scaled to 0..255), split exactly as the CLI's
+    embedded digits are (``transferkit.data``'s seed and fraction), so peers train on the same images."""
     from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from transferkit.data import DIGITS_SPLIT_SEED, DIGITS_VAL_FRACTION
 
     if root.exists():
         shutil.rmtree(root)
     d = load_digits()
     images = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
-    rng = np.random.default_rng(subset_seed)
-    names = [str(i) for i in range(10)]
-    val = np.concatenate(
-        [rng.permutation(np.flatnonzero(d.target == c))[: round(val_fraction * (d.target == c).sum())] for c in range(10)]
+    train, val = train_test_split(
+        list(range(len(images))),
+        test_size=DIGITS_VAL_FRACTION,
+        stratify=d.target,
+        random_state=DIGITS_SPLIT_SEED,
     )
-    train = np.setdiff1d(np.arange(len(images)), val)
-    _write(root / "train", images, d.target, names, train)
-    _write(root / "val", images, d.target, names, val)
+    names = [str(i) for i in range(10)]
+    _write(root / "train", images, d.target, names, np.array(sorted(train)))
+    _write(root / "val", images, d.target, names, np.array(sorted(val)))
     return root
+
+
+def items(folder: Path) -> list[tuple[str, int]]:
+    """``(path, label)`` pairs of an image folder, labels by sorted class name (as the CLI numbers them)."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    return [(str(f), i) for i, c in enumerate(classes) for f in sorted((folder / c).glob("*.png"))]
 
 
 class _BasicBlock(nn.Module):
@@ -124,7 +137,12 @@ def cifar_resnet20(num_classes: int = 10) -> CifarResNet:
     return CifarResNet(20, num_classes)
 
 
-LITE0 = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "efficientnet_lite0_lukemelas_imagenet.pth"
+LITE0 = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "fixtures"
+    / "efficientnet_lite0_lukemelas_imagenet.pth"
+)
 
 
 def lite0_timm_file(out: Path) -> Path:

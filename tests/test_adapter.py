@@ -132,8 +132,14 @@ def test_timm_seedlings_fixture_head_policy(fixtures_dir: Path) -> None:
     source = torch.load(path, map_location="cpu", weights_only=True)
     seedlings = [f"class{i}" for i in range(12)]
 
-    kept = create_model("timm:mobilenetv3_small_050", num_classes=12, weights=path)  # head="auto"
-    assert any("head='auto' keeps" in n for n in kept.load_report.notes)
+    # head="auto" with unknown class names: the fitting head is not trusted, a new one starts near zero
+    auto = create_model("timm:mobilenetv3_small_050", num_classes=12, weights=path)
+    assert any("class names are unknown" in n for n in auto.load_report.notes)
+    assert set(auto.load_report.missing) == {"classifier.weight", "classifier.bias"}
+    assert float(auto.head.weight.detach().abs().max()) <= 0.02 and not auto.head.bias.detach().any()
+
+    kept = create_model("timm:mobilenetv3_small_050", num_classes=12, weights=path, head="keep")
+    assert any("head='keep'" in n for n in kept.load_report.notes)
     torch.testing.assert_close(kept.head.weight, source["classifier.weight"].cpu(), rtol=0, atol=0)
 
     fresh = create_model("timm:mobilenetv3_small_050", num_classes=12, weights=path, head="fresh")
@@ -164,7 +170,11 @@ def test_timm_seedlings_fixture_head_policy(fixtures_dir: Path) -> None:
 
 
 def test_decide_head_table() -> None:
-    assert decide_head(True, None, None, "auto")[0] == "keep"
+    # a fitting head whose labels are unknown is not trusted unless head="keep" says so
+    assert decide_head(True, None, None, "auto")[0] == "fresh"
+    assert decide_head(True, ["a", "b"], None, "auto")[0] == "fresh"
+    assert decide_head(True, None, ["a", "b"], "auto")[0] == "keep"  # the model takes its labels
+    assert decide_head(True, None, None, "keep")[0] == "keep"
     assert decide_head(True, None, None, "fresh")[0] == "fresh"
     assert decide_head(False, None, None, "keep")[0] == "fresh"
     assert decide_head(True, ["a", "b"], ["a", "b"], "fresh")[0] == "keep"

@@ -286,3 +286,46 @@ def test_replace_head_argument_errors() -> None:
         replace_head(nn.Sequential(nn.Linear(2, 2)), 2, head_name="5")
     with pytest.raises(ConfigError, match="is a ReLU; the head must be an nn.Linear"):
         replace_head(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), 2, head_name="1")
+
+
+def test_timm_groups_have_names_users_can_read() -> None:
+    """timm's sentinel block index (99999, for conv_head/bn2 after the last block) never reaches a name."""
+    groups = create_model("timm:efficientnet_lite0", num_classes=3, weights=None).layer_groups()
+    assert list(groups) == ["stem", *[f"blocks.{i}" for i in range(7)], "conv_head+bn2", "head"]
+    assert not any("99999" in g for g in groups)
+    assert groups["conv_head+bn2"] == [
+        "backbone.conv_head.weight", "backbone.bn2.weight", "backbone.bn2.bias",
+    ]  # fmt: skip
+
+
+class _CifarLike(nn.Module):
+    """A stem, three stages of blocks in Sequentials (the second and third downsample), a linear head."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+
+        def stage(stride: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(4, 4, 3, stride, 1), nn.Conv2d(4, 4, 3, 1, 1))
+
+        self.layer1, self.layer2, self.layer3 = stage(1), stage(2), stage(2)
+        self.linear = nn.Linear(4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.bn1(self.conv1(x)))))
+        return self.linear(x.mean((2, 3)))
+
+
+def test_groups_of_an_unknown_network_are_stages() -> None:
+    """No family rule: the units merge into stages cut where the resolution falls, named after them."""
+    from transferkit.backbones.groups import network_groups
+
+    groups = network_groups(_CifarLike(), ["linear"])
+    assert list(groups) == ["conv1+bn1+layer1", "layer2", "layer3", "head"]
+    assert groups["layer2"] == ["layer2.0.weight", "layer2.0.bias", "layer2.1.weight", "layer2.1.bias"]
+    squeeze = create_model("squeezenet1_0", num_classes=3, weights=None).layer_groups()
+    assert list(squeeze) == ["features.0", "features.3-5", "features.7-10", "features.12", "head"]
+    # nothing to cut at (an MLP): each unit stays its own group
+    mlp = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))
+    assert list(network_groups(mlp, ["3"])) == ["0", "2", "head"]

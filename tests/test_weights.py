@@ -205,8 +205,8 @@ def test_fast_build_matches_slow_build(tmp_path: Path, name: str, kwargs: dict) 
     source = create_model(name, num_classes=6, weights=None, **kwargs)
     path = tmp_path / "w.pth"
     torch.save(source.backbone.state_dict(), path)
-    fast = create_model(name, num_classes=6, weights=path, **kwargs)
-    slow = create_model(name, num_classes=6, weights=path, fast=False, **kwargs)
+    fast = create_model(name, num_classes=6, weights=path, head="keep", **kwargs)
+    slow = create_model(name, num_classes=6, weights=path, head="keep", fast=False, **kwargs)
     fast_state, slow_state = fast.state_dict(), slow.state_dict()
     assert list(fast_state) == list(slow_state)
     for key, value in source.state_dict().items():  # every tensor, the kept head included

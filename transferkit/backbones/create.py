@@ -14,10 +14,17 @@ Head policy, each decision written into ``adapter.load_report.notes``:
   ``meta["class_names"]``, or torchvision's ``weights.meta["categories"]``): the same labels in the same
   order -> the checkpoint head is **kept**; overlapping labels -> **head surgery** (those rows copied,
   reordered, the rest fresh); no overlap -> **fresh**;
-* otherwise, when the checkpoint head's shape fits the new head, ``head=`` decides: ``"keep"``,
-  ``"fresh"``, or ``"auto"`` (the default) = keep, since a fitting head is most often the same model's
-  head being reloaded — pass ``head="fresh"`` to start a new task from a same-sized head;
+* no ``class_names`` given, and a fitting head whose checkpoint names its classes (ImageNet weights at
+  1000 classes): **kept**, the model takes the checkpoint's labels;
+* otherwise the head is **fresh**, even when its shape happens to fit: a head whose labels are unknown
+  maps the checkpoint's classes (CIFAR's, say) onto the data's arbitrarily, and fine-tuning from that is
+  worse than from a new head (``benchmarks/RESULTS.md``). ``head="keep"`` keeps a fitting head anyway;
 * a head that does not fit is never loaded (reported as skipped for shape).
+
+A fresh head on a pretrained backbone starts near zero (:func:`init_head_for_finetuning`): the first
+steps then see a loss of about ``ln(num_classes)`` instead of the large one a constructor's init can give
+(timm's EfficientNet head starts at a loss of 10 on 10 classes), and the backbone's first gradients are
+small instead of noise from random logits.
 
 Families whose constructors cannot run on the meta device (torchvision RegNet) or that compute tensors
 no checkpoint holds (non-persistent buffers, e.g. timm's relative position indices) are built the normal
@@ -62,7 +69,7 @@ from transferkit.backbones.registry import BackboneSpec, resolve_backbone
 from transferkit.backbones.weights import TORCHVISION_WEIGHT_KWARGS, WeightsPlan, resolve_weights
 from transferkit.errors import ConfigError
 
-__all__ = ["create_model", "decide_head", "SLOW_BUILD", "HEAD_POLICIES"]
+__all__ = ["create_model", "decide_head", "init_head_for_finetuning", "SLOW_BUILD", "HEAD_POLICIES"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +116,8 @@ def create_model(
             (``adapter.in_chans_strategy``; a checkpoint that already has ``in_chans`` loads as is).
             ``None`` keeps the network's own count.
         class_names: labels of the new classes (enables head surgery by label).
-        head: what to do with a checkpoint head that fits when labels cannot decide: ``"auto"`` (keep),
-            ``"keep"`` or ``"fresh"``.
+        head: what to do with a checkpoint head that fits when labels cannot decide: ``"auto"`` (fresh,
+            unless the class names match), ``"keep"`` or ``"fresh"``.
         rules: rename rules for a local checkpoint (:class:`~transferkit.rename.Prefix`, ``Regex``,
             callables, or ``"OLD=>NEW"`` strings), applied in the original network's key layout.
         pretrained_classes: labels of the checkpoint's head, when the checkpoint does not carry them.
@@ -140,9 +147,11 @@ def create_model(
         request = _HeadRequest(
             class_names, pretrained_classes or ckpt_meta.get("class_names") or plan.categories, head
         )
-        net, report, native_chans = _build_pretrained(
+        net, report, native_chans, action = _build_pretrained(
             spec, plan, build_kwargs, state, request, rules, head_name, fast
         )
+        if action == "fresh":
+            init_head_for_finetuning(net, find_heads(net, head_name))
         notes += [n for n in report.notes if n.startswith("head:")]
     else:
         net = _build(spec, build_kwargs, meta=False)
@@ -192,8 +201,13 @@ def _build_pretrained(
     rules: Any,
     head_name: str | None,
     fast: bool,
-) -> tuple[nn.Module, Any, int | None]:
-    """Build the network and load ``state`` into it: on the meta device when that is safe, else normally."""
+) -> tuple[nn.Module, Any, int | None, str]:
+    """Build the network and load ``state`` into it: on the meta device when that is safe, else normally.
+
+    Returns:
+        The network, the load report, the checkpoint's first-conv channels when they differ, and the
+        head's fate (``"keep"``, ``"fresh"`` or ``"surgery"``).
+    """
     num_classes = build_kwargs["num_classes"]
     recording = None
     if fast and not spec.name.startswith(SLOW_BUILD):
@@ -208,7 +222,9 @@ def _build_pretrained(
     state, layout_note = _native_layout(state, net)
     info = _fit_head(net, num_classes, head_name)
     native_chans = _match_checkpoint_channels(net, state, rules)
-    report, rows, head_src = _load(net, info, state, rules, request, plan, spec, assign=recording is not None)
+    report, rows, head_src, action = _load(
+        net, info, state, rules, request, plan, spec, assign=recording is not None
+    )
     if recording is not None:
         replayed = set(replay_init(net, spec.build, build_kwargs, recording))
         if materialize_defaults(net, info):
@@ -227,12 +243,12 @@ def _build_pretrained(
             net = _build(spec, build_kwargs, meta=False)
             info = _fit_head(net, num_classes, head_name)
             native_chans = _match_checkpoint_channels(net, state, rules)
-            report, rows, head_src = _load(net, info, state, rules, request, plan, spec, assign=False)
+            report, rows, head_src, action = _load(net, info, state, rules, request, plan, spec, assign=False)
     if rows:
         _surgery(net, info, state, head_src, rows)
     if layout_note:
         report.notes.insert(0, layout_note)
-    return net, report, native_chans
+    return net, report, native_chans, action
 
 
 def _native_layout(state: dict[str, Tensor], net: nn.Module) -> tuple[dict[str, Tensor], str | None]:
@@ -340,14 +356,45 @@ def decide_head(
         return "fresh", {}, "fresh: no class name is shared with the checkpoint's head"
     if not fits:
         return "fresh", {}, "fresh: the checkpoint's head does not fit the new head (skipped for shape)"
+    if policy == "keep":
+        return "keep", {}, "kept: the checkpoint's head fits and head='keep' was asked for"
+    if class_names is None and ckpt_classes is not None and policy == "auto":
+        # no labels of their own: the model takes the checkpoint's (resnet50 with 1000 ImageNet classes)
+        return "keep", {}, f"kept: the checkpoint's head fits and names its {len(ckpt_classes)} classes"
     if policy == "fresh":
         return "fresh", {}, "fresh: the checkpoint's head fits, but head='fresh' was asked for"
-    why = (
-        "head='keep'"
-        if policy == "keep"
-        else "head='auto' keeps a fitting head; pass head='fresh' to start anew"
+    return (
+        "fresh",
+        {},
+        "fresh: the checkpoint's head fits, but its class names are unknown, so its outputs cannot be "
+        "matched to these classes (pass head='keep' to keep it anyway)",
     )
-    return "keep", {}, f"kept: the checkpoint's head fits and class names are unknown ({why})"
+
+
+def init_head_for_finetuning(net: nn.Module, info: HeadInfo, std: float = 0.01) -> None:
+    """Start a new classifier near zero: weights ~ N(0, ``std``) truncated at 2 std, biases zero.
+
+    Near-zero logits give a first loss of about ``ln(num_classes)`` and small first gradients into the
+    pretrained backbone (MAE's and BEiT's fine-tuning heads start the same way). Not exactly zero: a conv
+    head followed by a ReLU (SqueezeNet's) would never receive a gradient.
+
+    Example:
+        >>> import torchvision
+        >>> from transferkit.backbones.heads import find_heads
+        >>> net = torchvision.models.resnet18(num_classes=3)
+        >>> init_head_for_finetuning(net, find_heads(net))
+        >>> float(net.fc.bias.abs().sum()), float(net.fc.weight.std()) < 0.02
+        (0.0, True)
+    """
+    import torch
+
+    for path in (info.main, *info.aux):
+        module = get_module(net, path)
+        with torch.no_grad():
+            if getattr(module, "weight", None) is not None:
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
 
 
 def _load(
@@ -360,8 +407,9 @@ def _load(
     spec: BackboneSpec,
     *,
     assign: bool,
-) -> tuple[Any, dict[int, int], dict[str, str]]:
-    """Decide the head's fate, then load; returns the report, the rows for surgery and the head's keys."""
+) -> tuple[Any, dict[int, int], dict[str, str], str]:
+    """Decide the head's fate, then load; returns the report, the rows for surgery, the head's keys and
+    the fate (``"keep"``, ``"fresh"`` or ``"surgery"``)."""
     from transferkit.partial import load_partial
     from transferkit.rename import normalize_rules
 
@@ -383,7 +431,7 @@ def _load(
     local = plan.path is not None and plan.description == str(plan.path)
     report.source = plan.path.name if local else plan.description
     report.notes.append(f"head: {reason}")
-    return report, rows, head_src
+    return report, rows, head_src, action
 
 
 def _key_map(net: nn.Module, state: Mapping[str, Tensor], rules: Any) -> dict[str, str]:
@@ -473,6 +521,10 @@ def _data_config(
         cfg = data_config_for_timm(net)
     else:
         cfg = default_data_config()
+        # a factory states its weights' preprocessing the way timm models do: a pretrained_cfg dict
+        own = getattr(net, "pretrained_cfg", None)
+        if isinstance(own, Mapping):
+            cfg.update({k: tuple(own[k]) for k in ("mean", "std") if own.get(k) is not None})
     size = kwargs.get("img_size") or kwargs.get("image_size")
     if isinstance(size, int):
         cfg["input_size"] = (cfg["input_size"][0], size, size)

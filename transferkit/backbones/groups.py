@@ -7,8 +7,12 @@ Freezing schedules and layer-wise learning rates build on these groups. Rules, b
   ``blocks.N-1``, ``norm`` (the final LayerNorm);
 * timm models: their own ``group_matcher(coarse=True)`` (the groups timm uses for layer decay), named
   after the matcher's keys (``stem``, ``blocks.0``, ...);
-* anything else: the network's top-level children in registration order, with top-level containers
-  (``Sequential``, ``ModuleList``) opened one level (``features.0``, ``features.1``, ...).
+* anything else: *stages*. The network's top-level children in registration order, with top-level
+  containers (``Sequential``, ``ModuleList``) opened one level (``features.0``, ``features.1``, ...),
+  are merged into stages that end where the resolution falls: a unit holding a strided convolution or
+  pooling starts a new stage. A CIFAR ResNet-20 (``conv1``, ``bn1``, ``layer1.0`` .. ``layer3.2``) gets
+  ``conv1+bn1+layer1``, ``layer2``, ``layer3``; a stage inside one container is named by its range
+  (``features.3-5``). A network without downsampling keeps its units as groups.
 
 Parameters no rule claims land in ``neck`` and the classifier's parameters (main and auxiliary heads)
 always form the last group, ``head``. Every parameter is in exactly one group.
@@ -60,16 +64,70 @@ def _by_prefix(names: list[str], rules: list[tuple[str, str]]) -> list[tuple[str
 
 
 def _default(net: nn.Module, names: list[str]) -> list[tuple[str, str]]:
-    rules: list[tuple[str, str]] = []
+    units: list[tuple[str, str, nn.Module]] = []  # (top-level child, unit name, module)
     containers = nn.Sequential | nn.ModuleList | nn.ModuleDict
     for child_name, child in net.named_children():
         if isinstance(child, containers) and len(child) > 1:
-            rules += [(f"{child_name}.{n}", f"{child_name}.{n}") for n, _ in child.named_children()]
+            units += [(child_name, f"{child_name}.{n}", m) for n, m in child.named_children()]
         else:
-            rules.append((child_name, child_name))
+            units.append((child_name, child_name, child))
     direct = {n for n, _ in net.named_parameters(recurse=False)}
     # parameters held by the network itself (tokens, embeddings) come before everything else
-    return [(n, "embed") for n in names if n in direct] + _by_prefix(names, rules)
+    embed = [(n, "embed") for n in names if n in direct]
+    stages = _stages(units)
+    if len(stages) < 2:  # no downsampling to cut at: each unit is its own group
+        return embed + _by_prefix(names, [(u, u) for _, u, _ in units])
+    # a stage is named after the units whose parameters it holds (not the head's, not a parameter-free pool)
+    held = [(c, u, m) for c, u, m in units if any(_under(n, u) for n in names)]
+    rules = [
+        (_stage_name([x for x in stage if x in held], held), unit) for stage in stages for _, unit, _ in stage
+    ]
+    return embed + _by_prefix(names, rules)
+
+
+def _downsamples(module: nn.Module) -> bool:
+    """Whether a module lowers the spatial resolution (a strided conv or pooling; not a global pool)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) and max(_tuple(m.stride)) > 1:
+            return True
+        if isinstance(m, nn.MaxPool2d | nn.AvgPool2d | nn.MaxPool1d | nn.AvgPool1d):
+            if max(_tuple(m.stride or m.kernel_size)) > 1:
+                return True
+    return False
+
+
+def _tuple(value: int | tuple[int, ...]) -> tuple[int, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _stages(units: list[tuple[str, str, nn.Module]]) -> list[list[tuple[str, str, nn.Module]]]:
+    """Units cut into stages at every unit that downsamples; stages without parameters are dropped."""
+    stages: list[list[tuple[str, str, nn.Module]]] = []
+    for unit in units:
+        if not stages or (_downsamples(unit[2]) and _has_parameters(stages[-1])):
+            stages.append([])
+        stages[-1].append(unit)
+    return [s for s in stages if _has_parameters(s)]
+
+
+def _has_parameters(stage: list[tuple[str, str, nn.Module]]) -> bool:
+    return any(next(m.parameters(), None) is not None for _, _, m in stage)
+
+
+def _stage_name(stage: list[tuple[str, str, nn.Module]], units: list[tuple[str, str, nn.Module]]) -> str:
+    """``layer2`` for a whole child, ``features.3-5`` for part of a container, joined by ``+``."""
+    parts = []
+    for child in dict.fromkeys(c for c, _, _ in stage):
+        mine = [u for c, u, _ in stage if c == child]
+        if not mine:
+            continue
+        every = [u for c, u, _ in units if c == child]
+        if mine == every:
+            parts.append(child)
+        else:
+            first, last = mine[0].rsplit(".", 1)[1], mine[-1].rsplit(".", 1)[1]
+            parts.append(f"{child}.{first}" if first == last else f"{child}.{first}-{last}")
+    return "+".join(parts)
 
 
 def _timm(net: nn.Module, names: list[str]) -> list[tuple[str, str]]:
@@ -97,8 +155,19 @@ def _timm(net: nn.Module, names: list[str]) -> list[tuple[str, str]]:
                 break
     # timm orders groups by (matcher position, captured block indices): keep that order
     keyed.sort(key=lambda t: t[0])
-    return [(name, label) for _, name, label in keyed]
+    # timm's sentinel index (99999) places layers after every block (conv_head + bn2, a final norm); users
+    # read those layers' own names instead of the index
+    after: dict[str, list[str]] = {}
+    for key, name, label in keyed:
+        if any(i >= _TIMM_LAST for i in key[1:]):
+            after.setdefault(label, [])
+            top = name.split(".")[0]
+            if top not in after[label]:
+                after[label].append(top)
+    return [(name, "+".join(after[label]) if label in after else label) for _, name, label in keyed]
 
+
+_TIMM_LAST = 99999  # timm's group_matcher index for "after the last block"
 
 #: torchvision class name -> grouping function (timm models are detected by their group_matcher)
 GROUPERS: dict[str, Grouper] = {"ResNet": _resnet, "VisionTransformer": _vit}

@@ -47,6 +47,9 @@ def _coerce(dest: str, value: Any, action: argparse.Action, source: str) -> Any:
                 + (" (quote a rule that holds ': ', e.g. 'a: b')" if isinstance(bad[0], dict) else "")
             )
         return [str(v) for v in values]
+    if action.nargs == "+":  # --mean 0.5 or --mean 0.485 0.456 0.406; in YAML a number or a list
+        values = value if isinstance(value, list) else [value]
+        return [_coerce(dest, v, argparse.Action([], dest, type=action.type), source) for v in values]
     kind = action.type
     if kind in (int, float):
         if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -169,6 +172,20 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("--linear-probe trains the head only; drop --unfreeze-at/--unfreeze-every/--freeze")
     if cfg["unfreeze_at"] and cfg["unfreeze_every"]:
         raise ConfigError("give one of --unfreeze-at and --unfreeze-every, not both")
+    for name in ("mean", "std"):
+        values = cfg[name]
+        if values is None:
+            continue
+        if (
+            not isinstance(values, list | tuple)
+            or len(values) not in (1, 3)
+            or not all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+        ):
+            raise ConfigError(
+                f"--{name} takes one number or three (one a channel), e.g. --{name} 0.5, got {values!r}"
+            )
+        if name == "std" and any(v <= 0 for v in values):
+            raise ConfigError(f"--std values must be > 0, got {values!r}")
     if cfg["feature_cache"] and cfg["augment"]:
         raise ConfigError("--feature-cache needs --no-augment: cached features would freeze one random draw")
 
@@ -213,7 +230,7 @@ def saved_args(run_dir: Path) -> dict[str, Any]:
 # what lays out a run's trajectory: its LR schedule (steps per epoch x epochs), freeze plan, optimizer and
 # batches. A resumed run restores its saved schedules, so a changed value would be silently ignored (a
 # longer --epochs would train the extra epochs at the cosine schedule's final LR of 0): refused instead.
-_TRAJECTORY = ("backbone", "data", "val_split", "img_size", "limit_train", "epochs", "batch_size", "lr",
+_TRAJECTORY = ("backbone", "head", "mean", "std", "data", "val_split", "img_size", "limit_train", "epochs", "batch_size", "lr",
                "optimizer", "weight_decay", "lr_decay", "scheduler", "warmup_epochs", "freeze", "unfreeze_at",
                "unfreeze_every", "linear_probe", "augment", "label_smoothing", "seed")  # fmt: skip
 

@@ -184,7 +184,10 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
             f"{len(class_names)} classes ({shown}); drop --classes or fix it"
         )
     weights = None if str(cfg["weights"]).lower() in ("none", "null", "random") else cfg["weights"]
-    model = create_model(cfg["backbone"], len(class_names), weights=weights, class_names=class_names)
+    model = create_model(
+        cfg["backbone"], len(class_names), weights=weights, class_names=class_names, head=cfg["head"]
+    )
+    _set_normalisation(model, cfg)
     pretrained = bool(getattr(model, "pretrained", False))
     init_report = None
     if cfg["init_checkpoint"]:
@@ -239,6 +242,20 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
     if job.resume_ckpt is not None:
         job.best_source = _best_source(job)
     return job
+
+
+def _set_normalisation(model: Any, cfg: dict[str, Any]) -> None:
+    """``--mean``/``--std``: the statistics the weights were trained with, over the backbone's defaults."""
+    from transferkit.backbones.preprocess import adapt_data_config
+
+    given = {k: tuple(cfg[k]) for k in ("mean", "std") if cfg[k] is not None}
+    if not given:
+        return
+    config = dict(model.data_config)
+    for key, values in given.items():
+        # one value stands for every channel; adapt_data_config then fits the count to the network's
+        config[key] = values if len(values) > 1 else values * len(config[key])
+    model.data_config = adapt_data_config(config, model.in_chans)
 
 
 def _best_source(job: _Job) -> Path | None:

@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
     "limit_train": None,
     "limit_val": None,
     "weights": "auto",
+    "head": "auto",
+    "mean": None,
+    "std": None,
     "init_checkpoint": None,
     "rule": [],
     "key": None,
@@ -93,6 +96,13 @@ def _add_finetune(sub: Any) -> None:
     add(g, "--backbone", help="torchvision name (resnet50), timm:NAME, or package.module:callable")
     add(g, "--classes", type=int, help="number of classes; must agree with the data (default: from the data)")
     add(g, "--weights", help="auto (pretrained if available offline, else random), imagenet, PATH or none")
+    add(
+        g,
+        "--head",
+        choices=["auto", "fresh", "keep"],
+        help="the checkpoint's classifier: auto keeps it only when its class names match the data's, "
+        "fresh always starts a new one, keep loads one that fits even with unknown class names",
+    )
     add(g, "--init-checkpoint", metavar="PATH", help="start from this checkpoint's weights (partial load)")
     add(
         g,
@@ -120,6 +130,16 @@ def _add_finetune(sub: Any) -> None:
     )
     add(g, "--val-split", type=float, help="validation fraction of a DIR/<class> tree")
     add(g, "--img-size", type=int, help="image side in pixels (default: the backbone's; 32 for the digits)")
+    add(
+        g,
+        "--mean",
+        type=float,
+        nargs="+",
+        metavar="M",
+        help="normalisation mean the weights were trained with, one value or one a channel (default: the "
+        "weights' own: torchvision's and timm's configs, a factory's pretrained_cfg, else ImageNet's)",
+    )
+    add(g, "--std", type=float, nargs="+", metavar="S", help="normalisation std, as --mean")
     add(g, "--strict-data", action="store_true", help="fail on an unreadable image instead of skipping it")
     add(
         g,

@@ -22,7 +22,9 @@ logger = logging.getLogger("transferkit.cli")
 
 __all__ = [
     "DIGITS_IMG_SIZE",
-    "PRETRAINED_LR_DECAY",
+    "PRETRAINED_LR_SPAN",
+    "HEAD_ONLY_EPOCHS",
+    "span_decay",
     "safe_name",
     "resume_source",
     "decide_run_dir",
@@ -36,7 +38,21 @@ __all__ = [
 ]
 
 DIGITS_IMG_SIZE = 32  # 8x8 scans shown at 32 px: enough for a ResNet stem, cheap on a CPU
-PRETRAINED_LR_DECAY = 0.5  # per layer group below the head, when pretrained weights thaw gradually
+# The default recipe with pretrained weights, each value chosen by benchmarks/bench_transfer.py (the evidence
+# is in benchmarks/RESULTS.md): every layer group trains, at rates spread geometrically from --lr for the
+# head down to PRETRAINED_LR_SPAN x --lr for the lowest group, whatever the number of groups.
+PRETRAINED_LR_SPAN = 0.1
+HEAD_ONLY_EPOCHS = 0  # epochs of head-only training before everything thaws (fastai's freeze_epochs)
+
+
+def span_decay(num_groups: int, span: float = PRETRAINED_LR_SPAN) -> float:
+    """The per-level rate factor that spreads ``num_groups`` groups' rates over ``span``.
+
+    Example:
+        >>> round(span_decay(4), 3)  # 3 levels below the head: 1, 0.464, 0.215, 0.1
+        0.464
+    """
+    return 1.0 if num_groups < 2 else float(span ** (1.0 / (num_groups - 1)))
 
 
 def safe_name(backbone: str) -> str:
@@ -253,7 +269,9 @@ def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any
 
     mode = str(cfg["freeze"]).strip()
     lr_decay = cfg["lr_decay"]
-    schedule_decay = lr_decay if lr_decay is not None else (PRETRAINED_LR_DECAY if pretrained else 1.0)
+    if lr_decay is None and pretrained:
+        lr_decay = span_decay(len(list(model.layer_groups())))
+    schedule_decay = lr_decay if lr_decay is not None else 1.0
     plan = parse_unfreeze_at(cfg["unfreeze_at"])
     every = cfg["unfreeze_every"]
     if cfg["linear_probe"]:
@@ -262,10 +280,8 @@ def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any
     if mode == "auto":
         if plan or every:
             mode = "backbone"
-        elif pretrained:
-            groups = list(model.layer_groups())
-            below = max(1, len(groups) - 1)
-            every = max(1, cfg["epochs"] // (2 * below))
+        elif pretrained and HEAD_ONLY_EPOCHS and cfg["epochs"] > HEAD_ONLY_EPOCHS:
+            plan = {HEAD_ONLY_EPOCHS: None}
             mode = "backbone"
         else:
             mode = "none"
@@ -274,7 +290,8 @@ def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any
             raise ConfigError(
                 "--unfreeze-at/--unfreeze-every need a frozen start; use --freeze backbone (or auto)"
             )
-        return None, "nothing frozen: every layer trains", lr_decay
+        rates = f" (lr x{lr_decay:.3g} per group level below the head)" if lr_decay not in (None, 1.0) else ""
+        return None, f"nothing frozen: every layer trains{rates}", lr_decay
     if mode == "backbone":
         if not plan and not every:
             freeze_backbone(model)
@@ -295,7 +312,7 @@ def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any
             f"{'+'.join(g)} after epoch {e}" if e else f"{'+'.join(g)} from the start"
             for e, g in sorted(sched.plan.items())
         )
-        return sched, f"{desc} (lr x{schedule_decay} per level)", None
+        return sched, f"{desc} (lr x{schedule_decay:.3g} per level)", None
     groups = [g.strip() for g in mode.split(",") if g.strip()]
     if plan or every:
         raise ConfigError(
