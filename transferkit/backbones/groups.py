@@ -90,9 +90,9 @@ def _downsamples(module: nn.Module) -> bool:
     for m in module.modules():
         if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) and max(_tuple(m.stride)) > 1:
             return True
-        if isinstance(m, nn.MaxPool2d | nn.AvgPool2d | nn.MaxPool1d | nn.AvgPool1d):
-            if max(_tuple(m.stride or m.kernel_size)) > 1:
-                return True
+        pool = isinstance(m, nn.MaxPool2d | nn.AvgPool2d | nn.MaxPool1d | nn.AvgPool1d)
+        if pool and max(_tuple(m.stride or m.kernel_size)) > 1:
+            return True
     return False
 
 
