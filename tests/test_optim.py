@@ -188,3 +188,14 @@ def test_groups_must_be_a_dict_and_the_model_a_module() -> None:
         build_optimizer(None)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="needs a torch optimizer"):
         add_param_group("adam", TinyNet(), "head", lr=1e-3, group_name="x")  # type: ignore[arg-type]
+
+
+def test_head_lr_scale_lifts_the_head_only() -> None:
+    m = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 1))
+    groups = {"low": "0", "mid": "1", "head": "2"}
+    opt = build_optimizer(m, "adamw", lr=1e-3, lr_decay=0.5, groups=groups, head_lr_scale=10)
+    rates = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert rates["head"] == pytest.approx(1e-2) and rates["mid"] == pytest.approx(5e-4)
+    assert rates["low"] == pytest.approx(2.5e-4)
+    with pytest.raises(ConfigError, match="head_lr_scale must be a positive number"):
+        build_optimizer(m, "adamw", groups=groups, head_lr_scale=0)

@@ -219,6 +219,7 @@ def build_optimizer(
     *,
     nesterov: bool = False,
     eps: float | None = None,
+    head_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
     """An optimizer over the model's trainable parameters, in named groups.
 
@@ -236,6 +237,8 @@ def build_optimizer(
             parameters no selector picks join the last group.
         nesterov: Nesterov momentum for SGD.
         eps: for the Adam family and RMSprop (torch default when None).
+        head_lr_scale: the top group (the head) trains at ``lr * head_lr_scale``; the others keep their
+            rates. A new head started near zero has far to go, the pretrained layers below it little.
 
     Returns:
         The optimizer; each group has ``name``, ``initial_lr``, ``lr``, ``weight_decay``, ``param_names``.
@@ -266,6 +269,8 @@ def build_optimizer(
     _check_consistent(key, {"momentum": momentum, "betas": betas, "eps": eps, "nesterov": nesterov or None})
     momentum = _DEFAULT_MOMENTUM if momentum is None else momentum
     _check_options(lr, weight_decay, lr_decay, momentum, betas)
+    if not (isinstance(head_lr_scale, int | float) and math.isfinite(head_lr_scale) and head_lr_scale > 0):
+        raise ConfigError(f"head_lr_scale must be a positive number, got {head_lr_scale!r}")
     if nesterov and momentum == 0:
         raise ConfigError("nesterov=True needs momentum > 0")
     if not any(p.requires_grad for p in model.parameters()):
@@ -282,7 +287,7 @@ def build_optimizer(
             model,
             names,
             group_name=gname,
-            lr=lr * decay**level,
+            lr=lr * decay**level * (head_lr_scale if level == 0 else 1.0),
             weight_decay=weight_decay,
             no_decay_bias_norm=no_decay_bias_norm,
             exclude=seen,

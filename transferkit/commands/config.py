@@ -150,6 +150,9 @@ def validate(cfg: dict[str, Any]) -> None:
     wd = cfg["weight_decay"]
     if not (isinstance(wd, int | float) and math.isfinite(wd) and wd >= 0):
         raise ConfigError(f"--weight-decay must be a finite number >= 0, e.g. 0.05, got {wd!r}")
+    hs = cfg["head_lr_scale"]
+    if hs is not None and not (isinstance(hs, int | float) and math.isfinite(hs) and hs > 0):
+        raise ConfigError(f"--head-lr-scale must be a positive number, e.g. 10, got {hs!r}")
     if cfg["lr_decay"] is not None and not 0 < cfg["lr_decay"] <= 1:
         raise ConfigError(f"--lr-decay must be in (0, 1], got {cfg['lr_decay']!r}")
     if not 0 < cfg["val_split"] < 1:
@@ -231,7 +234,7 @@ def saved_args(run_dir: Path) -> dict[str, Any]:
 # batches. A resumed run restores its saved schedules, so a changed value would be silently ignored (a
 # longer --epochs would train the extra epochs at the cosine schedule's final LR of 0): refused instead.
 _TRAJECTORY = ("backbone", "head", "mean", "std", "data", "val_split", "img_size", "limit_train", "epochs", "batch_size", "lr",
-               "optimizer", "weight_decay", "lr_decay", "scheduler", "warmup_epochs", "freeze", "unfreeze_at",
+               "optimizer", "weight_decay", "lr_decay", "head_lr_scale", "scheduler", "warmup_epochs", "freeze", "unfreeze_at",
                "unfreeze_every", "linear_probe", "augment", "label_smoothing", "seed")  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from transferkit.commands.config import check_resume_unchanged, resolve_config, 
 from transferkit.commands.console import Console, setup_logging
 from transferkit.commands.plan import (
     decide_run_dir,
+    head_lr_scale,
     load_bundle,
     load_resume,
     loader_workers,
@@ -294,7 +295,12 @@ def _build_optimizer(job: _Job, lr_decay: float | None) -> None:
             "lower --batch-size or add images"
         )
     job.optimizer = build_optimizer(
-        job.model, cfg["optimizer"], lr=cfg["lr"], weight_decay=cfg["weight_decay"], lr_decay=lr_decay
+        job.model,
+        cfg["optimizer"],
+        lr=cfg["lr"],
+        weight_decay=cfg["weight_decay"],
+        lr_decay=lr_decay,
+        head_lr_scale=head_lr_scale(cfg, job.pretrained),
     )
     job.lr_schedule = make_lr_schedule(cfg, job.optimizer, len(probe))
 

@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "optimizer": "adamw",
     "weight_decay": 0.05,
     "lr_decay": None,
+    "head_lr_scale": None,
     "scheduler": "cosine",
     "warmup_epochs": 0,
     "freeze": "auto",
@@ -165,15 +166,28 @@ def _add_finetune(sub: Any) -> None:
     g = p.add_argument_group("training")
     add(g, "--epochs", type=int, help="training epochs")
     add(g, "--batch-size", type=int, help="images per step and process")
-    add(g, "--lr", type=float, help="learning rate of the head (earlier groups: times --lr-decay per level)")
+    add(
+        g,
+        "--lr",
+        type=float,
+        help="base learning rate: layer groups below the head train at --lr times --lr-decay per level, the "
+        "head at --lr times --head-lr-scale",
+    )
     add(g, "--optimizer", help="adamw, adam, sgd, rmsprop, ...")
     add(g, "--weight-decay", type=float, help="weight decay (not on biases and norm weights)")
     add(
         g,
         "--lr-decay",
         type=float,
-        help="discriminative rate factor per layer group below the head "
-        "(default: 0.5 with pretrained weights, none otherwise)",
+        help="discriminative rate factor per layer group below the head (default with pretrained weights: "
+        "spread so that the lowest group trains at 0.1 x --lr; one rate otherwise)",
+    )
+    add(
+        g,
+        "--head-lr-scale",
+        type=float,
+        metavar="X",
+        help="the head trains at X times --lr (default: 10 with pretrained weights, 1 otherwise)",
     )
     add(g, "--scheduler", choices=["cosine", "step", "onecycle", "none"], help="LR schedule over all steps")
     add(g, "--warmup-epochs", type=int, help="linear LR warmup")
@@ -182,8 +196,8 @@ def _add_finetune(sub: Any) -> None:
         g,
         "--freeze",
         metavar="none|backbone|GROUPS",
-        help="what starts frozen: auto (pretrained: head only, "
-        "then a gradual thaw; random weights: nothing), none, backbone, or comma-separated layer groups",
+        help="what starts frozen: auto (nothing: every layer trains from the start, pretrained layers at "
+        "discriminative rates), none, backbone, or comma-separated layer groups",
     )
     add(
         g,

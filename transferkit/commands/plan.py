@@ -24,6 +24,8 @@ __all__ = [
     "DIGITS_IMG_SIZE",
     "PRETRAINED_LR_SPAN",
     "HEAD_ONLY_EPOCHS",
+    "HEAD_LR_SCALE",
+    "head_lr_scale",
     "span_decay",
     "safe_name",
     "resume_source",
@@ -43,6 +45,8 @@ DIGITS_IMG_SIZE = 32  # 8x8 scans shown at 32 px: enough for a ResNet stem, chea
 # head down to PRETRAINED_LR_SPAN x --lr for the lowest group, whatever the number of groups.
 PRETRAINED_LR_SPAN = 0.1
 HEAD_ONLY_EPOCHS = 0  # epochs of head-only training before everything thaws (fastai's freeze_epochs)
+# the new head trains at HEAD_LR_SCALE x --lr: it starts near zero and has far to go, the layers below little
+HEAD_LR_SCALE = 10.0
 
 
 def span_decay(num_groups: int, span: float = PRETRAINED_LR_SPAN) -> float:
@@ -262,6 +266,13 @@ def _cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def head_lr_scale(cfg: dict[str, Any], pretrained: bool) -> float:
+    """``--head-lr-scale``, or the default: :data:`HEAD_LR_SCALE` on pretrained weights, 1 otherwise."""
+    if cfg["head_lr_scale"] is not None:
+        return float(cfg["head_lr_scale"])
+    return HEAD_LR_SCALE if pretrained else 1.0
+
+
 def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any, str, float | None]:
     """Freeze policy -> ``(GradualUnfreeze or None, description, lr_decay for the optimizer)``."""
     from transferkit.freeze import freeze, freeze_backbone
@@ -290,14 +301,17 @@ def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any
             raise ConfigError(
                 "--unfreeze-at/--unfreeze-every need a frozen start; use --freeze backbone (or auto)"
             )
-        rates = f" (lr x{lr_decay:.3g} per group level below the head)" if lr_decay not in (None, 1.0) else ""
+        scale = head_lr_scale(cfg, pretrained)
+        rates = [f"head at {scale:g} x lr"] if scale != 1.0 else []
+        rates += [f"lr x{lr_decay:.3g} per group level below the head"] if lr_decay not in (None, 1.0) else []
+        rates = f" ({', '.join(rates)})" if rates else ""
         return None, f"nothing frozen: every layer trains{rates}", lr_decay
     if mode == "backbone":
         if not plan and not every:
             freeze_backbone(model)
             return None, "backbone frozen for the whole run: the head trains", None
         if every:
-            sched = GradualUnfreeze(model, every=every, lr_decay=schedule_decay)
+            sched = GradualUnfreeze(model, every=every, lr_decay=schedule_decay, lr=cfg["lr"])
         else:
             below = list(model.layer_groups())[:-1]
             _check_unfreeze_groups(plan, below)
@@ -306,7 +320,8 @@ def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any
                 e: (gs if gs is not None else [g for g in reversed(below) if g not in named])
                 for e, gs in plan.items()
             }
-            sched = GradualUnfreeze(model, at={e: g for e, g in at.items() if g}, lr_decay=schedule_decay)
+            at = {e: g for e, g in at.items() if g}
+            sched = GradualUnfreeze(model, at=at, lr_decay=schedule_decay, lr=cfg["lr"])
         # plan key e (0-based) = thawed after e epochs, i.e. from console epoch e + 1 on
         desc = "head only, then thaw " + ", ".join(
             f"{'+'.join(g)} after epoch {e}" if e else f"{'+'.join(g)} from the start"
