@@ -544,6 +544,9 @@ BAD = [
     (["--lr", "-1"], "--lr must be a positive finite number", None),
     (["--lr", "inf"], "--lr must be a positive finite number", None),
     (["--lr", "nan"], "--lr must be a positive finite number", None),
+    # issue 16 item 16: a negative number is a value (argparse before 3.13 took it for an option)
+    (["--lr", "-1e-3"], "--lr must be a positive finite number, e.g. 1e-3, got -0.001", None),
+    (["--weights", ""], "weights='' is empty", None),
     (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0", None),
     (
         ["--config", "bin.yaml"],
@@ -878,3 +881,21 @@ def test_salvage_reads_an_init_checkpoint_that_weights_only_refuses(tmp_path, mo
     assert rc == 0, capsys.readouterr().err
     resolved = yaml.safe_load((tmp_path / "out" / "args.yaml").read_text())["resolved"]
     assert resolved["init_checkpoint_tensors"] > 0 and resolved["pretrained_weights_used"] is True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# issue 16: what a new user hit
+
+
+def test_version_is_printed(capsys):
+    import transferkit
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"transferkit {transferkit.__version__}"
+
+
+def test_inspect_exits_non_zero_when_the_dry_run_load_would_fail(tmp_path, capsys):
+    _zero_tensor_checkpoint(tmp_path)
+    rc = main(["inspect", str(tmp_path / "zero.pt"), "--model", TINY, "--classes", "10"])
+    out = capsys.readouterr().out
+    assert "a load would fail" in out and rc == 1

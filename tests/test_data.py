@@ -105,6 +105,11 @@ def test_unreadable_images_are_skipped_and_counted_or_strict(tmp_path, caplog):
     assert len(split.train) + len(split.val) == 18
     with pytest.raises(ConfigError, match="2 unreadable"):
         split_image_folder(root, strict=True)
+    # issue 16 item 16: the strict error names every unreadable file, not only the first
+    (root / "digit0" / "third.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(ConfigError, match="3 unreadable") as err:
+        split_image_folder(root, strict=True)
+    assert all(name in str(err.value) for name in ("broken.png", "truncated.png", "third.jpg"))
 
 
 @pytest.mark.parametrize(

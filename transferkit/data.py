@@ -484,8 +484,11 @@ def split_image_folder(
         samples, names, bad = scan_image_folder(root)
     if bad:
         if strict:
+            shown = ", ".join(bad[:_MAX_NAMED]) + (
+                f" and {len(bad) - _MAX_NAMED} more" if len(bad) > _MAX_NAMED else ""
+            )
             raise ConfigError(
-                f"{len(bad)} unreadable image file(s) under {root}, e.g. {bad[0]}; remove them or drop "
+                f"{len(bad)} unreadable image file(s) under {root}: {shown}; remove them or drop "
                 "--strict-data to skip them"
             )
         logger.warning("skipping %d unreadable image file(s) under %s, e.g. %s", len(bad), root, bad[0])
@@ -516,6 +519,8 @@ def split_image_folder(
     )
     return FolderSplit(train_s, val_s, names, str(root), bad)
 
+
+_MAX_NAMED = 20  # unreadable files named in a --strict-data error (a line, not a listing of thousands)
 
 _SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 

@@ -163,7 +163,13 @@ def resolve_weights(spec: BackboneSpec, weights: Any) -> WeightsPlan:
         ConfigError: an unknown weights name or a missing local file.
         LoadError: explicit pretrained weights that are not cached, or a cached file failing its hash check.
     """
-    if weights is None or (isinstance(weights, str) and weights.strip().lower() in ("none", "random", "")):
+    if isinstance(weights, str) and not weights.strip():
+        # an empty value is a config slip (`weights: ""`, `--weights "$UNSET"`), not a choice of random weights
+        raise ConfigError(
+            f"weights={weights!r} is empty; pass 'auto', 'imagenet', a checkpoint path ({_PATH}) or {_NONE} "
+            "for random weights"
+        )
+    if weights is None or (isinstance(weights, str) and weights.strip().lower() in ("none", "random")):
         return WeightsPlan("none", requested=weights)
     if isinstance(weights, os.PathLike):
         return _local_file(Path(weights), weights)
