@@ -288,7 +288,12 @@ FLAG_RUNS = {
             "state_dict",
         ],
         _prefixed_checkpoint,
-        lambda a, rows: a["init_checkpoint_tensors"] == 14 and a["pretrained_weights_used"],
+        # issue 16 item 13: the weights came from the init checkpoint, not "random"
+        lambda a, rows: (
+            a["init_checkpoint_tensors"] == 14
+            and a["pretrained_weights_used"]
+            and a["weights_source"] == "init checkpoint foreign.pt"
+        ),
     ),  # fmt: skip
     "sgd-step-warmup-lr-decay": (
         [
@@ -367,9 +372,16 @@ def test_resume_refuses_a_changed_schedule_and_writes_nothing(digits_run, capsys
     assert main(["finetune", "--resume", str(run), "--epochs", "5"]) == 2
     err = capsys.readouterr().err
     assert (
-        err.count("\n") == 1 and "--epochs 5" in err and "the run has 3" in err and "--init-checkpoint" in err
+        err.count("\n") == 1
+        and "--epochs 5" in err
+        and "the run has --epochs 3" in err
+        and "--init-checkpoint" in err
     )
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
+    # issue 16 item 12: no raw None for a value the run did not set
+    assert main(["finetune", "--resume", str(run), "--data", "photos"]) == 2
+    err = capsys.readouterr().err
+    assert "--data photos (the run has no --data (the embedded digits))" in err and "None" not in err, err
 
 
 def test_progress_bars_only_on_a_terminal(tmp_path, digits_run):
@@ -576,6 +588,8 @@ BAD = [
     (["--epochs", "0"], "--epochs must be an integer >= 1, got 0", None),
     (["--data", "{x}"], "a train/val layout needs exactly", lambda t: _train_test_layout(t)),
     (["--img-size", "7"], "--img-size must be an integer >= 8", None),
+    # issue 16 item 11: a typo must not try to allocate terabytes
+    (["--img-size", "100000"], "--img-size 100000 is above the limit of 4096 px", None),
     (["--workers", "-1"], "--workers must be an integer >= 0", None),
     (["--device", "tpu"], "expected auto, cpu, cuda or cuda:N", None),
     # the CLI's own spelling, not the Python API's (weights=PATH, at={...}, rules=[...], list_backbones)

@@ -93,10 +93,12 @@ def _plain(value: Any) -> Any:
 
 
 def write_yaml(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
-    """Write ``data`` as block-style YAML, keys in the given order, atomically."""
+    """Write ``data`` as block-style UTF-8 YAML, keys in the given order, atomically."""
     import yaml
 
-    return write_text(path, yaml.safe_dump(_plain(data), sort_keys=False, default_flow_style=False))
+    # allow_unicode: class names such as "café" or "猫" stay readable instead of "caf\xE9" escapes
+    text = yaml.safe_dump(_plain(data), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return write_text(path, text)
 
 
 def _lr_columns(history: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -139,7 +141,7 @@ def _fmt(value: Any, digits: int = 6) -> str:
 
 def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
     """Read ``metrics.csv`` back: numbers as floats (``epoch`` as int, 1-based), empty cells as None."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     out = []
     for row in rows:

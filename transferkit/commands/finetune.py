@@ -474,7 +474,13 @@ def _resolved_facts(job: _Job, train_loader: Any) -> dict[str, Any]:
         "command": " ".join(["transferkit", "finetune", *job.argv]),
         "backbone": job.cfg["backbone"],
         "pretrained_weights_used": job.pretrained,
-        "weights_source": str(getattr(model, "weights", "random")),
+        # with --init-checkpoint the weights come from that file, whatever the backbone was built with
+        "weights_source": (
+            f"init checkpoint {job.cfg['init_checkpoint']}"
+            if job.init_report is not None
+            else str(getattr(model, "weights", "random"))
+        ),
+        "backbone_built_with": str(getattr(model, "weights", "random")),
         "init_checkpoint_tensors": len(job.init_report.loaded) if job.init_report is not None else None,
         "num_classes": len(bundle.class_names),
         "class_names": list(bundle.class_names),

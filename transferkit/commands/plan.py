@@ -129,7 +129,7 @@ def is_run_folder(folder: Path) -> bool:
     import yaml
 
     try:
-        with open(folder / "args.yaml") as f:
+        with open(folder / "args.yaml", encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
