@@ -82,3 +82,25 @@ def test_yaml_is_plain_and_ordered(tmp_path):
 def test_format_epoch_is_one_line():
     line = format_epoch(HISTORY[1], 5)
     assert "\n" not in line and line.startswith("epoch 2/5") and "val loss 0.8000 acc 75.00%" in line
+
+
+def test_cjk_class_names_draw_without_glyph_warnings(tmp_path, recwarn):
+    """Issue 16 item 17: CJK names were empty boxes with "Glyph missing" warnings escaping --quiet."""
+    from transferkit.report import _font_chain, class_tick_labels
+
+    names = ["cat", "猫", "café"]
+    cm = torch.tensor([[5, 1, 0], [0, 6, 0], [2, 0, 4]])
+    plot_confusion_matrix(cm, names, tmp_path / "confusion_matrix.png")
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]
+    labels, _, legend = class_tick_labels(names)
+    if ord("猫") in _font_chain()[1]:  # a CJK font is installed: the names themselves
+        assert labels == names and legend == []
+    else:  # indices on the axes, the names in a legend (undrawable characters escaped)
+        assert labels == ["0", "1", "2"] and legend == ["0: cat", "1: \\u732b", "2: café"]
+
+
+def test_yaml_keeps_non_ascii_as_utf8(tmp_path):
+    """Issue 16 item 17: args.yaml wrote "caf\\xE9"."""
+    text = write_yaml(tmp_path / "a.yaml", {"class_names": ["café", "猫"]}).read_text(encoding="utf-8")
+    assert "café" in text and "猫" in text and "\\x" not in text
+    assert yaml.safe_load(text) == {"class_names": ["café", "猫"]}

@@ -48,6 +48,7 @@ __all__ = [
     "read_metrics_csv",
     "plot_curves",
     "plot_confusion_matrix",
+    "class_tick_labels",
     "export_model",
     "format_epoch",
 ]
@@ -190,6 +191,57 @@ def plot_curves(history: Sequence[Mapping[str, Any]], run_dir: str | os.PathLike
     return out
 
 
+# fonts with CJK glyphs, tried after matplotlib's default (DejaVu Sans has Latin, Greek and Cyrillic only)
+_FALLBACK_FONTS = (
+    "Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK KR", "Noto Sans CJK TC", "Source Han Sans",
+    "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "AR PL UMing CN", "Microsoft YaHei",
+    "SimHei", "MS Gothic", "Hiragino Sans", "PingFang SC", "Apple SD Gothic Neo", "Malgun Gothic",
+)  # fmt: skip
+
+
+def _font_chain() -> tuple[list[str], set[int]]:
+    """The installed font families to draw labels with (the default first), and the code points they cover."""
+    import matplotlib
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    installed = {f.name: f.fname for f in font_manager.fontManager.ttflist}
+    default = matplotlib.rcParams["font.sans-serif"]
+    families = [f for f in (*default, *_FALLBACK_FONTS) if f in installed]
+    families = list(dict.fromkeys(families))
+    covered: set[int] = set()
+    for family in families:
+        try:
+            covered.update(FT2Font(installed[family]).get_charmap())
+        except (OSError, RuntimeError):  # an unreadable font file draws nothing
+            continue
+    return families, covered
+
+
+def class_tick_labels(class_names: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """Tick labels for ``class_names``: ``(labels, font families, legend lines)``.
+
+    Names the installed fonts can draw are used as they are (matplotlib falls back along the families,
+    so a CJK font, when one is installed, draws what DejaVu Sans cannot). Otherwise the ticks are class
+    indices, and the legend maps each index to its name, with characters no font has as ``\\uXXXX``
+    escapes: never empty boxes, and no "Glyph missing" warnings.
+
+    Example:
+        >>> class_tick_labels(["cat", "café"])[0]
+        ['cat', 'café']
+    """
+    families, covered = _font_chain()
+    names = [str(n) for n in class_names]
+    if all(ord(ch) in covered or ch.isspace() for name in names for ch in name):
+        return names, families, []
+    legend = [
+        f"{i}: "
+        + "".join(ch if ord(ch) in covered else ch.encode("ascii", "backslashreplace").decode() for ch in n)
+        for i, n in enumerate(names)
+    ]
+    return [str(i) for i in range(len(names))], families, legend
+
+
 def plot_confusion_matrix(
     matrix: Tensor | Sequence[Sequence[int]],
     class_names: Sequence[str],
@@ -205,9 +257,11 @@ def plot_confusion_matrix(
     side = min(14.0, 2.5 + 0.45 * n)
     fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(cm, cmap="Blues")
+    legend: list[str] = []
     if n <= 30:  # beyond that, labels and counts are unreadable anyway
-        ax.set_xticks(range(n), labels=list(class_names), rotation=90 if n > 10 else 0)
-        ax.set_yticks(range(n), labels=list(class_names))
+        labels, families, legend = class_tick_labels(class_names)
+        ax.set_xticks(range(n), labels=labels, rotation=90 if n > 10 else 0, fontfamily=families or None)
+        ax.set_yticks(range(n), labels=labels, fontfamily=families or None)
         top = cm.max() if cm.size else 0
         for i in range(n):
             for j in range(n):
@@ -219,6 +273,9 @@ def plot_confusion_matrix(
     total = cm.sum()
     acc = cm.trace() / total if total else 0.0
     ax.set_title(title or f"validation confusion matrix (accuracy {acc:.2%})")
+    if legend:  # names no installed font can draw: indices on the axes, the names beside them
+        fig.text(1.04, 0.5, "classes (no installed font draws some names)\n" + "\n".join(legend),
+                 fontsize=8, va="center", ha="left", transform=ax.transAxes)  # fmt: skip
     out = _savefig(fig, path)
     plt.close(fig)
     return out
