@@ -21,7 +21,7 @@ Example:
     ...          "lr": {"head": 0.001}, "seconds": 1.5}]
     >>> _ = write_metrics_csv(d / "metrics.csv", rows)
     >>> row = next(csv.DictReader(open(d / "metrics.csv")))
-    >>> row["epoch"], row["lr_head"]
+    >>> row["epoch"], row["lr"]
     ('1', '0.001')
 """
 
@@ -47,6 +47,7 @@ __all__ = [
     "write_metrics_csv",
     "read_metrics_csv",
     "plot_curves",
+    "curve_figure",
     "plot_confusion_matrix",
     "class_tick_labels",
     "export_model",
@@ -103,6 +104,11 @@ def write_yaml(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
 
 
 def _lr_columns(history: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``lr_<group>`` columns, or one ``lr`` column (``[""]``) when the same groups share one rate throughout
+    (a group that joins later keeps its own column: its empty cells say when it was thawed)."""
+    same_groups = len({tuple(row.get("lr", {})) for row in history}) <= 1
+    if same_groups and all(len({float(v) for v in row.get("lr", {}).values()}) <= 1 for row in history):
+        return [""]
     seen: dict[str, None] = {}
     for row in history:
         for group in row.get("lr", {}):
@@ -113,6 +119,9 @@ def _lr_columns(history: Sequence[Mapping[str, Any]]) -> list[str]:
 def write_metrics_csv(path: str | os.PathLike, history: Sequence[Mapping[str, Any]]) -> Path:
     """Rewrite ``metrics.csv`` from the full history (groups thawed later get empty cells before they exist).
 
+    While the same parameter groups share one learning rate there is one ``lr`` column; when rates differ
+    (discriminative rates) or groups join later (a thaw), there is one ``lr_<group>`` column per group.
+
     Args:
         path: the CSV file.
         history: rows with ``epoch``, ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (accuracies
@@ -121,9 +130,10 @@ def write_metrics_csv(path: str | os.PathLike, history: Sequence[Mapping[str, An
     groups = _lr_columns(history)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*_BASE_COLUMNS, *(f"lr_{g}" for g in groups), "seconds"])
+    writer.writerow([*_BASE_COLUMNS, *(f"lr_{g}" if g else "lr" for g in groups), "seconds"])
     for row in history:
-        lrs = row.get("lr", {})
+        lrs = dict(row.get("lr", {}))
+        lrs[""] = next(iter(lrs.values()), None)  # the shared rate of the single "lr" column
         writer.writerow(
             [row["epoch"] + 1, *(_fmt(row.get(c)) for c in _BASE_COLUMNS[1:])]
             + [_fmt(lrs.get(g)) for g in groups]
@@ -170,25 +180,40 @@ def _pyplot() -> Any:
 
 
 def plot_curves(history: Sequence[Mapping[str, Any]], run_dir: str | os.PathLike) -> list[Path]:
-    """``loss.png`` and ``accuracy.png``: train and validation curves per epoch."""
+    """``loss.png`` and ``accuracy.png``: train and validation curves per epoch, titled with the run's
+    folder name, the best epoch (highest validation accuracy, the one exported) marked on both."""
     plt = _pyplot()
-    epochs = [r["epoch"] + 1 for r in history]
     out = []
-    for key, title, scale in (("loss", "loss", 1.0), ("acc", "accuracy (%)", 100.0)):
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        for split, style in (("train", "-o"), ("val", "-s")):
-            values = [r.get(f"{split}_{key}") for r in history]
-            pts = [(e, v * scale) for e, v in zip(epochs, values) if v is not None]
-            if pts:
-                ax.plot(*zip(*pts), style, label=split, markersize=3)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        name = "loss.png" if key == "loss" else "accuracy.png"
-        out.append(_savefig(fig, Path(run_dir) / name))
+    for key in ("loss", "acc"):
+        fig = curve_figure(history, key, Path(run_dir).name)
+        out.append(_savefig(fig, Path(run_dir) / ("loss.png" if key == "loss" else "accuracy.png")))
         plt.close(fig)
     return out
+
+
+def curve_figure(history: Sequence[Mapping[str, Any]], key: str, run_name: str = "") -> Any:
+    """One curve plot (``key`` ``"loss"`` or ``"acc"``) as a matplotlib figure, for :func:`plot_curves`."""
+    plt = _pyplot()
+    label, scale = ("loss", 1.0) if key == "loss" else ("accuracy (%)", 100.0)
+    epochs = [r["epoch"] + 1 for r in history]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for split, style in (("train", "-o"), ("val", "-s")):
+        values = [r.get(f"{split}_{key}") for r in history]
+        pts = [(e, v * scale) for e, v in zip(epochs, values) if v is not None]
+        if pts:
+            ax.plot(*zip(*pts), style, label=split, markersize=3)
+    scored = [(r["val_acc"], -e, e) for r, e in zip(history, epochs) if r.get("val_acc") is not None]
+    title = f"{'loss' if key == 'loss' else 'accuracy'}{f' - {run_name}' if run_name else ''}"
+    if scored:  # the first epoch with the highest validation accuracy: the one best.pt and the export hold
+        best_acc, _, best = max(scored)
+        ax.axvline(best, color="tab:green", linestyle="--", linewidth=1, label=f"best epoch ({best})")
+        title += f"\nbest val accuracy {best_acc:.2%} at epoch {best}"
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
 
 
 # fonts with CJK glyphs, tried after matplotlib's default (DejaVu Sans has Latin, Greek and Cyrillic only)
