@@ -919,3 +919,36 @@ def test_inspect_exits_non_zero_when_the_dry_run_load_would_fail(tmp_path, capsy
     rc = main(["inspect", str(tmp_path / "zero.pt"), "--model", TINY, "--classes", "10"])
     out = capsys.readouterr().out
     assert "a load would fail" in out and rc == 1
+
+
+def _digit_folder(root: Path, names: tuple[str, ...] = ("zero", "one", "two"), per_class: int = 10) -> Path:
+    """An image folder of real digit scans: one class folder per name."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for c, name in enumerate(names):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i, img in enumerate(digits.images[digits.target == c][:per_class]):
+            Image.fromarray((img * 15).astype("uint8")).resize((16, 16)).save(folder / f"{i}.png")
+    return root
+
+
+def test_eval_only_uses_the_whole_folder_and_refuses_other_class_names(tmp_path, monkeypatch, capsys):
+    """Issue 16 item 1: --eval-only --data NEWDIR scored a random 20 % and mapped labels by sorted folder name."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    _digit_folder(tmp_path / "data")
+    argv = ["finetune", *FAST, "--data", "data", "--epochs", "1", "--output", "run"]
+    assert main(argv) == 0, capsys.readouterr().err
+    _digit_folder(tmp_path / "new", per_class=7)
+    capsys.readouterr()
+    assert main(["finetune", "--resume", "run", "--eval-only", "--data", "new"]) == 0
+    assert "on 21 images (every image of new)" in capsys.readouterr().out
+
+    shutil.move(tmp_path / "new" / "two", tmp_path / "new" / "deux")  # a renamed class folder
+    assert main(["finetune", "--resume", "run", "--eval-only", "--data", "new"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "class folder(s) the model was not trained on: ['deux']" in err, err
+    assert "lacks the model's class(es) ['two']" in err

@@ -272,3 +272,22 @@ def test_file_broken_after_the_check_is_skipped_in_the_loader(tmp_path, workers)
     strict = ImageFileDataset(split.train, bundle.train.transform, strict=True)
     with pytest.raises(TransferkitError, match=f"cannot read image {victim}.*--strict-data"):
         strict[0]
+
+
+def test_check_class_names_is_an_error_with_structure(tmp_path):
+    """Issue 16 item 1: the class-name check that --eval-only (and a later `evaluate`) relies on."""
+    from transferkit.data import check_class_names, scan_eval_folder
+    from transferkit.errors import ClassNamesError
+
+    with pytest.raises(ClassNamesError) as err:
+        check_class_names(["cat", "dog", "fox"], ["cat", "dgo", "fox"], source="photos")
+    assert err.value.unknown == ["dgo"] and err.value.missing == ["dog"]
+    assert "'dgo'" in str(err.value) and "'dog'" in str(err.value)
+    check_class_names(["cat", "dog", "fox"], ["fox", "cat"])  # a subset: labels by name
+    with pytest.raises(ClassNamesError, match="lacks"):
+        check_class_names(["cat", "dog"], ["cat"], allow_missing=False)
+
+    root = write_digit_folder(tmp_path / "data", per_class=4)
+    split = scan_eval_folder(root, ["digit2", "digit1", "digit0"])  # the model's order, not the folders'
+    assert split.train == [] and len(split.val) == 12
+    assert {Path(p).parent.name: label for p, label in split.val} == {"digit2": 0, "digit1": 1, "digit0": 2}

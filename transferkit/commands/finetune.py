@@ -28,6 +28,7 @@ from transferkit.commands.plan import (
     make_lr_schedule,
     resume_source,
     scan_data,
+    scan_eval_data,
     setup_freeze,
 )
 from transferkit.errors import ConfigError
@@ -176,7 +177,12 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
 
     seed_everything(cfg["seed"])
     rules = [parse_rule(r) for r in cfg["rule"]]
-    split, class_names = scan_data(cfg)
+    eval_ckpt, split = None, None
+    if cfg["eval_only"]:
+        eval_ckpt = load_resume(resume_path) if resume_path is not None else None
+        split, class_names = _scan_eval(cfg, eval_ckpt, resume_path)
+    if split is None:
+        split, class_names = scan_data(cfg)
     if cfg["classes"] is not None and cfg["classes"] != len(class_names):
         shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
         raise ConfigError(
@@ -220,7 +226,7 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
             from transferkit.errors import CheckpointError
 
             try:
-                restore_checkpoint(resume_path, model=model, restore_rng=False)
+                restore_checkpoint(eval_ckpt, model=model, restore_rng=False)
             except CheckpointError as exc:
                 raise CheckpointError(_does_not_fit(job, exc)) from None
         return job
@@ -239,6 +245,24 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
     if job.resume_ckpt is not None:
         job.best_source = _best_source(job)
     return job
+
+
+def _scan_eval(cfg: dict[str, Any], ckpt: Any, resume_path: Path | None) -> tuple[Any, list[str]]:
+    """--eval-only's data: ``(None, [])`` for the run's own split (scanned as in training), else every image
+    of --data labelled by the run's class names (a renamed folder is refused, never scored as another)."""
+    saved = saved_args(resume_path.parent) if resume_path is not None else {}
+    if cfg["data"] is None or (resume_path is not None and cfg["data"] == saved.get("data")):
+        return None, []  # the run's own validation split: the same seed and --val-split reproduce it
+    meta = (ckpt or {}).get("meta") or {}
+    run_classes = meta.get("class_names")
+    if ckpt is not None and not run_classes:
+        from transferkit.errors import CheckpointError
+
+        raise CheckpointError(
+            f"--resume {resume_path}: the checkpoint does not record its class names, so the labels of "
+            f"--data {cfg['data']} cannot be checked against them; evaluate with the run's own data"
+        )
+    return scan_eval_data(cfg, list(run_classes) if run_classes else None)
 
 
 def _best_source(job: _Job) -> Path | None:
@@ -535,7 +559,9 @@ def _eval_only(job: _Job, console: Console) -> int:
     trainer = Trainer(job.model, no_training, val_loader, val_loader, epochs=1, num_classes=bundle.num_classes,
                       device=job.device, amp=cfg["amp"], channels_last=cfg["channels_last"], dist=job.dist)  # fmt: skip
     result = trainer.evaluate()
+    what = "every image of" if not bundle.train else "the validation split of"
     console.out(
-        f"val loss {result.loss:.4f}, val accuracy {result.acc:.2%} on {result.count} images ({bundle.source})"
+        f"val loss {result.loss:.4f}, val accuracy {result.acc:.2%} on {result.count} images ({what} "
+        f"{bundle.source})"
     )
     return 0

@@ -29,6 +29,7 @@ __all__ = [
     "is_run_folder",
     "load_resume",
     "scan_data",
+    "scan_eval_data",
     "load_bundle",
     "loader_workers",
     "setup_freeze",
@@ -185,6 +186,15 @@ def scan_data(cfg: dict[str, Any]) -> tuple[Any, list[str]]:
     split = split_image_folder(
         cfg["data"], val_split=cfg["val_split"], seed=cfg["seed"], strict=cfg["strict_data"]
     )
+    return split, split.class_names
+
+
+def scan_eval_data(cfg: dict[str, Any], run_classes: list[str] | None) -> tuple[Any, list[str]]:
+    """``--eval-only --data DIR``: every image of DIR, labelled by the run's class names (when known)."""
+    from transferkit.data import scan_eval_folder
+
+    # no run to compare with (--init-checkpoint, --weights): the folder's own names, sorted
+    split = scan_eval_folder(cfg["data"], run_classes, strict=cfg["strict_data"])
     return split, split.class_names
 
 
