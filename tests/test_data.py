@@ -291,3 +291,30 @@ def test_check_class_names_is_an_error_with_structure(tmp_path):
     split = scan_eval_folder(root, ["digit2", "digit1", "digit0"])  # the model's order, not the folders'
     assert split.train == [] and len(split.val) == 12
     assert {Path(p).parent.name: label for p, label in split.val} == {"digit2": 0, "digit1": 1, "digit0": 2}
+
+
+def test_links_never_multiply_or_mislabel_images(tmp_path, caplog):
+    """Issue 16 item 2: with `café/loop -> ..`, 30 files became 1,590 samples, in both train and val."""
+    import os
+
+    root = write_digit_folder(tmp_path / "data", per_class=10)
+    os.symlink("..", root / "digit0" / "loop")  # back to the data folder: every class again, as digit0
+    os.symlink("../digit2", root / "digit1" / "other")  # another class's folder
+    os.symlink(root / "digit2" / "0.png", root / "digit2" / "again.png")  # the same file twice
+    with caplog.at_level(logging.WARNING, logger="transferkit.data"):
+        split = split_image_folder(root)
+    samples = split.train + split.val
+    assert len(samples) == 30
+    assert len({os.path.realpath(p) for p, _ in samples}) == 30
+    assert not {os.path.realpath(p) for p, _ in split.train} & {os.path.realpath(p) for p, _ in split.val}
+    assert all(Path(p).parent.name == split.class_names[label] for p, label in samples)
+    assert "not following" in caplog.text and "skipped 1 duplicate image file" in caplog.text
+
+
+def test_a_file_in_both_train_and_val_is_refused(tmp_path):
+    import os
+
+    root = write_digit_folder(tmp_path / "data", per_class=4, layout="split")
+    os.symlink(root / "train" / "digit0" / "1.png", root / "val" / "digit0" / "leak.png")
+    with pytest.raises(ConfigError, match="also training files"):
+        split_image_folder(root)

@@ -318,13 +318,36 @@ def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _files(folder: Path) -> list[str]:
+def _files(folder: Path, seen: dict[str, str], duplicates: list[str]) -> list[str]:
+    """The image files under a class folder, each real file once.
+
+    Linked folders are followed only while they stay inside the class folder: a link out of it (``cat/loop
+    -> ..``) would walk the other classes again, under this label, and a loop would multiply every file.
+    A file reached a second time (through a link, or linked from two classes) is left out and recorded in
+    ``duplicates``; ``seen`` maps real paths to the first path that reached them, across class folders.
+    """
+    top = os.path.realpath(folder)
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real == top or not real.startswith(top + os.sep) or real in seen:
+                logger.warning("not following %s: it links outside its class folder %s, or back into it",
+                               os.path.join(dirpath, d), folder)  # fmt: skip
+                continue
+            seen[real] = os.path.join(dirpath, d)
+            kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                out.append(os.path.join(dirpath, name))
+                path = os.path.join(dirpath, name)
+                real = os.path.realpath(path)
+                if real in seen:
+                    duplicates.append(path)
+                    continue
+                seen[real] = path
+                out.append(path)
     return out
 
 
@@ -363,7 +386,16 @@ def scan_image_folder(
                 f"{list(class_names)}); give both splits the same class folders"
             )
     index = {name: i for i, name in enumerate(class_names)}
-    candidates = [(f, index[d.name]) for d in dirs for f in _files(d)]
+    seen: dict[str, str] = {}
+    duplicates: list[str] = []
+    candidates = [(f, index[d.name]) for d in dirs for f in _files(d, seen, duplicates)]
+    if duplicates:
+        logger.warning(
+            "skipped %d duplicate image file(s) under %s (the same file reached again through a link), e.g. %s",
+            len(duplicates),
+            root,
+            duplicates[0],
+        )
     bad: list[str] = []
     if check and candidates:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -495,6 +527,7 @@ def split_image_folder(
             )
         logger.warning("skipping %d unreadable image file(s) under %s, e.g. %s", len(bad), root, bad[0])
     if split_dirs:
+        _refuse_shared_files(train_s, val_s)
         _check_classes(root / "train", names, train_s)
         if not val_s:
             raise ConfigError(f"{root / 'val'} holds no readable images; add validation images")
@@ -511,6 +544,7 @@ def split_image_folder(
     else:
         _check_classes(root, names, samples)
         train_s, val_s = _stratified_split(samples, names, val_split, seed)
+        _refuse_shared_files(train_s, val_s)
     logger.info(
         "image folder %s: %d classes, %d training and %d validation images%s",
         root,
@@ -523,6 +557,18 @@ def split_image_folder(
 
 
 _MAX_NAMED = 20  # unreadable files named in a --strict-data error (a line, not a listing of thousands)
+
+
+def _refuse_shared_files(train: list[tuple[str, int]], val: list[tuple[str, int]]) -> None:
+    """A file in both splits (linked, or copied by a link) would make the validation accuracy measure recall."""
+    train_real = {os.path.realpath(p) for p, _ in train}
+    shared = [p for p, _ in val if os.path.realpath(p) in train_real]
+    if shared:
+        raise ConfigError(
+            f"{len(shared)} validation file(s) are also training files (the same file through a link), e.g. "
+            f"{shared[0]}: the validation accuracy would not measure anything new. Make the splits disjoint"
+        )
+
 
 _SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 
