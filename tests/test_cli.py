@@ -127,7 +127,7 @@ def test_inspect_subcommand(digits_run, capsys):
 
 
 def test_image_folder_run_and_linear_probe(tmp_path):
-    """--data DIR (class names from folders), --linear-probe with the feature cache, --overwrite."""
+    """--data DIR (class names from folders), --linear-probe with the feature cache."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -138,8 +138,6 @@ def test_image_folder_run_and_linear_probe(tmp_path):
             Image.fromarray((img * 15).astype("uint8")).resize((16, 16)).save(folder / f"{i}.png")
     (tmp_path / "data" / "one" / "broken.png").write_bytes(b"garbage")
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "metrics.csv").write_text("stale\n")
     proc = run_cli(
         [
             *FAST,
@@ -150,7 +148,6 @@ def test_image_folder_run_and_linear_probe(tmp_path):
             "--linear-probe",
             "--output",
             "out",
-            "--overwrite",
             "--lr",
             "0.05",
         ],
@@ -594,6 +591,8 @@ BAD = [
     (["--epochs", "0"], "--epochs must be an integer >= 1, got 0", None),
     (["--data", "{x}"], "a train/val layout needs exactly", lambda t: _train_test_layout(t)),
     (["--img-size", "7"], "--img-size must be an integer >= 8", None),
+    # issue 16 item 10: a ValueError traceback in epoch 1, and a folder neither a rerun nor --resume took
+    (["--batch-size", "1"], "--batch-size 1: tests.tiny_models:tinynet has BatchNorm layers", None),
     # issue 16 item 11: a typo must not try to allocate terabytes
     (["--img-size", "100000"], "--img-size 100000 is above the limit of 4096 px", None),
     (["--workers", "-1"], "--workers must be an integer >= 0", None),
@@ -952,3 +951,103 @@ def test_eval_only_uses_the_whole_folder_and_refuses_other_class_names(tmp_path,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "class folder(s) the model was not trained on: ['deux']" in err, err
     assert "lacks the model's class(es) ['two']" in err
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError], ids=["ctrl-c", "exception"])
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(
+    tmp_path, monkeypatch, capsys, failure
+):
+    """Issue 16 item 6: --overwrite deleted best.pt, last.pt, model.safetensors before epoch 1, so Ctrl-C in
+    epoch 1 lost the old run."""
+    from transferkit.train import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", *FAST, "--limit-train", "32", "--limit-val", "16", "--epochs", "1", "--output", "run"]
+    assert main(argv) == 0
+    (tmp_path / "run" / "notes.txt").write_text("mine\n")
+    before = _contents(tmp_path / "run")
+
+    def fail(self, epoch):
+        raise failure("in epoch 1")
+
+    monkeypatch.setattr(Trainer, "train_epoch", fail)
+    if failure is KeyboardInterrupt:
+        assert main([*argv, "--overwrite"]) == 130
+        assert "the earlier run in run is back as it was" in capsys.readouterr().err
+    else:
+        with pytest.raises(RuntimeError):
+            main([*argv, "--overwrite"])
+    assert _contents(tmp_path / "run") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no hidden copy left beside it
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--overwrite"]) == 0  # a successful overwrite: the old files are gone, the note stays
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_failed_start_leaves_nothing_a_rerun_would_refuse(tmp_path, monkeypatch):
+    """Issue 16 items 6 and 10: a run that fails in epoch 1 removes its folder, so the same command runs again."""
+    from transferkit.train import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self, epoch: 1 / 0)
+    argv = ["finetune", *FAST, "--limit-train", "32", "--limit-val", "16", "--epochs", "1", "--output", "run"]
+    with pytest.raises(ZeroDivisionError):
+        main(argv)
+    assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_refuses_a_folder_of_only_run_named_user_files(tmp_path, monkeypatch, capsys):
+    """Issue 16 item 6: the user's own metrics.csv and labels.json are not a run."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "metrics.csv").write_text("my numbers\n")
+    (tmp_path / "mine" / "labels.json").write_text("{}\n")
+    before = _contents(tmp_path / "mine")
+    assert main(["finetune", *FAST, "--output", "mine", "--overwrite"]) == 2
+    assert "is not a transferkit run folder" in capsys.readouterr().err
+    assert _contents(tmp_path / "mine") == before
+
+
+def test_a_runs_args_yaml_as_config_never_points_at_that_run(digits_run, tmp_path, monkeypatch, capsys):
+    """Issue 16 item 7: --config RUN/args.yaml carried output: RUN, and the advice was --overwrite."""
+    run, _ = digits_run
+    monkeypatch.chdir(tmp_path)
+    before = _listing(run)
+    argv = ["finetune", "--config", str(run / "args.yaml"), "--epochs", "1", "--limit-train", "32"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "runs").iterdir())) == 1 and _listing(run) == before
+    # a folder holding a complete run: the advice is a new --output, never --overwrite
+    assert main([*argv, "--output", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a complete run; give a new --output" in err and "--overwrite" not in err, err
+    assert _listing(run) == before
+
+
+def test_runs_started_in_the_same_second_get_numbered_folders(tmp_path, monkeypatch, capsys):
+    """Issue 16 item 8: the second run of a backbone started in the same second failed."""
+    import datetime as real
+
+    from transferkit.commands import plan
+    from transferkit.commands.run_folder import RunStart
+
+    class Frozen(real.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(plan.datetime, "datetime", Frozen)
+    argv = ["finetune", *FAST, "--limit-train", "32", "--limit-val", "16", "--epochs", "1"]
+    assert main(argv) == 0 and main(argv) == 0, capsys.readouterr().err
+    name = "20260102-030405-tests.tiny_models-tinynet"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [name, f"{name}-2"]
+    # the name is claimed when the folder is made: a run that took it meanwhile moves this one on
+    start = RunStart(tmp_path / "runs" / name, overwrite=False, auto_named=True)
+    start.begin()
+    assert start.run_dir.name == f"{name}-3"

@@ -93,7 +93,9 @@ def read_config(
     if data is None:
         return {}
     if isinstance(data, dict) and isinstance(data.get("args"), dict):
-        data = data["args"]  # a run's args.yaml: the flags, not the resolved facts
+        # a run's args.yaml: the flags, not the resolved facts, and none that point at that run itself (its
+        # --output: reusing a config must never write into, or offer to overwrite, the source run)
+        data = {k: v for k, v in data["args"].items() if str(k).replace("-", "_") not in _PER_INVOCATION}
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {path} must hold a mapping of flag: value, found a {type(data).__name__}"

@@ -97,6 +97,7 @@ class _Job:
     best_source: Path | None = None
     start_epoch: int = 0
     run_dir: Path | None = None
+    run_start: Any = None
     argv: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     best_state: dict[str, Any] = field(default_factory=dict)
@@ -205,6 +206,8 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
         raise ConfigError(f"{flag} applies to --init-checkpoint; give --init-checkpoint PATH or drop {flag}")
     augment = cfg["augment"] if cfg["augment"] is not None else not cfg["linear_probe"]
     freeze_sched, freeze_desc, opt_lr_decay = setup_freeze(cfg, model, pretrained)
+    if not cfg["eval_only"]:
+        _refuse_batchnorm_batches_of_one(cfg, model, freeze_sched)
     bundle = load_bundle(cfg, split, model, augment)
     head = set(model.head_parameter_names())
     backbone_frozen = freeze_sched is None and not any(
@@ -245,6 +248,25 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
     if job.resume_ckpt is not None:
         job.best_source = _best_source(job)
     return job
+
+
+def _refuse_batchnorm_batches_of_one(cfg: dict[str, Any], model: Any, freeze_sched: Any) -> None:
+    """BatchNorm cannot train on one image per batch (torch raises mid-epoch): refused before anything runs."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from transferkit.freeze import is_bn_locked
+
+    if cfg["batch_size"] != 1:
+        return
+    # a BN layer locked in eval (frozen) is fine, unless a thaw schedule will unlock it later
+    training_bn = [n for n, m in model.named_modules() if isinstance(m, _BatchNorm)
+                   and (freeze_sched is not None or not is_bn_locked(m))]  # fmt: skip
+    if training_bn:
+        raise ConfigError(
+            f"--batch-size 1: {cfg['backbone']} has BatchNorm layers ({training_bn[0]}, ...) that cannot train "
+            "on a batch of one image (the batch statistics of one value per channel are undefined); use "
+            "--batch-size 2 or more, or --linear-probe to keep them frozen"
+        )
 
 
 def _scan_eval(cfg: dict[str, Any], ckpt: Any, resume_path: Path | None) -> tuple[Any, list[str]]:
@@ -328,6 +350,8 @@ def _build_trainer(job: _Job, console: Console) -> Any:
         if trainer.best_epoch == row["epoch"]:  # keep the best weights for the export, on every rank
             job.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         console.out(format_epoch(row, cfg["epochs"]))
+        if job.run_start is not None:  # last.pt holds this run's first epoch: the replaced run can go
+            job.run_start.commit()
         if dist_ctx.is_main:
             write_metrics_csv(run_dir / "metrics.csv", trainer.history)
             plot_curves(trainer.history, run_dir)
@@ -346,16 +370,39 @@ def _build_trainer(job: _Job, console: Console) -> Any:
 
 
 def _train(job: _Job, trainer: Any, console: Console) -> None:
-    """The run folder (only now, with every input checked and a resumed checkpoint restored), the epochs."""
-    from transferkit.report import RUN_FILES, write_yaml
+    """The run folder (only now, with every input checked and a resumed checkpoint restored), the epochs.
 
-    cfg, run_dir, start = job.cfg, job.run_dir, job.start_epoch
-    assert run_dir is not None
+    A new run's start is undone if it fails or is interrupted before its first checkpoint (see
+    :mod:`transferkit.commands.run_folder`): the folder is removed again, or an earlier run that
+    ``--overwrite`` set aside is put back.
+    """
+    from transferkit.commands.run_folder import RunStart
+
+    cfg, start = job.cfg, job.start_epoch
+    assert job.run_dir is not None
     if job.dist.is_main:
-        _create_run_dir(run_dir)
-        if cfg["overwrite"]:
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
+        if job.resume_ckpt is None:
+            job.run_start = RunStart(job.run_dir, overwrite=cfg["overwrite"], auto_named=not cfg["output"])
+            job.run_start.begin()
+            job.run_dir = job.run_start.run_dir  # renumbered if another run claimed the name meanwhile
+        else:
+            _create_run_dir(job.run_dir)
+    job.run_dir = _broadcast(job.run_dir, job.dist)
+    trainer.run_dir = job.run_dir
+    trainer.meta["run"] = str(job.run_dir)
+    try:
+        _start_epochs(job, trainer, console, start)
+    except BaseException:
+        if job.run_start is not None:
+            job.run_start.rollback()
+        raise
+
+
+def _start_epochs(job: _Job, trainer: Any, console: Console, start: int) -> None:
+    from transferkit.report import write_yaml
+
+    cfg, run_dir = job.cfg, job.run_dir
+    if job.dist.is_main:
         args_out = {k: v for k, v in cfg.items() if k != "config"}
         write_yaml(run_dir / "args.yaml", {"args": args_out, "resolved": job.facts})
     if job.resume_ckpt is not None:
@@ -382,10 +429,12 @@ def _interrupted_message(job: _Job, trainer: Any) -> str:
     done = trainer.saved_epoch + 1  # epochs whose checkpoint reached last.pt, resumed ones included
     epochs = job.cfg["epochs"]
     if done == 0 or not (job.run_dir / "last.pt").is_file():
-        return (
-            f"interrupted before the first epoch finished; nothing to resume: run the command again (with "
-            f"--overwrite to reuse {job.run_dir})"
+        kept = (
+            f"the earlier run in {job.run_dir} is back as it was"
+            if job.cfg["overwrite"]
+            else "nothing was kept"
         )
+        return f"interrupted before the first epoch finished; {kept}: run the command again to start over"
     return (
         f"interrupted: {job.run_dir / 'last.pt'} holds epoch {done}/{epochs}; continue with "
         f"transferkit finetune --resume {job.run_dir}"

@@ -90,8 +90,11 @@ def decide_run_dir(cfg: dict[str, Any], resume_path: Path | None) -> Path:
     elif resume_path is not None:
         run_dir = resume_path.parent
     else:
+        from transferkit.commands.run_folder import numbered
+
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path("runs") / f"{stamp}-{safe_name(cfg['backbone'])}"
+        # two runs started in the same second: -2, -3, ... (claimed atomically when the folder is made)
+        run_dir = numbered(Path("runs") / f"{stamp}-{safe_name(cfg['backbone'])}")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--output {run_dir} is a file; give a folder")
     _check_creatable(run_dir)
@@ -100,6 +103,12 @@ def decide_run_dir(cfg: dict[str, Any], resume_path: Path | None) -> Path:
         sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) if run_dir.is_dir() else []
     )
     if entries and not (cfg["overwrite"] or resume_path is not None):
+        if is_run_folder(run_dir) and (run_dir / "model.safetensors").is_file():
+            # never advise --overwrite for a finished run: following that advice would destroy it
+            raise ConfigError(
+                f"run folder {run_dir} holds a complete run; give a new --output for this one (to re-check "
+                f"that run: --resume {run_dir} --eval-only)"
+            )
         raise ConfigError(
             f"run folder {run_dir} already exists and is not empty; use --resume to continue it, "
             "--overwrite to replace it, or another --output"
@@ -111,17 +120,13 @@ def decide_run_dir(cfg: dict[str, Any], resume_path: Path | None) -> Path:
             "empty --output"
         )
     if entries and cfg["overwrite"] and not is_run_folder(run_dir):
-        from transferkit.report import RUN_FILES
-
         # --overwrite replaces a run's own files and keeps the rest; in a folder that is not a run's, a file
-        # named like one (someone's metrics.csv next to their notes) is not the run's to replace
-        others = [name for name in entries if name not in RUN_FILES]
-        if others:
-            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-            raise ConfigError(
-                f"--overwrite: {run_dir} is not a transferkit run folder (no args.yaml of a run) and holds "
-                f"other files ({shown}); nothing was touched. Give a new or empty --output folder"
-            )
+        # named like one (someone's metrics.csv and labels.json) is not the run's to replace
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ConfigError(
+            f"--overwrite: {run_dir} is not a transferkit run folder (no args.yaml of a run) and holds "
+            f"files ({shown}); nothing was touched. Give a new or empty --output folder"
+        )
     return run_dir
 
 
