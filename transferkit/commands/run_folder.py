@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -123,7 +124,5 @@ class RunStart:
             self.aside.rmdir()
             self.aside = None
         if self.created:
-            try:
-                self.run_dir.rmdir()  # only when empty: never anything someone else put there
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):  # only when empty: never anything someone else put there
+                self.run_dir.rmdir()
