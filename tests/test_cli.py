@@ -686,7 +686,7 @@ def test_random_init_banner_leaves_what_trains_to_the_freeze_line(tmp_path, monk
     argv.remove("--quiet")  # the thaw is an INFO log line
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "Training from RANDOM initialisation." in captured.err and "every layer trains" not in captured.err
+    assert "training from RANDOM initialisation." in captured.err and "every layer trains" not in captured.err
     assert "head only, then thaw block after epoch 1 " in captured.out and "2 epochs x" in captured.out
     assert (
         "transferkit.schedule: epoch 2: thawed block" in captured.err
@@ -1051,3 +1051,24 @@ def test_runs_started_in_the_same_second_get_numbered_folders(tmp_path, monkeypa
     start = RunStart(tmp_path / "runs" / name, overwrite=False, auto_named=True)
     start.begin()
     assert start.run_dir.name == f"{name}-3"
+
+
+@pytest.mark.parametrize("backbone", [TINY, pytest.param("resnet18", marks=pytest.mark.slow)])
+def test_the_random_weights_warning_is_one_short_line_and_only_when_it_matters(
+    tmp_path, monkeypatch, capsys, backbone
+):
+    """Issue 16 item 15: a 600-character line and a box on every offline run, also after "run ... is complete"
+    and with --init-checkpoint. (resnet18: torchvision weights not in an empty cache, the library's warning.)"""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
+    monkeypatch.delenv("TRANSFERKIT_ALLOW_DOWNLOAD", raising=False)
+    argv = ["finetune", "--backbone", backbone, "--img-size", "32", "--batch-size", "8", "--workers", "0"]
+    argv += ["--limit-train", "16", "--limit-val", "8", "--epochs", "1", "--quiet"]
+    assert main([*argv, "--output", "run"]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "RANDOM" in ln]
+    assert len(lines) == 1 and len(lines[0]) < 250 and "=" * 20 not in err, err
+    assert main(["finetune", "--resume", "run"]) == 0  # complete: nothing trains, nothing to warn about
+    assert "RANDOM" not in capsys.readouterr().err
+    assert main([*argv, "--init-checkpoint", "run/best.pt", "--output", "run2"]) == 0
+    assert "RANDOM" not in capsys.readouterr().err

@@ -10,10 +10,12 @@ only rank 0 prints and writes; rank 0 decides the run folder and broadcasts it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,12 +125,18 @@ def _run(
         # a resumed checkpoint is restored here: one that does not fit this model fails before any output
         trainer = _build_trainer(job, console)
     console.validated()
-    if not job.pretrained and job.weights_requested is not None and not cfg["eval_only"]:
+    if (
+        not job.pretrained
+        and job.weights_requested is not None
+        and not cfg["eval_only"]
+        and job.resume_ckpt is None
+    ):
+        # once, short: the library's own warning (the cache paths, the API spelling) is held back in _prepare;
         # what trains (everything, the head only, a thaw schedule) is the freeze line's to say
         console.warn(
-            "=" * 78 + f"\nWARNING: no pretrained weights for {cfg['backbone']} could be loaded (--weights "
-            f"{cfg['weights']}; offline and not cached?).\nTraining from RANDOM initialisation. Pass "
-            "--weights PATH to use a local file, or --weights none to silence this.\n" + "=" * 78
+            f"WARNING: no pretrained weights for {cfg['backbone']} could be loaded (--weights {cfg['weights']}: "
+            "not cached, or none exist); training from RANDOM initialisation. --weights PATH uses a local file, "
+            "--weights none silences this"
         )
     if job.init_report is not None:
         logger.info("init checkpoint %s:\n%s", cfg["init_checkpoint"], job.init_report)
@@ -191,7 +199,8 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
             f"{len(class_names)} classes ({shown}); drop --classes or fix it"
         )
     weights = None if str(cfg["weights"]).lower() in ("none", "null", "random") else cfg["weights"]
-    model = create_model(cfg["backbone"], len(class_names), weights=weights, class_names=class_names)
+    with _held_back("transferkit.backbones.weights"):  # the console says it once, in the CLI's words
+        model = create_model(cfg["backbone"], len(class_names), weights=weights, class_names=class_names)
     pretrained = bool(getattr(model, "pretrained", False))
     init_report = None
     if cfg["init_checkpoint"]:
@@ -248,6 +257,21 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
     if job.resume_ckpt is not None:
         job.best_source = _best_source(job)
     return job
+
+
+@contextlib.contextmanager
+def _held_back(logger_name: str) -> Iterator[None]:
+    """Drop the WARNING records of one library logger for a while (the CLI prints its own line instead)."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return record.levelno != logging.WARNING
+
+    target = logging.getLogger(logger_name)
+    target.addFilter(drop)
+    try:
+        yield
+    finally:
+        target.removeFilter(drop)
 
 
 def _refuse_batchnorm_batches_of_one(cfg: dict[str, Any], model: Any, freeze_sched: Any) -> None:
