@@ -1072,3 +1072,23 @@ def test_the_random_weights_warning_is_one_short_line_and_only_when_it_matters(
     assert "RANDOM" not in capsys.readouterr().err
     assert main([*argv, "--init-checkpoint", "run/best.pt", "--output", "run2"]) == 0
     assert "RANDOM" not in capsys.readouterr().err
+
+
+def test_thaws_past_the_last_epoch_are_dropped_and_frozen_random_weights_warned(
+    tmp_path, monkeypatch, capsys
+):
+    """Issue 16 item 14: "stem after epoch 10" announced in a 4-epoch run; --freeze backbone on random weights
+    without a word."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", *FAST, "--limit-train", "32", "--limit-val", "16", "--epochs", "2"]
+    assert main([*argv, "--freeze", "backbone", "--unfreeze-every", "1", "--output", "a"]) == 0
+    captured = capsys.readouterr()
+    assert "head only, then thaw block after epoch 1; frozen for the whole run: stem" in captured.out
+    assert "stem after epoch 2" not in captured.out
+    assert "WARNING: stem would thaw only after epoch 2, past the run's 2 epochs" in captured.err
+    assert "start frozen on RANDOM weights (until their thaw)" in captured.err
+    resolved = yaml.safe_load((tmp_path / "a" / "args.yaml").read_text())["resolved"]
+    assert "stem after" not in resolved["freeze"]
+
+    assert main([*argv, "--freeze", "backbone", "--output", "b"]) == 0
+    assert "start frozen on RANDOM weights (for the whole run)" in capsys.readouterr().err

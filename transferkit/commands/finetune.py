@@ -100,6 +100,7 @@ class _Job:
     start_epoch: int = 0
     run_dir: Path | None = None
     run_start: Any = None
+    freeze_warnings: list[str] = field(default_factory=list)
     argv: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     best_state: dict[str, Any] = field(default_factory=dict)
@@ -138,6 +139,9 @@ def _run(
             "not cached, or none exist); training from RANDOM initialisation. --weights PATH uses a local file, "
             "--weights none silences this"
         )
+    if not cfg["eval_only"]:
+        for line in job.freeze_warnings:
+            console.warn(f"WARNING: {line}")
     if job.init_report is not None:
         logger.info("init checkpoint %s:\n%s", cfg["init_checkpoint"], job.init_report)
     if trainer is None:
@@ -215,6 +219,9 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
         raise ConfigError(f"{flag} applies to --init-checkpoint; give --init-checkpoint PATH or drop {flag}")
     augment = cfg["augment"] if cfg["augment"] is not None else not cfg["linear_probe"]
     freeze_sched, freeze_desc, opt_lr_decay = setup_freeze(cfg, model, pretrained)
+    freeze_sched, freeze_desc, freeze_warnings = _check_freeze_plan(
+        cfg, model, freeze_sched, freeze_desc, pretrained
+    )
     if not cfg["eval_only"]:
         _refuse_batchnorm_batches_of_one(cfg, model, freeze_sched)
     bundle = load_bundle(cfg, split, model, augment)
@@ -231,7 +238,7 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
         )
     job = _Job(cfg, dist_ctx, device, model, bundle, class_names, pretrained, weights, augment, use_cache,
                loader_workers(cfg, bundle), freeze_sched, freeze_desc, init_report=init_report,
-               resume_path=resume_path)  # fmt: skip
+               resume_path=resume_path, freeze_warnings=freeze_warnings)  # fmt: skip
     if cfg["eval_only"]:
         if resume_path is not None:
             from transferkit.checkpoint import restore_checkpoint
@@ -257,6 +264,55 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
     if job.resume_ckpt is not None:
         job.best_source = _best_source(job)
     return job
+
+
+def _check_freeze_plan(
+    cfg: dict[str, Any], model: Any, sched: Any, desc: str, pretrained: bool
+) -> tuple[Any, str, list[str]]:
+    """What the freeze line may announce: ``(schedule, description, warnings)``.
+
+    Whatever recipe built the plan, a thaw due at or after ``--epochs`` can never happen ("stem after epoch
+    10" in a 4-epoch run): it is dropped from the schedule (the group stays frozen) and said once. A backbone
+    frozen on random weights only feeds the head random features: said too.
+    """
+    warnings: list[str] = []
+    epochs = cfg["epochs"]
+    late = {e: g for e, g in (getattr(sched, "plan", None) or {}).items() if e >= epochs}
+    if late:
+        for e in late:
+            del sched.plan[e]
+        names = [g for e in sorted(late) for g in late[e]]
+        warnings.append(
+            f"{', '.join(names)} would thaw only after epoch {min(late)}, past the run's {_count(epochs, 'epoch')}: "
+            "left frozen for the whole run (thaw earlier with --unfreeze-at/--unfreeze-every, or train longer)"
+        )
+        thaws = [f"{'+'.join(g)} after epoch {e}" if e else f"{'+'.join(g)} from the start"
+                 for e, g in sorted(sched.plan.items())]  # fmt: skip
+        if thaws:
+            desc = (
+                f"head only, then thaw {', '.join(thaws)}; frozen for the whole run: {', '.join(names)} "
+                f"(lr x{sched.lr_decay:g} per level)"
+            )
+        else:  # nothing left to thaw: a fixed freeze
+            sched, desc = (
+                None,
+                f"backbone frozen for the whole run: the head trains (never thawed: {', '.join(names)})",
+            )
+    head = set(model.head_parameter_names())
+    frozen_at_start = [n for n, p in model.named_parameters() if n not in head and not p.requires_grad]
+    if frozen_at_start and not pretrained:
+        warnings.append(
+            f"layers of {cfg['backbone']} start frozen on RANDOM weights ({_frozen_span(sched)}): they only feed "
+            "the head random features, so accuracy stays low; use --freeze none, or pretrained weights "
+            "(--weights PATH)"
+        )
+    return sched, desc, warnings
+
+
+def _frozen_span(sched: Any) -> str:
+    if sched is None:
+        return "for the whole run"
+    return "until their thaw" if sched.plan else "for the whole run"
 
 
 @contextlib.contextmanager
