@@ -557,6 +557,7 @@ def _create_run_dir(run_dir: Path) -> None:
 
 def _finish(job: _Job, trainer: Any, console: Console) -> int:
     """Best weights -> confusion matrix, model.safetensors + labels.json; the last line."""
+    from transferkit.data import eval_transform_spec
     from transferkit.report import export_model, plot_confusion_matrix, plot_curves, write_metrics_csv
 
     cfg, model, run_dir = job.cfg, job.model, job.run_dir
@@ -577,6 +578,13 @@ def _finish(job: _Job, trainer: Any, console: Console) -> int:
             "mean": list(model.data_config["mean"]),
             "std": list(model.data_config["std"]),
             "in_chans": getattr(model, "in_chans", 3),
+            # the exact evaluation pipeline: resize, crop, interpolation, normalisation, channels
+            "eval_transform": eval_transform_spec(
+                model.data_config,
+                job.bundle.img_size,
+                in_chans=getattr(model, "in_chans", 3),
+                source="digits" if job.bundle.source == "digits" else "folder",
+            ),
             "epoch": trainer.best_epoch + 1,
             "val_acc": final.acc,
             "data": job.facts["data"],
