@@ -592,7 +592,11 @@ BAD = [
     (["--data", "{x}"], "a train/val layout needs exactly", lambda t: _train_test_layout(t)),
     (["--img-size", "7"], "--img-size must be an integer >= 8", None),
     # issue 16 item 10: a ValueError traceback in epoch 1, and a folder neither a rerun nor --resume took
-    (["--batch-size", "1"], "--batch-size 1: tests.tiny_models:tinynet has BatchNorm layers", None),
+    (
+        ["--backbone", "resnet18", "--weights", "none", "--img-size", "32", "--batch-size", "1"],
+        "--batch-size 1: BatchNorm layer backbone.layer4.0.bn1 of resnet18 would see one value per channel",
+        None,
+    ),
     # issue 16 item 11: a typo must not try to allocate terabytes
     (["--img-size", "100000"], "--img-size 100000 is above the limit of 4096 px", None),
     (["--workers", "-1"], "--workers must be an integer >= 0", None),
@@ -1126,3 +1130,11 @@ def test_labels_json_rebuilds_the_exact_eval_transform(tmp_path, monkeypatch, ca
     for path, _ in ours.samples:
         with Image.open(path) as img:
             assert torch.equal(rebuilt(img.convert("RGB")), ours[ours.samples.index((path, _))][0])
+
+
+def test_batch_size_one_trains_where_batchnorm_sees_several_values(tmp_path, monkeypatch, capsys):
+    """Issue 16 item 10: only a BatchNorm layer with one value per channel is refused (tinynet's last one
+    still sees 8x8 values at 16 px)."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", *FAST, "--batch-size", "1", "--limit-train", "4", "--limit-val", "4", "--epochs", "1"]
+    assert main([*argv, "--output", "out"]) == 0, capsys.readouterr().err

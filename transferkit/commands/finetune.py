@@ -222,9 +222,9 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
     freeze_sched, freeze_desc, freeze_warnings = _check_freeze_plan(
         cfg, model, freeze_sched, freeze_desc, pretrained
     )
-    if not cfg["eval_only"]:
-        _refuse_batchnorm_batches_of_one(cfg, model, freeze_sched)
     bundle = load_bundle(cfg, split, model, augment)
+    if not cfg["eval_only"]:
+        _refuse_batchnorm_batches_of_one(cfg, model, freeze_sched, bundle.img_size)
     head = set(model.head_parameter_names())
     backbone_frozen = freeze_sched is None and not any(
         p.requires_grad for n, p in model.named_parameters() if n not in head
@@ -330,22 +330,44 @@ def _held_back(logger_name: str) -> Iterator[None]:
         target.removeFilter(drop)
 
 
-def _refuse_batchnorm_batches_of_one(cfg: dict[str, Any], model: Any, freeze_sched: Any) -> None:
-    """BatchNorm cannot train on one image per batch (torch raises mid-epoch): refused before anything runs."""
+def _refuse_batchnorm_batches_of_one(
+    cfg: dict[str, Any], model: Any, freeze_sched: Any, img_size: int
+) -> None:
+    """A BatchNorm layer that sees one value per channel cannot train (torch raises mid-epoch, after the run
+    folder was made): with ``--batch-size 1``, one eval-mode forward (which changes nothing) finds such
+    layers, and the run is refused before anything is written."""
+    import torch
     from torch.nn.modules.batchnorm import _BatchNorm
 
     from transferkit.freeze import is_bn_locked
 
     if cfg["batch_size"] != 1:
         return
-    # a BN layer locked in eval (frozen) is fine, unless a thaw schedule will unlock it later
-    training_bn = [n for n, m in model.named_modules() if isinstance(m, _BatchNorm)
-                   and (freeze_sched is not None or not is_bn_locked(m))]  # fmt: skip
-    if training_bn:
+    # a BN layer locked in eval (frozen) never uses batch statistics, unless a thaw schedule unlocks it
+    watched = {m: n for n, m in model.named_modules() if isinstance(m, _BatchNorm)
+               and (freeze_sched is not None or not is_bn_locked(m))}  # fmt: skip
+    single: list[str] = []
+
+    def record(module: Any, args: Any) -> None:
+        x = args[0]
+        if x.numel() // x.shape[1] == 1:
+            single.append(watched[module])
+
+    hooks = [m.register_forward_pre_hook(record) for m in watched]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, getattr(model, "in_chans", 3), img_size, img_size))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    if single:
         raise ConfigError(
-            f"--batch-size 1: {cfg['backbone']} has BatchNorm layers ({training_bn[0]}, ...) that cannot train "
-            "on a batch of one image (the batch statistics of one value per channel are undefined); use "
-            "--batch-size 2 or more, or --linear-probe to keep them frozen"
+            f"--batch-size 1: BatchNorm layer {single[0]} of {cfg['backbone']} would see one value per channel "
+            f"at {img_size} px, and cannot train on that (its batch statistics are undefined); use --batch-size "
+            "2 or more, or --linear-probe to keep it frozen"
         )
 
 
@@ -511,7 +533,7 @@ def _interrupted_message(job: _Job, trainer: Any) -> str:
     if done == 0 or not (job.run_dir / "last.pt").is_file():
         kept = (
             f"the earlier run in {job.run_dir} is back as it was"
-            if job.cfg["overwrite"]
+            if job.run_start is not None and job.run_start.aside is not None
             else "nothing was kept"
         )
         return f"interrupted before the first epoch finished; {kept}: run the command again to start over"
