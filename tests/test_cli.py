@@ -93,7 +93,7 @@ def test_run_folder_is_complete_and_valid(digits_run):
 
     rows = read_metrics_csv(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert all(r["lr_head"] > 0 and r["seconds"] > 0 and 0 <= r["val_acc"] <= 1 for r in rows)
+    assert all(r["lr"] > 0 and r["seconds"] > 0 and 0 <= r["val_acc"] <= 1 for r in rows)
     for name in ("loss.png", "accuracy.png", "confusion_matrix.png"):
         with Image.open(run / name) as img:
             img.verify()
@@ -127,7 +127,7 @@ def test_inspect_subcommand(digits_run, capsys):
 
 
 def test_image_folder_run_and_linear_probe(tmp_path):
-    """--data DIR (class names from folders), --linear-probe with the feature cache, --overwrite."""
+    """--data DIR (class names from folders), --linear-probe with the feature cache."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -138,8 +138,6 @@ def test_image_folder_run_and_linear_probe(tmp_path):
             Image.fromarray((img * 15).astype("uint8")).resize((16, 16)).save(folder / f"{i}.png")
     (tmp_path / "data" / "one" / "broken.png").write_bytes(b"garbage")
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "metrics.csv").write_text("stale\n")
     proc = run_cli(
         [
             *FAST,
@@ -150,7 +148,6 @@ def test_image_folder_run_and_linear_probe(tmp_path):
             "--linear-probe",
             "--output",
             "out",
-            "--overwrite",
             "--lr",
             "0.05",
         ],
@@ -256,7 +253,8 @@ def _prefixed_checkpoint(tmp: Path) -> str:
 
 
 def _lr(rows: list, group: str) -> list:
-    return [r.get(f"lr_{group}") for r in rows]
+    """A group's learning rate per epoch (the single ``lr`` column while all groups share one rate)."""
+    return [r.get("lr") if "lr" in r else r.get(f"lr_{group}") for r in rows]
 
 
 FLAG_RUNS = {
@@ -288,7 +286,12 @@ FLAG_RUNS = {
             "state_dict",
         ],
         _prefixed_checkpoint,
-        lambda a, rows: a["init_checkpoint_tensors"] == 14 and a["pretrained_weights_used"],
+        # issue 16 item 13: the weights came from the init checkpoint, not "random"
+        lambda a, rows: (
+            a["init_checkpoint_tensors"] == 14
+            and a["pretrained_weights_used"]
+            and a["weights_source"] == "init checkpoint foreign.pt"
+        ),
     ),  # fmt: skip
     "sgd-step-warmup-lr-decay": (
         [
@@ -320,7 +323,10 @@ FLAG_RUNS = {
     "freeze-groups": (
         ["--freeze", "stem"],
         None,
-        lambda a, rows: a["freeze"] == "frozen for the whole run: stem" and _lr(rows, "stem") == [None, None],
+        lambda a, rows: (
+            a["freeze"] == "frozen for the whole run: stem"
+            and a["trainable_parameters_at_start"] < a["parameters"]
+        ),
     ),
     "unfreeze-at": (
         ["--freeze", "backbone", "--unfreeze-at", "1:block"],
@@ -335,7 +341,9 @@ FLAG_RUNS = {
     "linear-probe": (
         ["--linear-probe"],
         None,
-        lambda a, rows: a["feature_cache"] and not a["augment"] and _lr(rows, "block") == [None, None],
+        lambda a, rows: (
+            a["feature_cache"] and not a["augment"] and a["trainable_parameters_at_start"] < a["parameters"]
+        ),
     ),
     "amp-channels-last-cpu-seed": (
         ["--amp", "--channels-last", "--device", "cpu", "--seed", "3"],
@@ -367,9 +375,16 @@ def test_resume_refuses_a_changed_schedule_and_writes_nothing(digits_run, capsys
     assert main(["finetune", "--resume", str(run), "--epochs", "5"]) == 2
     err = capsys.readouterr().err
     assert (
-        err.count("\n") == 1 and "--epochs 5" in err and "the run has 3" in err and "--init-checkpoint" in err
+        err.count("\n") == 1
+        and "--epochs 5" in err
+        and "the run has --epochs 3" in err
+        and "--init-checkpoint" in err
     )
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
+    # issue 16 item 12: no raw None for a value the run did not set
+    assert main(["finetune", "--resume", str(run), "--data", "photos"]) == 2
+    err = capsys.readouterr().err
+    assert "--data photos (the run has no --data (the embedded digits))" in err and "None" not in err, err
 
 
 def test_progress_bars_only_on_a_terminal(tmp_path, digits_run):
@@ -544,6 +559,9 @@ BAD = [
     (["--lr", "-1"], "--lr must be a positive finite number", None),
     (["--lr", "inf"], "--lr must be a positive finite number", None),
     (["--lr", "nan"], "--lr must be a positive finite number", None),
+    # issue 16 item 16: a negative number is a value (argparse before 3.13 took it for an option)
+    (["--lr", "-1e-3"], "--lr must be a positive finite number, e.g. 1e-3, got -0.001", None),
+    (["--weights", ""], "weights='' is empty", None),
     (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0", None),
     (
         ["--config", "bin.yaml"],
@@ -573,6 +591,14 @@ BAD = [
     (["--epochs", "0"], "--epochs must be an integer >= 1, got 0", None),
     (["--data", "{x}"], "a train/val layout needs exactly", lambda t: _train_test_layout(t)),
     (["--img-size", "7"], "--img-size must be an integer >= 8", None),
+    # issue 16 item 10: a ValueError traceback in epoch 1, and a folder neither a rerun nor --resume took
+    (
+        ["--backbone", "resnet18", "--weights", "none", "--img-size", "32", "--batch-size", "1"],
+        "--batch-size 1: BatchNorm layer backbone.layer4.0.bn1 of resnet18 would see one value per channel",
+        None,
+    ),
+    # issue 16 item 11: a typo must not try to allocate terabytes
+    (["--img-size", "100000"], "--img-size 100000 is above the limit of 4096 px", None),
     (["--workers", "-1"], "--workers must be an integer >= 0", None),
     (["--device", "tpu"], "expected auto, cpu, cuda or cuda:N", None),
     # the CLI's own spelling, not the Python API's (weights=PATH, at={...}, rules=[...], list_backbones)
@@ -664,7 +690,7 @@ def test_random_init_banner_leaves_what_trains_to_the_freeze_line(tmp_path, monk
     argv.remove("--quiet")  # the thaw is an INFO log line
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "Training from RANDOM initialisation." in captured.err and "every layer trains" not in captured.err
+    assert "training from RANDOM initialisation." in captured.err and "every layer trains" not in captured.err
     assert "head only, then thaw block after epoch 1 " in captured.out and "2 epochs x" in captured.out
     assert (
         "transferkit.schedule: epoch 2: thawed block" in captured.err
@@ -878,3 +904,241 @@ def test_salvage_reads_an_init_checkpoint_that_weights_only_refuses(tmp_path, mo
     assert rc == 0, capsys.readouterr().err
     resolved = yaml.safe_load((tmp_path / "out" / "args.yaml").read_text())["resolved"]
     assert resolved["init_checkpoint_tensors"] > 0 and resolved["pretrained_weights_used"] is True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# issue 16: what a new user hit
+
+
+def test_version_is_printed(capsys):
+    import transferkit
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"transferkit {transferkit.__version__}"
+
+
+def test_inspect_exits_non_zero_when_the_dry_run_load_would_fail(tmp_path, capsys):
+    _zero_tensor_checkpoint(tmp_path)
+    rc = main(["inspect", str(tmp_path / "zero.pt"), "--model", TINY, "--classes", "10"])
+    out = capsys.readouterr().out
+    assert "a load would fail" in out and rc == 1
+
+
+def _digit_folder(root: Path, names: tuple[str, ...] = ("zero", "one", "two"), per_class: int = 10) -> Path:
+    """An image folder of real digit scans: one class folder per name."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for c, name in enumerate(names):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i, img in enumerate(digits.images[digits.target == c][:per_class]):
+            Image.fromarray((img * 15).astype("uint8")).resize((16, 16)).save(folder / f"{i}.png")
+    return root
+
+
+def test_eval_only_uses_the_whole_folder_and_refuses_other_class_names(tmp_path, monkeypatch, capsys):
+    """Issue 16 item 1: --eval-only --data NEWDIR scored a random 20 % and mapped labels by sorted folder name."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    _digit_folder(tmp_path / "data")
+    argv = ["finetune", *FAST, "--data", "data", "--epochs", "1", "--output", "run"]
+    assert main(argv) == 0, capsys.readouterr().err
+    _digit_folder(tmp_path / "new", per_class=7)
+    capsys.readouterr()
+    assert main(["finetune", "--resume", "run", "--eval-only", "--data", "new"]) == 0
+    assert "on 21 images (every image of new)" in capsys.readouterr().out
+
+    shutil.move(tmp_path / "new" / "two", tmp_path / "new" / "deux")  # a renamed class folder
+    assert main(["finetune", "--resume", "run", "--eval-only", "--data", "new"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "class folder(s) the model was not trained on: ['deux']" in err, err
+    assert "lacks the model's class(es) ['two']" in err
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [KeyboardInterrupt, pytest.param(RuntimeError, marks=pytest.mark.slow)],  # one path: except BaseException
+    ids=["ctrl-c", "exception"],
+)
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(
+    tmp_path, monkeypatch, capsys, failure
+):
+    """Issue 16 item 6: --overwrite deleted best.pt, last.pt, model.safetensors before epoch 1, so Ctrl-C in
+    epoch 1 lost the old run."""
+    from transferkit.train import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", *FAST, "--limit-train", "32", "--limit-val", "16", "--epochs", "1", "--output", "run"]
+    assert main(argv) == 0
+    (tmp_path / "run" / "notes.txt").write_text("mine\n")
+    before = _contents(tmp_path / "run")
+
+    def fail(self, epoch):
+        raise failure("in epoch 1")
+
+    monkeypatch.setattr(Trainer, "train_epoch", fail)
+    if failure is KeyboardInterrupt:
+        assert main([*argv, "--overwrite"]) == 130
+        assert "the earlier run in run is back as it was" in capsys.readouterr().err
+    else:
+        with pytest.raises(RuntimeError):
+            main([*argv, "--overwrite"])
+    assert _contents(tmp_path / "run") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no hidden copy left beside it
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--overwrite"]) == 0  # a successful overwrite: the old files are gone, the note stays
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_failed_start_leaves_nothing_a_rerun_would_refuse(tmp_path, monkeypatch):
+    """Issue 16 items 6 and 10: a run that fails in epoch 1 removes its folder, so the same command runs again."""
+    from transferkit.train import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self, epoch: 1 / 0)
+    argv = ["finetune", *FAST, "--limit-train", "32", "--limit-val", "16", "--epochs", "1", "--output", "run"]
+    with pytest.raises(ZeroDivisionError):
+        main(argv)
+    assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_refuses_a_folder_of_only_run_named_user_files(tmp_path, monkeypatch, capsys):
+    """Issue 16 item 6: the user's own metrics.csv and labels.json are not a run."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "metrics.csv").write_text("my numbers\n")
+    (tmp_path / "mine" / "labels.json").write_text("{}\n")
+    before = _contents(tmp_path / "mine")
+    assert main(["finetune", *FAST, "--output", "mine", "--overwrite"]) == 2
+    assert "is not a transferkit run folder" in capsys.readouterr().err
+    assert _contents(tmp_path / "mine") == before
+
+
+def test_a_runs_args_yaml_as_config_never_points_at_that_run(digits_run, tmp_path, monkeypatch, capsys):
+    """Issue 16 item 7: --config RUN/args.yaml carried output: RUN, and the advice was --overwrite."""
+    run, _ = digits_run
+    monkeypatch.chdir(tmp_path)
+    before = _listing(run)
+    argv = ["finetune", "--config", str(run / "args.yaml"), "--epochs", "1", "--limit-train", "32"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "runs").iterdir())) == 1 and _listing(run) == before
+    # a folder holding a complete run: the advice is a new --output, never --overwrite
+    assert main([*argv, "--output", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a complete run; give a new --output" in err and "--overwrite" not in err, err
+    assert _listing(run) == before
+
+
+def test_runs_started_in_the_same_second_get_numbered_folders(tmp_path, monkeypatch, capsys):
+    """Issue 16 item 8: the second run of a backbone started in the same second failed."""
+    import datetime as real
+
+    from transferkit.commands import plan
+    from transferkit.commands.run_folder import RunStart
+
+    class Frozen(real.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(plan.datetime, "datetime", Frozen)
+    argv = ["finetune", *FAST, "--limit-train", "32", "--limit-val", "16", "--epochs", "1"]
+    assert main(argv) == 0 and main(argv) == 0, capsys.readouterr().err
+    name = "20260102-030405-tests.tiny_models-tinynet"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [name, f"{name}-2"]
+    # the name is claimed when the folder is made: a run that took it meanwhile moves this one on
+    start = RunStart(tmp_path / "runs" / name, overwrite=False, auto_named=True)
+    start.begin()
+    assert start.run_dir.name == f"{name}-3"
+
+
+@pytest.mark.parametrize("backbone", [TINY, pytest.param("resnet18", marks=pytest.mark.slow)])
+def test_the_random_weights_warning_is_one_short_line_and_only_when_it_matters(
+    tmp_path, monkeypatch, capsys, backbone
+):
+    """Issue 16 item 15: a 600-character line and a box on every offline run, also after "run ... is complete"
+    and with --init-checkpoint. (resnet18: torchvision weights not in an empty cache, the library's warning.)"""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
+    monkeypatch.delenv("TRANSFERKIT_ALLOW_DOWNLOAD", raising=False)
+    argv = ["finetune", "--backbone", backbone, "--img-size", "32", "--batch-size", "8", "--workers", "0"]
+    argv += ["--limit-train", "16", "--limit-val", "8", "--epochs", "1", "--quiet"]
+    assert main([*argv, "--output", "run"]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "RANDOM" in ln]
+    assert len(lines) == 1 and len(lines[0]) < 250 and "=" * 20 not in err, err
+    assert main(["finetune", "--resume", "run"]) == 0  # complete: nothing trains, nothing to warn about
+    assert "RANDOM" not in capsys.readouterr().err
+    assert main([*argv, "--init-checkpoint", "run/best.pt", "--output", "run2"]) == 0
+    assert "RANDOM" not in capsys.readouterr().err
+
+
+def test_thaws_past_the_last_epoch_are_dropped_and_frozen_random_weights_warned(
+    tmp_path, monkeypatch, capsys
+):
+    """Issue 16 item 14: "stem after epoch 10" announced in a 4-epoch run; --freeze backbone on random weights
+    without a word."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", *FAST, "--limit-train", "32", "--limit-val", "16", "--epochs", "2"]
+    assert main([*argv, "--freeze", "backbone", "--unfreeze-every", "1", "--output", "a"]) == 0
+    captured = capsys.readouterr()
+    assert "head only, then thaw block after epoch 1; frozen for the whole run: stem" in captured.out
+    assert "stem after epoch 2" not in captured.out
+    assert "WARNING: stem would thaw only after epoch 2, past the run's 2 epochs" in captured.err
+    assert "start frozen on RANDOM weights (until their thaw)" in captured.err
+    resolved = yaml.safe_load((tmp_path / "a" / "args.yaml").read_text())["resolved"]
+    assert "stem after" not in resolved["freeze"]
+
+    assert main([*argv, "--freeze", "backbone", "--output", "b"]) == 0
+    assert "start frozen on RANDOM weights (for the whole run)" in capsys.readouterr().err
+
+
+def test_labels_json_rebuilds_the_exact_eval_transform(tmp_path, monkeypatch, capsys):
+    """Issue 16 item 18: labels.json lacked resize size, crop ratio and interpolation; a pipeline rebuilt from
+    it disagreed with transferkit's own on 47 of 100 images."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    from transferkit.backbones import create_model
+    from transferkit.data import load_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    _digit_folder(tmp_path / "data", per_class=6)
+    argv = ["finetune", *FAST, "--img-size", "20", "--data", "data", "--epochs", "1", "--output", "run"]
+    assert main(argv) == 0, capsys.readouterr().err
+    spec = json.loads((tmp_path / "run" / "labels.json").read_text())["eval_transform"]
+    assert {"resize_size", "crop_size", "crop_pct", "interpolation", "mean", "std", "channels"} <= set(spec)
+    ops = []
+    for step in spec["steps"]:  # plain torchvision, from the JSON alone
+        if step["op"] == "resize":
+            ops.append(
+                v2.Resize(step["size"], InterpolationMode(step["interpolation"]), antialias=step["antialias"])
+            )
+        elif step["op"] == "center_crop":
+            ops.append(v2.CenterCrop(step["size"]))
+        elif step["op"] == "to_float":
+            ops += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+        elif step["op"] == "normalize":
+            ops.append(v2.Normalize(step["mean"], step["std"]))
+    rebuilt = v2.Compose(ops)
+    model = create_model(TINY, 3, weights=None)
+    ours = load_image_folder(tmp_path / "data", model.data_config, img_size=20, augment=False).val
+    for path, _ in ours.samples:
+        with Image.open(path) as img:
+            assert torch.equal(rebuilt(img.convert("RGB")), ours[ours.samples.index((path, _))][0])
+
+
+def test_batch_size_one_trains_where_batchnorm_sees_several_values(tmp_path, monkeypatch, capsys):
+    """Issue 16 item 10: only a BatchNorm layer with one value per channel is refused (tinynet's last one
+    still sees 8x8 values at 16 px)."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", *FAST, "--batch-size", "1", "--limit-train", "4", "--limit-val", "4", "--epochs", "1"]
+    assert main([*argv, "--output", "out"]) == 0, capsys.readouterr().err

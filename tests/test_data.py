@@ -105,6 +105,11 @@ def test_unreadable_images_are_skipped_and_counted_or_strict(tmp_path, caplog):
     assert len(split.train) + len(split.val) == 18
     with pytest.raises(ConfigError, match="2 unreadable"):
         split_image_folder(root, strict=True)
+    # issue 16 item 16: the strict error names every unreadable file, not only the first
+    (root / "digit0" / "third.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(ConfigError, match="3 unreadable") as err:
+        split_image_folder(root, strict=True)
+    assert all(name in str(err.value) for name in ("broken.png", "truncated.png", "third.jpg"))
 
 
 @pytest.mark.parametrize(
@@ -267,3 +272,49 @@ def test_file_broken_after_the_check_is_skipped_in_the_loader(tmp_path, workers)
     strict = ImageFileDataset(split.train, bundle.train.transform, strict=True)
     with pytest.raises(TransferkitError, match=f"cannot read image {victim}.*--strict-data"):
         strict[0]
+
+
+def test_check_class_names_is_an_error_with_structure(tmp_path):
+    """Issue 16 item 1: the class-name check that --eval-only (and a later `evaluate`) relies on."""
+    from transferkit.data import check_class_names, scan_eval_folder
+    from transferkit.errors import ClassNamesError
+
+    with pytest.raises(ClassNamesError) as err:
+        check_class_names(["cat", "dog", "fox"], ["cat", "dgo", "fox"], source="photos")
+    assert err.value.unknown == ["dgo"] and err.value.missing == ["dog"]
+    assert "'dgo'" in str(err.value) and "'dog'" in str(err.value)
+    check_class_names(["cat", "dog", "fox"], ["fox", "cat"])  # a subset: labels by name
+    with pytest.raises(ClassNamesError, match="lacks"):
+        check_class_names(["cat", "dog"], ["cat"], allow_missing=False)
+
+    root = write_digit_folder(tmp_path / "data", per_class=4)
+    split = scan_eval_folder(root, ["digit2", "digit1", "digit0"])  # the model's order, not the folders'
+    assert split.train == [] and len(split.val) == 12
+    assert {Path(p).parent.name: label for p, label in split.val} == {"digit2": 0, "digit1": 1, "digit0": 2}
+
+
+def test_links_never_multiply_or_mislabel_images(tmp_path, caplog):
+    """Issue 16 item 2: with `café/loop -> ..`, 30 files became 1,590 samples, in both train and val."""
+    import os
+
+    root = write_digit_folder(tmp_path / "data", per_class=10)
+    os.symlink("..", root / "digit0" / "loop")  # back to the data folder: every class again, as digit0
+    os.symlink("../digit2", root / "digit1" / "other")  # another class's folder
+    os.symlink(root / "digit2" / "0.png", root / "digit2" / "again.png")  # the same file twice
+    with caplog.at_level(logging.WARNING, logger="transferkit.data"):
+        split = split_image_folder(root)
+    samples = split.train + split.val
+    assert len(samples) == 30
+    assert len({os.path.realpath(p) for p, _ in samples}) == 30
+    assert not {os.path.realpath(p) for p, _ in split.train} & {os.path.realpath(p) for p, _ in split.val}
+    assert all(Path(p).parent.name == split.class_names[label] for p, label in samples)
+    assert "not following" in caplog.text and "skipped 1 duplicate image file" in caplog.text
+
+
+def test_a_file_in_both_train_and_val_is_refused(tmp_path):
+    import os
+
+    root = write_digit_folder(tmp_path / "data", per_class=4, layout="split")
+    os.symlink(root / "train" / "digit0" / "1.png", root / "val" / "digit0" / "leak.png")
+    with pytest.raises(ConfigError, match="also training files"):
+        split_image_folder(root)

@@ -81,6 +81,15 @@ def test_unknown_selector_suggests_close_matches():
         freeze(TinyNet(), 3)
 
 
+@pytest.mark.parametrize("selector", ["", " ", ["layer1", ""]])
+def test_an_empty_selector_is_an_error_and_freezes_nothing(selector):
+    """Issue 16 item 5: "" named the root module and froze every parameter, the head included."""
+    model = TinyNet()
+    with pytest.raises(ConfigError, match="is empty"):
+        freeze(model, selector)
+    assert len(_trainable(model)) == len(list(model.parameters()))
+
+
 def test_no_selector_means_everything():
     model = TinyNet()
     assert len(freeze(model)) == len(list(model.parameters()))

@@ -746,3 +746,10 @@ def test_non_tensor_entries_are_named_in_the_error() -> None:
     state = {"weight": None, "bias": torch.zeros(2)}
     with pytest.raises(CheckpointError, match=r"'weight' \(NoneType\)"):
         load_partial(nn.Linear(2, 2), state)
+
+
+def test_min_coverage_on_a_model_without_parameters_says_so():
+    """Issue 16 item 16: a buffers-only model gave "min_coverage names ''"."""
+    model = nn.BatchNorm1d(3, affine=False)
+    with pytest.raises(ConfigError, match="this model has none \\(only buffers\\)"):
+        load_partial(model, dict(model.state_dict()), min_coverage=0.5)

@@ -82,3 +82,46 @@ def test_yaml_is_plain_and_ordered(tmp_path):
 def test_format_epoch_is_one_line():
     line = format_epoch(HISTORY[1], 5)
     assert "\n" not in line and line.startswith("epoch 2/5") and "val loss 0.8000 acc 75.00%" in line
+
+
+def test_cjk_class_names_draw_without_glyph_warnings(tmp_path, recwarn):
+    """Issue 16 item 17: CJK names were empty boxes with "Glyph missing" warnings escaping --quiet."""
+    from transferkit.report import _font_chain, class_tick_labels
+
+    names = ["cat", "猫", "café"]
+    cm = torch.tensor([[5, 1, 0], [0, 6, 0], [2, 0, 4]])
+    plot_confusion_matrix(cm, names, tmp_path / "confusion_matrix.png")
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]
+    labels, _, legend = class_tick_labels(names)
+    if ord("猫") in _font_chain()[1]:  # a CJK font is installed: the names themselves
+        assert labels == names and legend == []
+    else:  # indices on the axes, the names in a legend (undrawable characters escaped)
+        assert labels == ["0", "1", "2"] and legend == ["0: cat", "1: \\u732b", "2: café"]
+
+
+def test_yaml_keeps_non_ascii_as_utf8(tmp_path):
+    """Issue 16 item 17: args.yaml wrote "caf\\xE9"."""
+    text = write_yaml(tmp_path / "a.yaml", {"class_names": ["café", "猫"]}).read_text(encoding="utf-8")
+    assert "café" in text and "猫" in text and "\\x" not in text
+    assert yaml.safe_load(text) == {"class_names": ["café", "猫"]}
+
+
+def test_metrics_csv_has_one_lr_column_while_groups_share_a_rate(tmp_path):
+    """Issue 16 item 19: one LR column per group even when every group had the same rate."""
+    shared = [{**row, "lr": {"stem": 1e-3, "head": 1e-3}} for row in HISTORY]
+    path = write_metrics_csv(tmp_path / "metrics.csv", shared)
+    assert path.read_text().splitlines()[0].split(",")[5:] == ["lr", "seconds"]
+    assert [r["lr"] for r in read_metrics_csv(path)] == [1e-3, 1e-3]
+
+
+def test_curves_have_a_title_and_mark_the_best_epoch():
+    """Issue 16 item 19: the plots had no title and no best-epoch marker."""
+    from transferkit.report import curve_figure
+
+    history = [{**HISTORY[0], "val_acc": 0.5}, {**HISTORY[1], "epoch": 1, "val_acc": 0.75},
+               {**HISTORY[1], "epoch": 2, "val_acc": 0.75}]  # fmt: skip
+    for key in ("loss", "acc"):
+        ax = curve_figure(history, key, "my-run").axes[0]
+        assert "my-run" in ax.get_title() and "best val accuracy 75.00% at epoch 2" in ax.get_title()
+        marks = [line for line in ax.get_lines() if line.get_label() == "best epoch (2)"]
+        assert len(marks) == 1 and list(marks[0].get_xdata()) == [2, 2]

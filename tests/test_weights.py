@@ -136,8 +136,32 @@ def test_download_only_when_allowed(torch_home: Path, monkeypatch: pytest.Monkey
         "transferkit.backbones.weights.verify_hash", lambda path: None
     )  # fake bytes, real name
     monkeypatch.setenv(ALLOW_DOWNLOAD_ENV, "1")
+    monkeypatch.setattr("transferkit.backbones.weights._reachable", lambda url: True)
     adapter = create_model("squeezenet1_1", num_classes=3, weights="imagenet")
     assert calls == [(SQUEEZE.url, "b8a52dc0")] and adapter.pretrained
+
+
+@pytest.mark.parametrize("backbone", ["squeezenet1_1", "timm:resnet18"])
+def test_download_without_a_network_fails_fast_in_one_line(
+    torch_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog, backbone: str
+) -> None:
+    """Issue 16 item 9: offline, torchvision gave a URLError traceback and timm hung 51 s, even under auto."""
+    import socket
+    import time
+
+    def offline(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv(ALLOW_DOWNLOAD_ENV, "1")
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="transferkit"):
+        adapter = create_model(backbone, num_classes=3)  # weights="auto": falls back, says why
+    assert not adapter.pretrained and "no network connection" in caplog.text
+    with pytest.raises(LoadError, match=r"cannot download pretrained weights .* \(no network connection\)"):
+        create_model(backbone, num_classes=3, weights="imagenet")
+    assert time.perf_counter() - start < 10
 
 
 def test_unknown_weights_names() -> None:

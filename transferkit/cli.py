@@ -40,7 +40,8 @@ _COMMANDS = {"finetune": run_finetune, "inspect": run_inspect}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 2 bad input or a TransferkitError, 130 interrupted).
+    """Run the CLI; returns the exit code (0 ok, 1 ``inspect``'s dry-run load would fail, 2 bad input or a
+    TransferkitError, 130 interrupted).
 
     Args:
         argv: the arguments after the program name (default: ``sys.argv[1:]``).

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-from transferkit.errors import ConfigError, TransferkitError
+from transferkit.errors import ClassNamesError, ConfigError, TransferkitError
 
 __all__ = [
     "DataBundle",
@@ -51,9 +51,12 @@ __all__ = [
     "load_digits_data",
     "load_image_folder",
     "split_image_folder",
+    "check_class_names",
+    "scan_eval_folder",
     "FolderSplit",
     "scan_image_folder",
     "build_transforms",
+    "eval_transform_spec",
     "to_8bit",
     "make_loaders",
     "set_loader_epoch",
@@ -209,6 +212,68 @@ def build_transforms(
     return backbone_transforms(data_config, train=train and augment, img_size=img_size)
 
 
+def eval_transform_spec(
+    data_config: dict[str, Any] | None, img_size: int, *, in_chans: int = 3, source: str = "folder"
+) -> dict[str, Any]:
+    """The exact evaluation preprocessing, as JSON-able data (for ``labels.json``): enough to rebuild it.
+
+    Read from the pipeline :func:`build_transforms` really builds (not recomputed beside it), so the two
+    cannot disagree. For the embedded digits it describes :func:`load_digits_data`'s own steps.
+
+    Args:
+        data_config: the backbone's data config (``Adapter.data_config``).
+        img_size: the side the run used.
+        in_chans: the network's input channels (1: images are read as grayscale).
+        source: ``"digits"`` for the embedded digits, anything else for image files.
+
+    Example:
+        >>> spec = eval_transform_spec({"mean": (0.5,) * 3, "std": (0.5,) * 3, "input_size": (3, 224, 224),
+        ...                             "resize_size": 256, "crop_pct": 0.875, "interpolation": "bicubic"}, 224)
+        >>> spec["resize_size"], spec["crop_size"], spec["interpolation"], spec["channels"]
+        (256, 224, 'bicubic', 3)
+    """
+    mean, std = list((data_config or {}).get("mean", ())), list((data_config or {}).get("std", ()))
+    if source == "digits":
+        return {
+            "input": "scikit-learn digits: 8x8 values 0..16, divided by 16",
+            "steps": [
+                {"op": "resize", "size": [img_size, img_size], "interpolation": "bilinear", "align_corners": False,
+                 "antialias": False, "then": "clamp to [0, 1]"},
+                {"op": "repeat_channels", "channels": len(mean)},
+                {"op": "normalize", "mean": mean, "std": std},
+            ],
+            "resize_size": img_size, "crop_size": img_size, "crop_pct": 1.0, "interpolation": "bilinear",
+            "mean": mean, "std": std, "channels": len(mean),
+        }  # fmt: skip
+    from torchvision.transforms import v2
+
+    pipeline = build_transforms(data_config or {}, False, img_size)
+    steps: list[dict[str, Any]] = []
+    spec: dict[str, Any] = {"input": f"PIL image converted to {'L' if in_chans == 1 else 'RGB'} (16-bit "
+                            "grayscale scaled by 1/257)"}  # fmt: skip
+    for t in pipeline.transforms:
+        if isinstance(t, v2.Resize):
+            size = list(t.size) if isinstance(t.size, list | tuple) else [t.size]
+            steps.append({"op": "resize", "size": size, "applies_to": "shorter side" if len(size) == 1 else "both",
+                          "interpolation": t.interpolation.value, "antialias": bool(t.antialias)})  # fmt: skip
+            spec["resize_size"], spec["interpolation"] = size[0], t.interpolation.value
+        elif isinstance(t, v2.CenterCrop):
+            steps.append({"op": "center_crop", "size": list(t.size)})
+            spec["crop_size"] = list(t.size)[0]
+        elif isinstance(t, v2.Grayscale):
+            steps.append({"op": "grayscale", "channels": t.num_output_channels})
+        elif isinstance(t, v2.ToDtype):
+            steps.append({"op": "to_float", "range": [0.0, 1.0]})
+        elif isinstance(t, v2.Normalize):
+            steps.append({"op": "normalize", "mean": list(t.mean), "std": list(t.std)})
+        elif not isinstance(t, v2.ToImage):
+            steps.append({"op": type(t).__name__})
+    if "resize_size" in spec and "crop_size" in spec:
+        spec["crop_pct"] = spec["crop_size"] / spec["resize_size"]
+    spec.update({"mean": mean, "std": std, "channels": len(mean), "steps": steps})
+    return spec
+
+
 class ImageFileDataset(Dataset):
     """``(path, label)`` samples read with PIL, converted to RGB (or L for 1-channel backbones).
 
@@ -316,13 +381,36 @@ def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _files(folder: Path) -> list[str]:
+def _files(folder: Path, seen: dict[str, str], duplicates: list[str]) -> list[str]:
+    """The image files under a class folder, each real file once.
+
+    Linked folders are followed only while they stay inside the class folder: a link out of it (``cat/loop
+    -> ..``) would walk the other classes again, under this label, and a loop would multiply every file.
+    A file reached a second time (through a link, or linked from two classes) is left out and recorded in
+    ``duplicates``; ``seen`` maps real paths to the first path that reached them, across class folders.
+    """
+    top = os.path.realpath(folder)
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real == top or not real.startswith(top + os.sep) or real in seen:
+                logger.warning("not following %s: it links outside its class folder %s, or back into it",
+                               os.path.join(dirpath, d), folder)  # fmt: skip
+                continue
+            seen[real] = os.path.join(dirpath, d)
+            kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                out.append(os.path.join(dirpath, name))
+                path = os.path.join(dirpath, name)
+                real = os.path.realpath(path)
+                if real in seen:
+                    duplicates.append(path)
+                    continue
+                seen[real] = path
+                out.append(path)
     return out
 
 
@@ -361,7 +449,16 @@ def scan_image_folder(
                 f"{list(class_names)}); give both splits the same class folders"
             )
     index = {name: i for i, name in enumerate(class_names)}
-    candidates = [(f, index[d.name]) for d in dirs for f in _files(d)]
+    seen: dict[str, str] = {}
+    duplicates: list[str] = []
+    candidates = [(f, index[d.name]) for d in dirs for f in _files(d, seen, duplicates)]
+    if duplicates:
+        logger.warning(
+            "skipped %d duplicate image file(s) under %s (the same file reached again through a link), e.g. %s",
+            len(duplicates),
+            root,
+            duplicates[0],
+        )
     bad: list[str] = []
     if check and candidates:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -484,12 +581,16 @@ def split_image_folder(
         samples, names, bad = scan_image_folder(root)
     if bad:
         if strict:
+            shown = ", ".join(bad[:_MAX_NAMED]) + (
+                f" and {len(bad) - _MAX_NAMED} more" if len(bad) > _MAX_NAMED else ""
+            )
             raise ConfigError(
-                f"{len(bad)} unreadable image file(s) under {root}, e.g. {bad[0]}; remove them or drop "
+                f"{len(bad)} unreadable image file(s) under {root}: {shown}; remove them or drop "
                 "--strict-data to skip them"
             )
         logger.warning("skipping %d unreadable image file(s) under %s, e.g. %s", len(bad), root, bad[0])
     if split_dirs:
+        _refuse_shared_files(train_s, val_s)
         _check_classes(root / "train", names, train_s)
         if not val_s:
             raise ConfigError(f"{root / 'val'} holds no readable images; add validation images")
@@ -506,6 +607,7 @@ def split_image_folder(
     else:
         _check_classes(root, names, samples)
         train_s, val_s = _stratified_split(samples, names, val_split, seed)
+        _refuse_shared_files(train_s, val_s)
     logger.info(
         "image folder %s: %d classes, %d training and %d validation images%s",
         root,
@@ -515,6 +617,20 @@ def split_image_folder(
         f", {len(bad)} unreadable skipped" if bad else "",
     )
     return FolderSplit(train_s, val_s, names, str(root), bad)
+
+
+_MAX_NAMED = 20  # unreadable files named in a --strict-data error (a line, not a listing of thousands)
+
+
+def _refuse_shared_files(train: list[tuple[str, int]], val: list[tuple[str, int]]) -> None:
+    """A file in both splits (linked, or copied by a link) would make the validation accuracy measure recall."""
+    train_real = {os.path.realpath(p) for p, _ in train}
+    shared = [p for p, _ in val if os.path.realpath(p) in train_real]
+    if shared:
+        raise ConfigError(
+            f"{len(shared)} validation file(s) are also training files (the same file through a link), e.g. "
+            f"{shared[0]}: the validation accuracy would not measure anything new. Make the splits disjoint"
+        )
 
 
 _SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
@@ -533,6 +649,89 @@ def _refuse_half_split(root: Path) -> None:
             f"and {root}/val (rename the validation folder to val), or give a folder whose sub-folders are the "
             "classes"
         )
+
+
+def check_class_names(
+    expected: Sequence[str], found: Sequence[str], *, source: str = "the data", allow_missing: bool = True
+) -> None:
+    """Refuse data whose class names the model does not know; labels are matched by name, never by position.
+
+    Args:
+        expected: the model's class names (index = label), e.g. a run's ``labels.json`` ``class_names``.
+        found: the data's class names (its class folder names).
+        source: what ``found`` came from, for the message.
+        allow_missing: accept data that lacks some of the model's classes (logged as a warning); with
+            ``False`` that is an error too.
+
+    Raises:
+        ClassNamesError: a name in ``found`` is not in ``expected`` (or one of ``expected`` is missing, with
+            ``allow_missing=False``); ``.unknown`` and ``.missing`` list them.
+
+    Example:
+        >>> check_class_names(["cat", "dog"], ["cat", "dgo"], source="photos/")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        transferkit.errors.ClassNamesError: photos/ has class folder(s) the model was not trained on: ['dgo']; ...
+    """
+    err = ClassNamesError("", list(expected), list(found))
+    if err.unknown or (err.missing and not allow_missing):
+        parts = []
+        if err.unknown:
+            parts.append(f"{source} has class folder(s) the model was not trained on: {err.unknown}")
+        if err.missing:
+            parts.append(f"{'it' if err.unknown else source} lacks the model's class(es) {err.missing}")
+        raise ClassNamesError(
+            "; ".join(parts) + f" (the model's classes: {list(expected)}). Rename the folders to the model's "
+            "class names: labels are matched by name, and a folder under another name would be scored "
+            "against the wrong class",
+            list(expected),
+            list(found),
+        )
+    if err.missing:
+        logger.warning(
+            "%s has no images of the model's class(es) %s; accuracy is measured on the others",
+            source,
+            err.missing,
+        )
+
+
+def scan_eval_folder(
+    root: str | os.PathLike, class_names: Sequence[str] | None, *, strict: bool = False
+) -> FolderSplit:
+    """Every image of a folder, labelled by a trained model's ``class_names``: an evaluation set.
+
+    Unlike :func:`split_image_folder`, nothing is held out for training: ``DIR/<class>`` is used whole
+    (``DIR/val/<class>`` when the folder has the ``train``/``val`` layout, whose ``train`` was for training).
+    Labels follow ``class_names`` by name (:func:`check_class_names`), not the folders' sorted order;
+    ``None`` takes the folders' names, sorted (for a model whose class names are unknown).
+
+    Returns:
+        A :class:`FolderSplit` whose ``val`` holds the samples and ``train`` is empty.
+
+    Raises:
+        ConfigError: a missing or empty folder, unreadable files with ``strict``.
+        ClassNamesError: class folders the model does not know.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(
+            f"data folder {root} {'is a file, not a folder' if root.exists() else 'does not exist'}; give the "
+            "folder that holds the class sub-folders (DIR/<class>/*.png)"
+        )
+    folder = root / "val" if (root / "train").is_dir() and (root / "val").is_dir() else root
+    if not _class_dirs(folder):
+        raise ConfigError(f"{folder} has no class sub-folders; expected {folder}/<class>/<image files>")
+    found = [d.name for d in _class_dirs(folder)]
+    class_names = found if class_names is None else list(class_names)
+    check_class_names(class_names, found, source=str(folder))
+    samples, names, bad = scan_image_folder(folder, class_names)
+    if bad and strict:
+        raise ConfigError(f"{len(bad)} unreadable image file(s) under {folder}: {', '.join(bad[:_MAX_NAMED])}; "
+                          "remove them or drop --strict-data to skip them")  # fmt: skip
+    if bad:
+        logger.warning("skipping %d unreadable image file(s) under %s, e.g. %s", len(bad), folder, bad[0])
+    if not samples:
+        raise ConfigError(f"{folder} holds no readable images (extensions {', '.join(IMAGE_EXTENSIONS)})")
+    return FolderSplit([], sorted(samples), list(names), str(folder), bad)
 
 
 def load_image_folder(

@@ -17,6 +17,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "LoadError",
     "ConfigError",
+    "ClassNamesError",
 ]
 
 
@@ -46,3 +47,20 @@ class LoadError(TransferkitError):
 
 class ConfigError(TransferkitError, ValueError):
     """A user-supplied option or argument is invalid."""
+
+
+class ClassNamesError(ConfigError):
+    """Data whose class names differ from the ones a model was trained on (evaluating it would mislabel).
+
+    Attributes:
+        expected: the model's class names, index = label.
+        found: the data's class names.
+        unknown: names in the data that the model does not know.
+        missing: the model's names that the data lacks.
+    """
+
+    def __init__(self, message: str, expected: list[str], found: list[str]) -> None:
+        super().__init__(message)
+        self.expected, self.found = list(expected), list(found)
+        self.unknown = [n for n in found if n not in set(expected)]
+        self.missing = [n for n in expected if n not in set(found)]

@@ -165,6 +165,12 @@ def _resolve_one(model: nn.Module, selector: Any, alias: dict[str, str], canonic
             )
         return hits
     if isinstance(selector, str):
+        if not selector.strip():
+            # "" names the root module, which would silently select every parameter (the head included)
+            raise ConfigError(
+                f"selector {selector!r} is empty; name a layer group, module, parameter or glob (e.g. "
+                "'layer4' or 'layer[1-3].*'), or call freeze(model) with no selector to freeze everything"
+            )
         if (
             selector in alias and "." in selector
         ):  # fast path: a full parameter name (lists of them are common)

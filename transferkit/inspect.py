@@ -33,7 +33,25 @@ from transferkit.errors import CheckpointError, ConfigError, LoadError, UnsafeCh
 from transferkit.partial import LoadReport, compact_keys, load_partial
 from transferkit.rename import Rule, normalize_rules, strip_wrappers
 
-__all__ = ["inspect_checkpoint", "describe_object", "skeleton_from_state_dict"]
+__all__ = ["inspect_checkpoint", "Inspection", "describe_object", "skeleton_from_state_dict"]
+
+
+class Inspection(str):
+    """What :func:`inspect_checkpoint` returns: the description (a ``str``), and whether a dry-run load fails.
+
+    Attributes:
+        load_fails: ``True`` when the dry run (``model=`` or ``against=``) found that the load would fail,
+            so a caller (``transferkit inspect`` and its exit code) need not read the text.
+    """
+
+    load_fails: bool = False
+
+    @classmethod
+    def of(cls, text: str, load_fails: bool = False) -> Inspection:
+        out = cls(text)
+        out.load_fails = load_fails
+        return out
+
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +104,13 @@ def inspect_checkpoint(
         # mmap=True only applies to zip files, so storages are mapped, not read
         obj = load_checkpoint(path, map_location=_recorder(devices), mmap=True, salvage=salvage)
     except UnsafeCheckpointError as exc:
-        return "\n".join([_header(path), *_describe_unsafe(path, exc)])
+        return Inspection.of("\n".join([_header(path), *_describe_unsafe(path, exc)]))
     lines = [_header(path)]
     if salvage:
         lines.extend(_describe_salvaged(obj))
     lines.extend(describe_object(obj, key=key, devices=devices, path=path))
     if model is None and against is None:
-        return "\n".join(lines)
+        return Inspection.of("\n".join(lines))
 
     state = _state_dict(obj, key)
     if against is not None:
@@ -108,8 +126,9 @@ def inspect_checkpoint(
         )  # type: ignore[arg-type]
     lines.append("")
     lines.append(title)
-    lines.append(_dry_run(target, state, rules_t, path.name))
-    return "\n".join(lines)
+    text, fails = _dry_run(target, state, rules_t, path.name)
+    lines.append(text)
+    return Inspection.of("\n".join(lines), load_fails=fails)
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -439,14 +458,17 @@ def _load_target(adapter: nn.Module, state: Mapping[str, Any]) -> nn.Module:
     return adapter if adapter_layout else inner
 
 
-def _dry_run(target: nn.Module, state: Mapping[str, Any], rules: Sequence[Rule], source: str = "") -> str:
+def _dry_run(
+    target: nn.Module, state: Mapping[str, Any], rules: Sequence[Rule], source: str = ""
+) -> tuple[str, bool]:
+    """The dry run's report as text, and whether the load would fail."""
     try:
         report: LoadReport = load_partial(target, dict(state), rules=rules, dry_run=True)
     except LoadError as exc:
         report = getattr(exc, "report", None)  # type: ignore[assignment]
         if report is None:
-            return f"a load would fail: {exc}"
+            return f"a load would fail: {exc}", True
         report.source = source or report.source
-        return f"{report}\na load would fail: {str(exc).splitlines()[0]}"
+        return f"{report}\na load would fail: {str(exc).splitlines()[0]}", True
     report.source = source or report.source
-    return str(report)
+    return str(report), False

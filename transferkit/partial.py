@@ -619,6 +619,11 @@ def _check_coverage(
                 f"min_coverage for {module or 'the model'!r} must be within [0, 1]; got {fraction!r}"
             )
         got = _module_coverage(model_state, loaded, module)
+        if got is None and not module:
+            raise ConfigError(
+                "min_coverage is a fraction of the model's parameters, and this model has none (only "
+                "buffers); drop min_coverage, or use strict=True to require every tensor"
+            )
         if got is None:
             tops = ", ".join(report.coverage) or "-"
             raise ConfigError(

@@ -21,7 +21,7 @@ Example:
     ...          "lr": {"head": 0.001}, "seconds": 1.5}]
     >>> _ = write_metrics_csv(d / "metrics.csv", rows)
     >>> row = next(csv.DictReader(open(d / "metrics.csv")))
-    >>> row["epoch"], row["lr_head"]
+    >>> row["epoch"], row["lr"]
     ('1', '0.001')
 """
 
@@ -47,7 +47,9 @@ __all__ = [
     "write_metrics_csv",
     "read_metrics_csv",
     "plot_curves",
+    "curve_figure",
     "plot_confusion_matrix",
+    "class_tick_labels",
     "export_model",
     "format_epoch",
 ]
@@ -93,13 +95,20 @@ def _plain(value: Any) -> Any:
 
 
 def write_yaml(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
-    """Write ``data`` as block-style YAML, keys in the given order, atomically."""
+    """Write ``data`` as block-style UTF-8 YAML, keys in the given order, atomically."""
     import yaml
 
-    return write_text(path, yaml.safe_dump(_plain(data), sort_keys=False, default_flow_style=False))
+    # allow_unicode: class names such as "café" or "猫" stay readable instead of "caf\xE9" escapes
+    text = yaml.safe_dump(_plain(data), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return write_text(path, text)
 
 
 def _lr_columns(history: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``lr_<group>`` columns, or one ``lr`` column (``[""]``) when the same groups share one rate throughout
+    (a group that joins later keeps its own column: its empty cells say when it was thawed)."""
+    same_groups = len({tuple(row.get("lr", {})) for row in history}) <= 1
+    if same_groups and all(len({float(v) for v in row.get("lr", {}).values()}) <= 1 for row in history):
+        return [""]
     seen: dict[str, None] = {}
     for row in history:
         for group in row.get("lr", {}):
@@ -110,6 +119,9 @@ def _lr_columns(history: Sequence[Mapping[str, Any]]) -> list[str]:
 def write_metrics_csv(path: str | os.PathLike, history: Sequence[Mapping[str, Any]]) -> Path:
     """Rewrite ``metrics.csv`` from the full history (groups thawed later get empty cells before they exist).
 
+    While the same parameter groups share one learning rate there is one ``lr`` column; when rates differ
+    (discriminative rates) or groups join later (a thaw), there is one ``lr_<group>`` column per group.
+
     Args:
         path: the CSV file.
         history: rows with ``epoch``, ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (accuracies
@@ -118,9 +130,10 @@ def write_metrics_csv(path: str | os.PathLike, history: Sequence[Mapping[str, An
     groups = _lr_columns(history)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*_BASE_COLUMNS, *(f"lr_{g}" for g in groups), "seconds"])
+    writer.writerow([*_BASE_COLUMNS, *(f"lr_{g}" if g else "lr" for g in groups), "seconds"])
     for row in history:
-        lrs = row.get("lr", {})
+        lrs = dict(row.get("lr", {}))
+        lrs[""] = next(iter(lrs.values()), None)  # the shared rate of the single "lr" column
         writer.writerow(
             [row["epoch"] + 1, *(_fmt(row.get(c)) for c in _BASE_COLUMNS[1:])]
             + [_fmt(lrs.get(g)) for g in groups]
@@ -139,7 +152,7 @@ def _fmt(value: Any, digits: int = 6) -> str:
 
 def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
     """Read ``metrics.csv`` back: numbers as floats (``epoch`` as int, 1-based), empty cells as None."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     out = []
     for row in rows:
@@ -167,25 +180,91 @@ def _pyplot() -> Any:
 
 
 def plot_curves(history: Sequence[Mapping[str, Any]], run_dir: str | os.PathLike) -> list[Path]:
-    """``loss.png`` and ``accuracy.png``: train and validation curves per epoch."""
+    """``loss.png`` and ``accuracy.png``: train and validation curves per epoch, titled with the run's
+    folder name, the best epoch (highest validation accuracy, the one exported) marked on both."""
     plt = _pyplot()
-    epochs = [r["epoch"] + 1 for r in history]
     out = []
-    for key, title, scale in (("loss", "loss", 1.0), ("acc", "accuracy (%)", 100.0)):
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        for split, style in (("train", "-o"), ("val", "-s")):
-            values = [r.get(f"{split}_{key}") for r in history]
-            pts = [(e, v * scale) for e, v in zip(epochs, values) if v is not None]
-            if pts:
-                ax.plot(*zip(*pts), style, label=split, markersize=3)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        name = "loss.png" if key == "loss" else "accuracy.png"
-        out.append(_savefig(fig, Path(run_dir) / name))
+    for key in ("loss", "acc"):
+        fig = curve_figure(history, key, Path(run_dir).name)
+        out.append(_savefig(fig, Path(run_dir) / ("loss.png" if key == "loss" else "accuracy.png")))
         plt.close(fig)
     return out
+
+
+def curve_figure(history: Sequence[Mapping[str, Any]], key: str, run_name: str = "") -> Any:
+    """One curve plot (``key`` ``"loss"`` or ``"acc"``) as a matplotlib figure, for :func:`plot_curves`."""
+    plt = _pyplot()
+    label, scale = ("loss", 1.0) if key == "loss" else ("accuracy (%)", 100.0)
+    epochs = [r["epoch"] + 1 for r in history]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for split, style in (("train", "-o"), ("val", "-s")):
+        values = [r.get(f"{split}_{key}") for r in history]
+        pts = [(e, v * scale) for e, v in zip(epochs, values) if v is not None]
+        if pts:
+            ax.plot(*zip(*pts), style, label=split, markersize=3)
+    scored = [(r["val_acc"], -e, e) for r, e in zip(history, epochs) if r.get("val_acc") is not None]
+    title = f"{'loss' if key == 'loss' else 'accuracy'}{f' - {run_name}' if run_name else ''}"
+    if scored:  # the first epoch with the highest validation accuracy: the one best.pt and the export hold
+        best_acc, _, best = max(scored)
+        ax.axvline(best, color="tab:green", linestyle="--", linewidth=1, label=f"best epoch ({best})")
+        title += f"\nbest val accuracy {best_acc:.2%} at epoch {best}"
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+# fonts with CJK glyphs, tried after matplotlib's default (DejaVu Sans has Latin, Greek and Cyrillic only)
+_FALLBACK_FONTS = (
+    "Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK KR", "Noto Sans CJK TC", "Source Han Sans",
+    "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "AR PL UMing CN", "Microsoft YaHei",
+    "SimHei", "MS Gothic", "Hiragino Sans", "PingFang SC", "Apple SD Gothic Neo", "Malgun Gothic",
+)  # fmt: skip
+
+
+def _font_chain() -> tuple[list[str], set[int]]:
+    """The installed font families to draw labels with (the default first), and the code points they cover."""
+    import matplotlib
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    installed = {f.name: f.fname for f in font_manager.fontManager.ttflist}
+    default = matplotlib.rcParams["font.sans-serif"]
+    families = [f for f in (*default, *_FALLBACK_FONTS) if f in installed]
+    families = list(dict.fromkeys(families))
+    covered: set[int] = set()
+    for family in families:
+        try:
+            covered.update(FT2Font(installed[family]).get_charmap())
+        except (OSError, RuntimeError):  # an unreadable font file draws nothing
+            continue
+    return families, covered
+
+
+def class_tick_labels(class_names: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """Tick labels for ``class_names``: ``(labels, font families, legend lines)``.
+
+    Names the installed fonts can draw are used as they are (matplotlib falls back along the families,
+    so a CJK font, when one is installed, draws what DejaVu Sans cannot). Otherwise the ticks are class
+    indices, and the legend maps each index to its name, with characters no font has as ``\\uXXXX``
+    escapes: never empty boxes, and no "Glyph missing" warnings.
+
+    Example:
+        >>> class_tick_labels(["cat", "café"])[0]
+        ['cat', 'café']
+    """
+    families, covered = _font_chain()
+    names = [str(n) for n in class_names]
+    if all(ord(ch) in covered or ch.isspace() for name in names for ch in name):
+        return names, families, []
+    legend = [
+        f"{i}: "
+        + "".join(ch if ord(ch) in covered else ch.encode("ascii", "backslashreplace").decode() for ch in n)
+        for i, n in enumerate(names)
+    ]
+    return [str(i) for i in range(len(names))], families, legend
 
 
 def plot_confusion_matrix(
@@ -203,9 +282,11 @@ def plot_confusion_matrix(
     side = min(14.0, 2.5 + 0.45 * n)
     fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(cm, cmap="Blues")
+    legend: list[str] = []
     if n <= 30:  # beyond that, labels and counts are unreadable anyway
-        ax.set_xticks(range(n), labels=list(class_names), rotation=90 if n > 10 else 0)
-        ax.set_yticks(range(n), labels=list(class_names))
+        labels, families, legend = class_tick_labels(class_names)
+        ax.set_xticks(range(n), labels=labels, rotation=90 if n > 10 else 0, fontfamily=families or None)
+        ax.set_yticks(range(n), labels=labels, fontfamily=families or None)
         top = cm.max() if cm.size else 0
         for i in range(n):
             for j in range(n):
@@ -217,6 +298,9 @@ def plot_confusion_matrix(
     total = cm.sum()
     acc = cm.trace() / total if total else 0.0
     ax.set_title(title or f"validation confusion matrix (accuracy {acc:.2%})")
+    if legend:  # names no installed font can draw: indices on the axes, the names beside them
+        fig.text(1.04, 0.5, "classes (no installed font draws some names)\n" + "\n".join(legend),
+                 fontsize=8, va="center", ha="left", transform=ax.transAxes)  # fmt: skip
     out = _savefig(fig, path)
     plt.close(fig)
     return out

@@ -17,7 +17,9 @@ URL-hosted timm weights, the torch hub folder too. A cached file whose name carr
 ``torch.hub``'s ``check_hash`` does; a truncated or corrupt file is an error naming the file.
 
 Nothing here touches the network unless the environment variable ``TRANSFERKIT_ALLOW_DOWNLOAD=1`` is set;
-then missing files are downloaded into those same caches.
+then missing files are downloaded into those same caches. Without a network that fails fast (a 3 s
+connection probe first): ``"auto"`` falls back to random weights with a warning, explicit weights raise
+:class:`~transferkit.errors.LoadError`.
 
 Example:
     >>> from transferkit.backbones.registry import resolve_backbone
@@ -163,7 +165,13 @@ def resolve_weights(spec: BackboneSpec, weights: Any) -> WeightsPlan:
         ConfigError: an unknown weights name or a missing local file.
         LoadError: explicit pretrained weights that are not cached, or a cached file failing its hash check.
     """
-    if weights is None or (isinstance(weights, str) and weights.strip().lower() in ("none", "random", "")):
+    if isinstance(weights, str) and not weights.strip():
+        # an empty value is a config slip (`weights: ""`, `--weights "$UNSET"`), not a choice of random weights
+        raise ConfigError(
+            f"weights={weights!r} is empty; pass 'auto', 'imagenet', a checkpoint path ({_PATH}) or {_NONE} "
+            "for random weights"
+        )
+    if weights is None or (isinstance(weights, str) and weights.strip().lower() in ("none", "random")):
         return WeightsPlan("none", requested=weights)
     if isinstance(weights, os.PathLike):
         return _local_file(Path(weights), weights)
@@ -206,6 +214,51 @@ def _local_file(path: Path, requested: Any) -> WeightsPlan:
             f"weights={str(requested)!r}: {path} is not a file; pass the checkpoint file itself"
         )
     return WeightsPlan("file", path=path, description=str(path), requested=requested)
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether ``url``'s host takes a TCP connection within ``timeout`` seconds.
+
+    Checked before a download: offline, torch.hub ends in a ``URLError`` traceback and huggingface_hub in
+    ``LocalEntryNotFoundError`` after about a minute of retries. The probe runs in a daemon thread, so a
+    name lookup that hangs cannot hold the caller (or the interpreter's exit) past the timeout.
+    """
+    import socket
+    import threading
+
+    parsed = urlparse(url)
+    host, port = parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)
+    if not host:
+        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def _download_failed(desc: str, url: str, requested: Any, explicit: bool, why: str) -> WeightsPlan:
+    """A download that cannot happen (no network, refused): an error for explicit weights, else random."""
+    host = urlparse(url).hostname or url
+    if explicit:
+        raise LoadError(
+            f"cannot download pretrained weights {desc} from {host} ({why}), although {ALLOW_DOWNLOAD_ENV}=1 "
+            f"is set; connect to the network, or pass {_PATH} to a local checkpoint."
+        )
+    message = (
+        f"could not download {desc} from {host} ({why}); building with RANDOM weights. Pass {_PATH} to a "
+        f"local checkpoint, or {_NONE} to silence this."
+    )
+    logger.warning(message)
+    return WeightsPlan("none", description="random", requested=requested, notes=[message])
 
 
 def _tv_enum(spec: BackboneSpec, name: str) -> Any:
@@ -255,10 +308,19 @@ def _torchvision_plan(spec: BackboneSpec, member: Any, requested: Any, explicit:
             return plan
         import torch.hub
 
+        if not _reachable(member.url):
+            plan = _download_failed(desc, member.url, requested, explicit, "no network connection")
+            plan.tv_weights = member
+            return plan
         logger.info("downloading %s to %s (%s=1)", member.url, path, ALLOW_DOWNLOAD_ENV)
         path.parent.mkdir(parents=True, exist_ok=True)
         match = _HASH_IN_NAME.search(path.name)
-        torch.hub.download_url_to_file(member.url, str(path), match.group(1) if match else None)
+        try:
+            torch.hub.download_url_to_file(member.url, str(path), match.group(1) if match else None)
+        except (OSError, RuntimeError) as exc:  # URLError is an OSError; a hash mismatch a RuntimeError
+            plan = _download_failed(desc, member.url, requested, explicit, f"{type(exc).__name__}: {exc}")
+            plan.tv_weights = member
+            return plan
     verify_hash(path)
     return WeightsPlan("file", path, desc, categories, tv_weights=member, requested=requested)
 
@@ -319,7 +381,7 @@ def _timm_source(spec: BackboneSpec, requested: Any, explicit: bool) -> WeightsP
                 "file", path, f"{desc} ({cfg.url})", requested=requested, pretrained_cfg=cfg_dict
             )
     if downloads_allowed():
-        return _timm_download(cfg, desc, requested, cfg_dict)
+        return _timm_download(cfg, desc, requested, cfg_dict, explicit)
     plan = _not_cached(desc, " or ".join(c for c, _ in candidates), requested, explicit)
     plan.pretrained_cfg = cfg_dict
     return plan
@@ -339,7 +401,23 @@ def _timm_categories(cfg_dict: dict[str, Any]) -> list[str] | None:
         return None
 
 
-def _timm_download(cfg: Any, desc: str, requested: Any, cfg_dict: dict[str, Any]) -> WeightsPlan:
+def _timm_download(
+    cfg: Any, desc: str, requested: Any, cfg_dict: dict[str, Any], explicit: bool = True
+) -> WeightsPlan:
+    url = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co") if cfg.hf_hub_id else cfg.url
+    if not _reachable(url):
+        plan = _download_failed(desc, url, requested, explicit, "no network connection")
+        plan.pretrained_cfg = cfg_dict
+        return plan
+    try:
+        return _timm_fetch(cfg, desc, requested, cfg_dict)
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub and urllib raise many types; all mean "not here"
+        plan = _download_failed(desc, url, requested, explicit, f"{type(exc).__name__}: {exc}")
+        plan.pretrained_cfg = cfg_dict
+        return plan
+
+
+def _timm_fetch(cfg: Any, desc: str, requested: Any, cfg_dict: dict[str, Any]) -> WeightsPlan:
     if cfg.hf_hub_id:
         from huggingface_hub import hf_hub_download
 

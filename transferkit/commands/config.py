@@ -26,6 +26,10 @@ __all__ = [
     "check_resume_unchanged",
 ]
 
+# an image side beyond which a run cannot fit in memory on any machine (4096 px: 200 MB per RGB float32
+# image, times the batch, times the activations); a typo like 100000 would otherwise try to allocate TBs
+MAX_IMG_SIZE = 4096
+
 # flags describing one invocation, never inherited from a resumed run's args.yaml
 _PER_INVOCATION = ("resume", "overwrite", "eval_only", "config", "quiet", "output")
 
@@ -77,7 +81,7 @@ def read_config(
     import yaml
 
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
@@ -92,7 +96,9 @@ def read_config(
     if data is None:
         return {}
     if isinstance(data, dict) and isinstance(data.get("args"), dict):
-        data = data["args"]  # a run's args.yaml: the flags, not the resolved facts
+        # a run's args.yaml: the flags, not the resolved facts, and none that point at that run itself (its
+        # --output: reusing a config must never write into, or offer to overwrite, the source run)
+        data = {k: v for k, v in data["args"].items() if str(k).replace("-", "_") not in _PER_INVOCATION}
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {path} must hold a mapping of flag: value, found a {type(data).__name__}"
@@ -140,6 +146,13 @@ def validate(cfg: dict[str, Any]) -> None:
     positive("epochs", allow_none=False)
     positive("batch_size", allow_none=False)
     positive("img_size", minimum=8)
+    if cfg.get("img_size") is not None and cfg["img_size"] > MAX_IMG_SIZE:
+        gb = 3 * cfg["img_size"] ** 2 * 4 / 1e9
+        raise ConfigError(
+            f"--img-size {cfg['img_size']} is above the limit of {MAX_IMG_SIZE} px: one {cfg['img_size']}x"
+            f"{cfg['img_size']} RGB image alone takes {gb:,.1f} GB as float32, before any activation; "
+            "backbones are trained at 224-518 px, so give a size in that range"
+        )
     positive("limit_train")
     positive("limit_val")
     positive("unfreeze_every")
@@ -238,13 +251,24 @@ _TRAJECTORY = ("backbone", "head", "mean", "std", "data", "val_split", "img_size
                "unfreeze_every", "linear_probe", "augment", "label_smoothing", "seed")  # fmt: skip
 
 
+def _given(dest: str, value: Any) -> str:
+    """A flag's value as a user would type it: ``--data photos``, ``no --data (the embedded digits)``."""
+    flag = f"--{dest.replace('_', '-')}"
+    if value is None or value is False or value == []:
+        default = " (the embedded digits)" if dest == "data" else ""
+        return f"no {flag}{default}"
+    if value is True:
+        return flag
+    if isinstance(value, list):
+        return " ".join(f"{flag} {v}" for v in value)
+    return f"{flag} {value}"
+
+
 def check_resume_unchanged(cfg: dict[str, Any], saved: dict[str, Any], resume_path: Path) -> None:
     """A resumed run continues its own plan: a flag that would change it is an error, not ignored."""
     changed = [k for k in _TRAJECTORY if k in saved and cfg.get(k) != saved[k]]
     if changed:
-        flags = ", ".join(
-            f"--{k.replace('_', '-')} {cfg.get(k)!r} (the run has {saved[k]!r})" for k in changed
-        )
+        flags = ", ".join(f"{_given(k, cfg.get(k))} (the run has {_given(k, saved[k])})" for k in changed)
         raise ConfigError(
             f"--resume {resume_path}: {flags}; a resumed run continues its own schedule, so drop the changed "
             f"flag(s), or start a new run from its weights with --init-checkpoint {resume_path.parent / 'best.pt'}"

@@ -10,10 +10,12 @@ only rank 0 prints and writes; rank 0 decides the run folder and broadcasts it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from transferkit.commands.plan import (
     make_lr_schedule,
     resume_source,
     scan_data,
+    scan_eval_data,
     setup_freeze,
 )
 from transferkit.errors import ConfigError
@@ -97,6 +100,8 @@ class _Job:
     best_source: Path | None = None
     start_epoch: int = 0
     run_dir: Path | None = None
+    run_start: Any = None
+    freeze_warnings: list[str] = field(default_factory=list)
     argv: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     best_state: dict[str, Any] = field(default_factory=dict)
@@ -122,13 +127,22 @@ def _run(
         # a resumed checkpoint is restored here: one that does not fit this model fails before any output
         trainer = _build_trainer(job, console)
     console.validated()
-    if not job.pretrained and job.weights_requested is not None and not cfg["eval_only"]:
+    if (
+        not job.pretrained
+        and job.weights_requested is not None
+        and not cfg["eval_only"]
+        and job.resume_ckpt is None
+    ):
+        # once, short: the library's own warning (the cache paths, the API spelling) is held back in _prepare;
         # what trains (everything, the head only, a thaw schedule) is the freeze line's to say
         console.warn(
-            "=" * 78 + f"\nWARNING: no pretrained weights for {cfg['backbone']} could be loaded (--weights "
-            f"{cfg['weights']}; offline and not cached?).\nTraining from RANDOM initialisation. Pass "
-            "--weights PATH to use a local file, or --weights none to silence this.\n" + "=" * 78
+            f"WARNING: no pretrained weights for {cfg['backbone']} could be loaded (--weights {cfg['weights']}: "
+            "not cached, or none exist); training from RANDOM initialisation. --weights PATH uses a local file, "
+            "--weights none silences this"
         )
+    if not cfg["eval_only"]:
+        for line in job.freeze_warnings:
+            console.warn(f"WARNING: {line}")
     if job.init_report is not None:
         logger.info("init checkpoint %s:\n%s", cfg["init_checkpoint"], job.init_report)
     if trainer is None:
@@ -177,7 +191,12 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
 
     seed_everything(cfg["seed"])
     rules = [parse_rule(r) for r in cfg["rule"]]
-    split, class_names = scan_data(cfg)
+    eval_ckpt, split = None, None
+    if cfg["eval_only"]:
+        eval_ckpt = load_resume(resume_path) if resume_path is not None else None
+        split, class_names = _scan_eval(cfg, eval_ckpt, resume_path)
+    if split is None:
+        split, class_names = scan_data(cfg)
     if cfg["classes"] is not None and cfg["classes"] != len(class_names):
         shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
         raise ConfigError(
@@ -185,9 +204,10 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
             f"{len(class_names)} classes ({shown}); drop --classes or fix it"
         )
     weights = None if str(cfg["weights"]).lower() in ("none", "null", "random") else cfg["weights"]
-    model = create_model(
-        cfg["backbone"], len(class_names), weights=weights, class_names=class_names, head=cfg["head"]
-    )
+    with _held_back("transferkit.backbones.weights"):  # the console says it once, in the CLI's words
+        model = create_model(
+            cfg["backbone"], len(class_names), weights=weights, class_names=class_names, head=cfg["head"]
+        )
     _set_normalisation(model, cfg)
     pretrained = bool(getattr(model, "pretrained", False))
     init_report = None
@@ -203,7 +223,12 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
         raise ConfigError(f"{flag} applies to --init-checkpoint; give --init-checkpoint PATH or drop {flag}")
     augment = cfg["augment"] if cfg["augment"] is not None else not cfg["linear_probe"]
     freeze_sched, freeze_desc, opt_lr_decay = setup_freeze(cfg, model, pretrained)
+    freeze_sched, freeze_desc, freeze_warnings = _check_freeze_plan(
+        cfg, model, freeze_sched, freeze_desc, pretrained
+    )
     bundle = load_bundle(cfg, split, model, augment)
+    if not cfg["eval_only"]:
+        _refuse_batchnorm_batches_of_one(cfg, model, freeze_sched, bundle.img_size)
     head = set(model.head_parameter_names())
     backbone_frozen = freeze_sched is None and not any(
         p.requires_grad for n, p in model.named_parameters() if n not in head
@@ -217,14 +242,14 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
         )
     job = _Job(cfg, dist_ctx, device, model, bundle, class_names, pretrained, weights, augment, use_cache,
                loader_workers(cfg, bundle), freeze_sched, freeze_desc, init_report=init_report,
-               resume_path=resume_path)  # fmt: skip
+               resume_path=resume_path, freeze_warnings=freeze_warnings)  # fmt: skip
     if cfg["eval_only"]:
         if resume_path is not None:
             from transferkit.checkpoint import restore_checkpoint
             from transferkit.errors import CheckpointError
 
             try:
-                restore_checkpoint(resume_path, model=model, restore_rng=False)
+                restore_checkpoint(eval_ckpt, model=model, restore_rng=False)
             except CheckpointError as exc:
                 raise CheckpointError(_does_not_fit(job, exc)) from None
         return job
@@ -257,6 +282,129 @@ def _set_normalisation(model: Any, cfg: dict[str, Any]) -> None:
         # one value stands for every channel; adapt_data_config then fits the count to the network's
         config[key] = values if len(values) > 1 else values * len(config[key])
     model.data_config = adapt_data_config(config, model.in_chans)
+
+
+def _check_freeze_plan(
+    cfg: dict[str, Any], model: Any, sched: Any, desc: str, pretrained: bool
+) -> tuple[Any, str, list[str]]:
+    """What the freeze line may announce: ``(schedule, description, warnings)``.
+
+    Whatever recipe built the plan, a thaw due at or after ``--epochs`` can never happen ("stem after epoch
+    10" in a 4-epoch run): it is dropped from the schedule (the group stays frozen) and said once. A backbone
+    frozen on random weights only feeds the head random features: said too.
+    """
+    warnings: list[str] = []
+    epochs = cfg["epochs"]
+    late = {e: g for e, g in (getattr(sched, "plan", None) or {}).items() if e >= epochs}
+    if late:
+        for e in late:
+            del sched.plan[e]
+        names = [g for e in sorted(late) for g in late[e]]
+        warnings.append(
+            f"{', '.join(names)} would thaw only after epoch {min(late)}, past the run's {_count(epochs, 'epoch')}: "
+            "left frozen for the whole run (thaw earlier with --unfreeze-at/--unfreeze-every, or train longer)"
+        )
+        thaws = [f"{'+'.join(g)} after epoch {e}" if e else f"{'+'.join(g)} from the start"
+                 for e, g in sorted(sched.plan.items())]  # fmt: skip
+        if thaws:
+            desc = (
+                f"head only, then thaw {', '.join(thaws)}; frozen for the whole run: {', '.join(names)} "
+                f"(lr x{sched.lr_decay:g} per level)"
+            )
+        else:  # nothing left to thaw: a fixed freeze
+            sched, desc = (
+                None,
+                f"backbone frozen for the whole run: the head trains (never thawed: {', '.join(names)})",
+            )
+    head = set(model.head_parameter_names())
+    frozen_at_start = [n for n, p in model.named_parameters() if n not in head and not p.requires_grad]
+    if frozen_at_start and not pretrained:
+        warnings.append(
+            f"layers of {cfg['backbone']} start frozen on RANDOM weights ({_frozen_span(sched)}): they only feed "
+            "the head random features, so accuracy stays low; use --freeze none, or pretrained weights "
+            "(--weights PATH)"
+        )
+    return sched, desc, warnings
+
+
+def _frozen_span(sched: Any) -> str:
+    if sched is None:
+        return "for the whole run"
+    return "until their thaw" if sched.plan else "for the whole run"
+
+
+@contextlib.contextmanager
+def _held_back(logger_name: str) -> Iterator[None]:
+    """Drop the WARNING records of one library logger for a while (the CLI prints its own line instead)."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return record.levelno != logging.WARNING
+
+    target = logging.getLogger(logger_name)
+    target.addFilter(drop)
+    try:
+        yield
+    finally:
+        target.removeFilter(drop)
+
+
+def _refuse_batchnorm_batches_of_one(
+    cfg: dict[str, Any], model: Any, freeze_sched: Any, img_size: int
+) -> None:
+    """A BatchNorm layer that sees one value per channel cannot train (torch raises mid-epoch, after the run
+    folder was made): with ``--batch-size 1``, one eval-mode forward (which changes nothing) finds such
+    layers, and the run is refused before anything is written."""
+    import torch
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from transferkit.freeze import is_bn_locked
+
+    if cfg["batch_size"] != 1:
+        return
+    # a BN layer locked in eval (frozen) never uses batch statistics, unless a thaw schedule unlocks it
+    watched = {m: n for n, m in model.named_modules() if isinstance(m, _BatchNorm)
+               and (freeze_sched is not None or not is_bn_locked(m))}  # fmt: skip
+    single: list[str] = []
+
+    def record(module: Any, args: Any) -> None:
+        x = args[0]
+        if x.numel() // x.shape[1] == 1:
+            single.append(watched[module])
+
+    hooks = [m.register_forward_pre_hook(record) for m in watched]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, getattr(model, "in_chans", 3), img_size, img_size))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    if single:
+        raise ConfigError(
+            f"--batch-size 1: BatchNorm layer {single[0]} of {cfg['backbone']} would see one value per channel "
+            f"at {img_size} px, and cannot train on that (its batch statistics are undefined); use --batch-size "
+            "2 or more, or --linear-probe to keep it frozen"
+        )
+
+
+def _scan_eval(cfg: dict[str, Any], ckpt: Any, resume_path: Path | None) -> tuple[Any, list[str]]:
+    """--eval-only's data: ``(None, [])`` for the run's own split (scanned as in training), else every image
+    of --data labelled by the run's class names (a renamed folder is refused, never scored as another)."""
+    saved = saved_args(resume_path.parent) if resume_path is not None else {}
+    if cfg["data"] is None or (resume_path is not None and cfg["data"] == saved.get("data")):
+        return None, []  # the run's own validation split: the same seed and --val-split reproduce it
+    meta = (ckpt or {}).get("meta") or {}
+    run_classes = meta.get("class_names")
+    if ckpt is not None and not run_classes:
+        from transferkit.errors import CheckpointError
+
+        raise CheckpointError(
+            f"--resume {resume_path}: the checkpoint does not record its class names, so the labels of "
+            f"--data {cfg['data']} cannot be checked against them; evaluate with the run's own data"
+        )
+    return scan_eval_data(cfg, list(run_classes) if run_classes else None)
 
 
 def _best_source(job: _Job) -> Path | None:
@@ -327,6 +475,8 @@ def _build_trainer(job: _Job, console: Console) -> Any:
         if trainer.best_epoch == row["epoch"]:  # keep the best weights for the export, on every rank
             job.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         console.out(format_epoch(row, cfg["epochs"]))
+        if job.run_start is not None:  # last.pt holds this run's first epoch: the replaced run can go
+            job.run_start.commit()
         if dist_ctx.is_main:
             write_metrics_csv(run_dir / "metrics.csv", trainer.history)
             plot_curves(trainer.history, run_dir)
@@ -345,16 +495,39 @@ def _build_trainer(job: _Job, console: Console) -> Any:
 
 
 def _train(job: _Job, trainer: Any, console: Console) -> None:
-    """The run folder (only now, with every input checked and a resumed checkpoint restored), the epochs."""
-    from transferkit.report import RUN_FILES, write_yaml
+    """The run folder (only now, with every input checked and a resumed checkpoint restored), the epochs.
 
-    cfg, run_dir, start = job.cfg, job.run_dir, job.start_epoch
-    assert run_dir is not None
+    A new run's start is undone if it fails or is interrupted before its first checkpoint (see
+    :mod:`transferkit.commands.run_folder`): the folder is removed again, or an earlier run that
+    ``--overwrite`` set aside is put back.
+    """
+    from transferkit.commands.run_folder import RunStart
+
+    cfg, start = job.cfg, job.start_epoch
+    assert job.run_dir is not None
     if job.dist.is_main:
-        _create_run_dir(run_dir)
-        if cfg["overwrite"]:
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
+        if job.resume_ckpt is None:
+            job.run_start = RunStart(job.run_dir, overwrite=cfg["overwrite"], auto_named=not cfg["output"])
+            job.run_start.begin()
+            job.run_dir = job.run_start.run_dir  # renumbered if another run claimed the name meanwhile
+        else:
+            _create_run_dir(job.run_dir)
+    job.run_dir = _broadcast(job.run_dir, job.dist)
+    trainer.run_dir = job.run_dir
+    trainer.meta["run"] = str(job.run_dir)
+    try:
+        _start_epochs(job, trainer, console, start)
+    except BaseException:
+        if job.run_start is not None:
+            job.run_start.rollback()
+        raise
+
+
+def _start_epochs(job: _Job, trainer: Any, console: Console, start: int) -> None:
+    from transferkit.report import write_yaml
+
+    cfg, run_dir = job.cfg, job.run_dir
+    if job.dist.is_main:
         args_out = {k: v for k, v in cfg.items() if k != "config"}
         write_yaml(run_dir / "args.yaml", {"args": args_out, "resolved": job.facts})
     if job.resume_ckpt is not None:
@@ -381,10 +554,12 @@ def _interrupted_message(job: _Job, trainer: Any) -> str:
     done = trainer.saved_epoch + 1  # epochs whose checkpoint reached last.pt, resumed ones included
     epochs = job.cfg["epochs"]
     if done == 0 or not (job.run_dir / "last.pt").is_file():
-        return (
-            f"interrupted before the first epoch finished; nothing to resume: run the command again (with "
-            f"--overwrite to reuse {job.run_dir})"
+        kept = (
+            f"the earlier run in {job.run_dir} is back as it was"
+            if job.run_start is not None and job.run_start.aside is not None
+            else "nothing was kept"
         )
+        return f"interrupted before the first epoch finished; {kept}: run the command again to start over"
     return (
         f"interrupted: {job.run_dir / 'last.pt'} holds epoch {done}/{epochs}; continue with "
         f"transferkit finetune --resume {job.run_dir}"
@@ -427,6 +602,7 @@ def _create_run_dir(run_dir: Path) -> None:
 
 def _finish(job: _Job, trainer: Any, console: Console) -> int:
     """Best weights -> confusion matrix, model.safetensors + labels.json; the last line."""
+    from transferkit.data import eval_transform_spec
     from transferkit.report import export_model, plot_confusion_matrix, plot_curves, write_metrics_csv
 
     cfg, model, run_dir = job.cfg, job.model, job.run_dir
@@ -447,6 +623,13 @@ def _finish(job: _Job, trainer: Any, console: Console) -> int:
             "mean": list(model.data_config["mean"]),
             "std": list(model.data_config["std"]),
             "in_chans": getattr(model, "in_chans", 3),
+            # the exact evaluation pipeline: resize, crop, interpolation, normalisation, channels
+            "eval_transform": eval_transform_spec(
+                model.data_config,
+                job.bundle.img_size,
+                in_chans=getattr(model, "in_chans", 3),
+                source="digits" if job.bundle.source == "digits" else "folder",
+            ),
             "epoch": trainer.best_epoch + 1,
             "val_acc": final.acc,
             "data": job.facts["data"],
@@ -497,7 +680,13 @@ def _resolved_facts(job: _Job, train_loader: Any) -> dict[str, Any]:
         "command": " ".join(["transferkit", "finetune", *job.argv]),
         "backbone": job.cfg["backbone"],
         "pretrained_weights_used": job.pretrained,
-        "weights_source": str(getattr(model, "weights", "random")),
+        # with --init-checkpoint the weights come from that file, whatever the backbone was built with
+        "weights_source": (
+            f"init checkpoint {job.cfg['init_checkpoint']}"
+            if job.init_report is not None
+            else str(getattr(model, "weights", "random"))
+        ),
+        "backbone_built_with": str(getattr(model, "weights", "random")),
         "init_checkpoint_tensors": len(job.init_report.loaded) if job.init_report is not None else None,
         "num_classes": len(bundle.class_names),
         "class_names": list(bundle.class_names),
@@ -552,7 +741,9 @@ def _eval_only(job: _Job, console: Console) -> int:
     trainer = Trainer(job.model, no_training, val_loader, val_loader, epochs=1, num_classes=bundle.num_classes,
                       device=job.device, amp=cfg["amp"], channels_last=cfg["channels_last"], dist=job.dist)  # fmt: skip
     result = trainer.evaluate()
+    what = "every image of" if not bundle.train else "the validation split of"
     console.out(
-        f"val loss {result.loss:.4f}, val accuracy {result.acc:.2%} on {result.count} images ({bundle.source})"
+        f"val loss {result.loss:.4f}, val accuracy {result.acc:.2%} on {result.count} images ({what} "
+        f"{bundle.source})"
     )
     return 0

@@ -43,7 +43,8 @@ def run_inspect(ns: argparse.Namespace) -> int:
     finally:
         undo_logging()
     print(text)
-    return 0
+    # a dry run that would fail is a failed command: scripts (`inspect ... && finetune ...`) must see it
+    return 1 if getattr(text, "load_fails", False) else 0
 
 
 _CKPT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".tar", ".th")

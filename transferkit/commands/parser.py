@@ -9,6 +9,7 @@ flags given on the command line: :func:`transferkit.commands.config.resolve_conf
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from transferkit.errors import ConfigError
@@ -68,6 +69,12 @@ DEFAULTS: dict[str, Any] = {
 
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors become ConfigError: one line, exit 2, through the same path as every error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse (before Python 3.13) takes "-1e-3" for an option, so `--lr -1e-3` failed to parse while
+        # `--lr=-1e-3` worked: accept every negative number as a value, as Python 3.13's argparse does
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
@@ -272,7 +279,10 @@ def _add_inspect(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``transferkit`` argument parser (subcommands ``finetune`` and ``inspect``)."""
+    from transferkit import __version__
+
     parser = _Parser(prog="transferkit", description="Transfer learning on PyTorch.")
+    parser.add_argument("--version", action="version", version=f"transferkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_finetune(sub)
     _add_inspect(sub)

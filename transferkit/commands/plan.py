@@ -33,6 +33,7 @@ __all__ = [
     "is_run_folder",
     "load_resume",
     "scan_data",
+    "scan_eval_data",
     "load_bundle",
     "loader_workers",
     "setup_freeze",
@@ -109,8 +110,11 @@ def decide_run_dir(cfg: dict[str, Any], resume_path: Path | None) -> Path:
     elif resume_path is not None:
         run_dir = resume_path.parent
     else:
+        from transferkit.commands.run_folder import numbered
+
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path("runs") / f"{stamp}-{safe_name(cfg['backbone'])}"
+        # two runs started in the same second: -2, -3, ... (claimed atomically when the folder is made)
+        run_dir = numbered(Path("runs") / f"{stamp}-{safe_name(cfg['backbone'])}")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--output {run_dir} is a file; give a folder")
     _check_creatable(run_dir)
@@ -119,6 +123,12 @@ def decide_run_dir(cfg: dict[str, Any], resume_path: Path | None) -> Path:
         sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) if run_dir.is_dir() else []
     )
     if entries and not (cfg["overwrite"] or resume_path is not None):
+        if is_run_folder(run_dir) and (run_dir / "model.safetensors").is_file():
+            # never advise --overwrite for a finished run: following that advice would destroy it
+            raise ConfigError(
+                f"run folder {run_dir} holds a complete run; give a new --output for this one (to re-check "
+                f"that run: --resume {run_dir} --eval-only)"
+            )
         raise ConfigError(
             f"run folder {run_dir} already exists and is not empty; use --resume to continue it, "
             "--overwrite to replace it, or another --output"
@@ -130,17 +140,13 @@ def decide_run_dir(cfg: dict[str, Any], resume_path: Path | None) -> Path:
             "empty --output"
         )
     if entries and cfg["overwrite"] and not is_run_folder(run_dir):
-        from transferkit.report import RUN_FILES
-
         # --overwrite replaces a run's own files and keeps the rest; in a folder that is not a run's, a file
-        # named like one (someone's metrics.csv next to their notes) is not the run's to replace
-        others = [name for name in entries if name not in RUN_FILES]
-        if others:
-            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-            raise ConfigError(
-                f"--overwrite: {run_dir} is not a transferkit run folder (no args.yaml of a run) and holds "
-                f"other files ({shown}); nothing was touched. Give a new or empty --output folder"
-            )
+        # named like one (someone's metrics.csv and labels.json) is not the run's to replace
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ConfigError(
+            f"--overwrite: {run_dir} is not a transferkit run folder (no args.yaml of a run) and holds "
+            f"files ({shown}); nothing was touched. Give a new or empty --output folder"
+        )
     return run_dir
 
 
@@ -149,7 +155,7 @@ def is_run_folder(folder: Path) -> bool:
     import yaml
 
     try:
-        with open(folder / "args.yaml") as f:
+        with open(folder / "args.yaml", encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
@@ -205,6 +211,15 @@ def scan_data(cfg: dict[str, Any]) -> tuple[Any, list[str]]:
     split = split_image_folder(
         cfg["data"], val_split=cfg["val_split"], seed=cfg["seed"], strict=cfg["strict_data"]
     )
+    return split, split.class_names
+
+
+def scan_eval_data(cfg: dict[str, Any], run_classes: list[str] | None) -> tuple[Any, list[str]]:
+    """``--eval-only --data DIR``: every image of DIR, labelled by the run's class names (when known)."""
+    from transferkit.data import scan_eval_folder
+
+    # no run to compare with (--init-checkpoint, --weights): the folder's own names, sorted
+    split = scan_eval_folder(cfg["data"], run_classes, strict=cfg["strict_data"])
     return split, split.class_names
 
 
