@@ -54,6 +54,8 @@ class LoadReport:
         method: how checkpoint tensors were paired with the model's: ``"names"`` (keys after cleaning
             and rules) or ``"structure"`` (order, shapes and module grouping; see :mod:`transferkit.align`).
         aligned: ``{checkpoint_key: model_key}`` of every pair made by structure (empty for ``"names"``).
+        unwritten: model keys whose checkpoint tensor was offered but that the model's own loading code (a
+            ``_load_from_state_dict`` override, a hook) did not write; they are in ``missing`` too.
     """
 
     loaded: list[str] = field(default_factory=list)
@@ -71,6 +73,7 @@ class LoadReport:
     dry_run: bool = False
     method: str = "names"
     aligned: dict[str, str] = field(default_factory=dict)
+    unwritten: list[str] = field(default_factory=list)
 
     @property
     def total_coverage(self) -> float:
@@ -106,11 +109,12 @@ class LoadReport:
             "notes": list(self.notes),
             "method": self.method,
             "aligned": dict(self.aligned),
+            "unwritten": list(self.unwritten),
         }
 
     def summary(self) -> str:
         """One line: counts and overall parameter coverage."""
-        n_ckpt = len(self.loaded) + len(self.mismatched) + len(self.unexpected)
+        n_ckpt = len(self.loaded) + len(self.mismatched) + len(self.unexpected) + len(self.unwritten)
         verb = "would load" if self.dry_run else "loaded"
         how = " aligned by structure" if self.method == "structure" else ""
         return (
@@ -136,6 +140,7 @@ class LoadReport:
             lines.extend(_by_pair(self.mismatched, lambda a, b: f"{list(a)} -> {list(b)}"))
         for title, keys in (
             ("missing", self.missing),
+            ("offered but not written by the model's own loading code", self.unwritten),
             ("unexpected", self.unexpected),
             ("dropped by a rule", self.dropped),
         ):

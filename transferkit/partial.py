@@ -360,6 +360,7 @@ def load_partial(
     if dry_run:
         return report
     renamed_any = any(passed[r] != r for r in raw_keys)
+    predicted = report
     report = _write(
         target,
         _with_versions(to_load, target, None if renamed_any else getattr(state, "_metadata", None)),
@@ -369,10 +370,18 @@ def load_partial(
         report,
         fits,
     )
-    if not report.loaded:  # only when defer_zero: nothing was written, so the model is as it was
-        zero = _zero_message(report, model_state, state, passed, final)
-        why = f" Pairing by structure was tried too: {refused}" if refused is not None else ""
-        raise _fail(f"{zero} The model's own loading code was offered every key and wrote nothing.{why}", report)
+    if not report.loaded:  # nothing was written (that is what the report says), so the model is as it was
+        if predicted.loaded:
+            message = (
+                f"no tensor loaded: {len(predicted.loaded)} checkpoint tensors match model keys by name, but "
+                "the model's own loading code (a _load_from_state_dict override or a hook) wrote none of "
+                "them; nothing was written"
+            )
+        else:
+            message = f"{_zero_message(report, model_state, state, passed, final)} The model's own loading "
+            message += "code was offered every key and wrote nothing."
+            message += f" Pairing by structure was tried too: {refused}" if refused is not None else ""
+        raise _fail(message, report, refused)
     if assign:
         _retie(target, model_state)
     if isinstance(target, RenameOnLoadMixin):
@@ -909,7 +918,7 @@ def _as_written(
     if ignored:
         notes.append(
             f"the model's own loading code left {len(ignored)} offered tensor(s) unwritten: "
-            f"{', '.join(compact_keys(ignored))}; they keep their values and count as missing"
+            f"{', '.join(compact_keys(ignored))}; they keep their values"
         )
     if extra or consumed:
         notes.append(
@@ -927,9 +936,7 @@ def _as_written(
         source=report.source,
         dry_run=report.dry_run,
     )
-    new.method, new.aligned = report.method, report.aligned
-    # ignored tensors were offered, so build_report would not list them: they are missing all the same
-    new.missing = [k for k in model_state if k in set(new.missing) | set(ignored)]
+    new.method, new.aligned, new.unwritten = report.method, report.aligned, ignored
     return new
 
 
