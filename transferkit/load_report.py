@@ -318,7 +318,9 @@ def compact_pairs(pairs: Mapping[str, str]) -> list[str]:
         members = groups[(f"{o_mod}.{leaves[0]}", f"{n_mod}.{leaves[0]}") if leaves[0] else (o_mod, n_mod)]
         (of, nf), (ol, nl) = members[0], members[-1]
         suffix = f"  ({len(members) * len(leaves)})" if len(members) * len(leaves) > 1 else ""
-        leaf = "" if not leaves[0] else "." + (leaves[0] if len(leaves) == 1 else "{" + ",".join(leaves) + "}")
+        leaf = (
+            "" if not leaves[0] else "." + (leaves[0] if len(leaves) == 1 else "{" + ",".join(leaves) + "}")
+        )
         right = leaf if len(leaves) == 1 else ".*"  # the same leaves: listed once, on the left
         lines.append(f"{_fill(o_mod, of, ol)}{leaf} -> {_fill(n_mod, nf, nl)}{right}{suffix}")
     return lines

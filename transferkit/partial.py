@@ -322,7 +322,9 @@ def load_partial(
     report = build_report(
         model_state,
         fits,
-        renamed={} if alignment else {raw: new for raw, new in final.items() if new is not None and new != raw},
+        renamed={}
+        if alignment
+        else {raw: new for raw, new in final.items() if new is not None and new != raw},
         mismatched=mismatched,
         notes=notes + (alignment.notes() if alignment else []),
         dropped=[raw for raw, new in final.items() if new is None],
@@ -335,7 +337,9 @@ def load_partial(
     _add_hint(report, state, passed, final, model_state)
     # keys no parameter is named after are offered to the model's own loading code (issue: a legacy
     # `fc.w` renamed by an override); when nothing else loads, only writing tells whether it used them
-    defer_zero = not dry_run and _own_code_may_consume(target, [passed[r] or "" for r in raw_keys if final[r] and final[r] not in model_state])
+    defer_zero = not dry_run and _own_code_may_consume(
+        target, [passed[r] or "" for r in raw_keys if final[r] and final[r] not in model_state]
+    )
     if refused is not None and not defer_zero:
         raise _fail(
             f"{_zero_message(report, model_state, state, passed, final)} Pairing by structure was tried too: "
@@ -908,11 +912,15 @@ def _as_written(
         if k in fits and final_to_passed.get(k, k) not in unused and k not in unused
     ]
     offered = set(report.loaded)
-    ignored = [k for k in report.loaded if k not in written and not _written_through_alias(k, written, model_state)]
+    ignored = [
+        k for k in report.loaded if k not in written and not _written_through_alias(k, written, model_state)
+    ]
     extra = [k for k in model_state if k in written and k not in offered]
     if not (consumed or ignored or extra):
         return report
-    checkpoint = {k: v for k, v in fits.items() if k in written or (k not in model_state and k not in consumed)}
+    checkpoint = {
+        k: v for k, v in fits.items() if k in written or (k not in model_state and k not in consumed)
+    }
     checkpoint.update({k: model_state[k] for k in extra})
     notes = list(report.notes)
     if ignored:

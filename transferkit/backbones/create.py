@@ -222,7 +222,9 @@ def _build_pretrained(
     state, layout_note = _native_layout(state, net)
     info = _fit_head(net, num_classes, head_name)
     native_chans = _match_checkpoint_channels(net, state, pairing)
-    report, rows, head_src = _load(net, info, state, pairing, request, plan, spec, assign=recording is not None)
+    report, rows, head_src = _load(
+        net, info, state, pairing, request, plan, spec, assign=recording is not None
+    )
     if recording is not None:
         replayed = set(replay_init(net, spec.build, build_kwargs, recording))
         if materialize_defaults(net, info):
