@@ -314,7 +314,9 @@ def load_partial(
             )
         except LoadError as exc:
             if align == "structure":
-                raise _fail(str(exc), _names_report(state, final, model_state, description, dry_run), exc)
+                raise _fail(
+                    str(exc), _names_report(state, final, model_state, description, dry_run), exc
+                ) from None
             refused = exc
         else:
             passed, final = _aligned_chain(target, raw_keys, passed, final, alignment)

@@ -40,6 +40,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from transferkit.align import align_by_structure, check_align_mode
 from transferkit.backbones.adapter import Adapter
 from transferkit.backbones.channels import adapt_input_channels
 from transferkit.backbones.heads import (
@@ -60,7 +61,6 @@ from transferkit.backbones.preprocess import (
 )
 from transferkit.backbones.registry import BackboneSpec, resolve_backbone
 from transferkit.backbones.weights import TORCHVISION_WEIGHT_KWARGS, WeightsPlan, resolve_weights
-from transferkit.align import align_by_structure, check_align_mode
 from transferkit.errors import ConfigError, LoadError
 
 __all__ = ["create_model", "decide_head", "SLOW_BUILD", "HEAD_POLICIES"]
