@@ -19,23 +19,48 @@ PALACE = 698  # ImageNet-1k class index of "palace"
 
 
 class _Block(nn.Module):
-    def __init__(self, cin: int, cout: int, k: int = 3) -> None:
+    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1) -> None:
         super().__init__()
-        self._conv = nn.Conv2d(cin, cout, k, bias=False)
+        self._conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
         self._bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._bn(self._conv(x)).relu()
 
 
 class OtherTiny(nn.Module):
     """TinyNet as another implementation would write it: same tensors, same order, other names."""
 
-    def __init__(self, num_classes: int = 10, width: int = 8, kernel: int = 3, blocks: int = 1) -> None:
+    def __init__(
+        self, num_classes: int = 10, width: int = 8, kernel: int = 3, blocks: int = 1, head: str = "_fc"
+    ) -> None:
         super().__init__()
-        self._conv_stem = nn.Conv2d(3, width, 3, bias=False)
+        self.head_name = head
+        self._conv_stem = nn.Conv2d(3, width, 3, padding=1, bias=False)
         self._bn0 = nn.BatchNorm2d(width)
         self._blocks = nn.ModuleList(
-            [_Block(width, 2 * width, kernel)] + [_Block(2 * width, 2 * width) for _ in range(blocks - 1)]
+            [_Block(width, 2 * width, kernel, stride=2)]
+            + [_Block(2 * width, 2 * width) for _ in range(blocks - 1)]
         )
-        self._fc = nn.Linear(2 * width, num_classes)
+        setattr(self, head, nn.Linear(2 * width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._bn0(self._conv_stem(x)).relu()
+        for block in self._blocks:
+            x = block(x)
+        return getattr(self, self.head_name)(x.mean((2, 3)))
+
+
+def other_tiny(num_classes: int = 10) -> OtherTiny:
+    """A backbone factory (``tests.test_align:other_tiny``): the reference implementation for --verify."""
+    return OtherTiny(num_classes=num_classes, head="classifier")  # a head name create_model finds
+
+
+def off_by_a_bit(num_classes: int = 10) -> OtherTiny:
+    """OtherTiny whose outputs are shifted: a reference that a correct conversion does not match."""
+    model = OtherTiny(num_classes=num_classes, head="classifier")
+    model.register_forward_hook(lambda _m, _i, out: out + 1e-2)
+    return model
 
 
 class Repeated(nn.Module):
@@ -49,9 +74,16 @@ class Repeated(nn.Module):
 
 
 def randomised(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {
-        k: (torch.randn_like(v) if v.is_floating_point() else v + 3) for k, v in model.state_dict().items()
-    }
+    """Random values for every tensor (variances positive, counters moved), in the model's order."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if not value.is_floating_point():
+            out[key] = value + 3
+        else:
+            out[key] = (
+                torch.rand_like(value) + 0.5 if key.endswith("running_var") else torch.randn_like(value)
+            )
+    return out
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -327,3 +359,204 @@ def test_lite0_into_another_architecture_is_refused_and_touches_nothing(
     with pytest.raises(LoadError, match=expected):
         load_partial(model, fixtures_dir / LITE0)
     assert_identical(model, before)
+
+
+# ------------------------------------------------------------------------------------------ verification
+
+
+def test_verify_reports_the_largest_output_difference_and_refuses_above_tolerance() -> None:
+    reference = other_tiny().eval()
+    reference.load_state_dict(randomised(reference))
+    model = tinynet()
+    report = load_partial(model, reference.state_dict(), verify=reference)
+    assert report.verified is not None and report.verified <= 1e-5
+    assert any("verified against OtherTiny: largest output difference" in n for n in report.notes)
+    shifted = off_by_a_bit()
+    shifted.load_state_dict(reference.state_dict())
+    with pytest.raises(
+        LoadError, match=r"differ from the reference's by up to 0.01.*above the tolerance 0.0001"
+    ):
+        load_partial(tinynet(), reference.state_dict(), verify=shifted)
+
+
+# ---------------------------------------------------------------------------------------- converters
+
+
+def _randomise_in_place(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Every float tensor random (torchvision zero-initialises ViT heads: zeros would prove nothing)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            value = torch.randn(value.shape, generator=generator) * 0.1
+            value = value.abs() + 0.5 if key.endswith("running_var") else value
+        state[key] = value
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _parity(converter: str, source: nn.Module, target: nn.Module, size: int) -> float:
+    from transferkit.converters import get_converter, verify_outputs
+
+    _randomise_in_place(source)
+    target.eval().load_state_dict(get_converter(converter)(source.state_dict()), strict=True)
+    return verify_outputs(target, source, input_size=(3, size, size), tolerance=1e-5)
+
+
+def _tiny_vits() -> tuple[nn.Module, nn.Module]:
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+    from torchvision.models.vision_transformer import VisionTransformer as TvViT
+
+    tv = TvViT(
+        image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=5
+    )
+    timm_vit = TimmViT(
+        img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2, num_classes=5
+    )
+    return tv, timm_vit
+
+
+def _tiny_resnets() -> tuple[nn.Module, nn.Module]:
+    from timm.models.resnet import Bottleneck as TimmBottleneck
+    from timm.models.resnet import ResNet as TimmResNet
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    return ResNet(Bottleneck, [1, 1, 1, 1], num_classes=5), TimmResNet(
+        TimmBottleneck, [1, 1, 1, 1], num_classes=5
+    )
+
+
+def test_vit_converters_match_logits_both_ways_on_a_small_vit() -> None:
+    """The converters act on the layout, not the size: a 2-block ViT proves the mapping in a second."""
+    tv, timm_vit = _tiny_vits()
+    assert _parity("torchvision:vit_b_16->timm:vit_base_patch16_224", tv, timm_vit, 32) <= 1e-5
+    tv_back, _ = _tiny_vits()
+    assert _parity("timm:vit_base_patch16_224->torchvision:vit_b_16", timm_vit, tv_back, 32) <= 1e-5
+
+
+def test_resnet_converters_match_logits_both_ways_on_a_small_resnet() -> None:
+    tv, timm_resnet = _tiny_resnets()
+    assert _parity("torchvision:resnet50->timm:resnet50", tv, timm_resnet, 32) <= 1e-5
+    tv_back, _ = _tiny_resnets()
+    assert _parity("timm:resnet50->torchvision:resnet50", timm_resnet, tv_back, 32) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("converter", "source", "target"),
+    [
+        ("torchvision:vit_b_16->timm:vit_base_patch16_224", "vit_b_16", "timm:vit_base_patch16_224"),
+        ("torchvision:resnet50->timm:resnet50", "resnet50", "timm:resnet50"),
+        ("timm:resnet50->torchvision:resnet50", "timm:resnet50", "resnet50"),
+    ],
+)
+def test_converters_match_logits_on_the_full_size_models(converter: str, source: str, target: str) -> None:
+    import timm
+    import torchvision
+
+    def build(name: str) -> nn.Module:
+        if name.startswith("timm:"):
+            return timm.create_model(name[5:])
+        return torchvision.models.get_model(name)
+
+    assert _parity(converter, build(source), build(target), 224) <= 1e-5
+
+
+def test_a_converter_refuses_a_state_dict_of_another_layout() -> None:
+    from transferkit.converters import get_converter
+
+    with pytest.raises(LoadError, match="expects a state dict in the torchvision:vit_b_16 layout"):
+        get_converter("torchvision:vit_b_16->timm:vit_base_patch16_224")(tinynet().state_dict())
+    with pytest.raises(ConfigError, match="no converter named 'x->y'; registered: "):
+        get_converter("x->y")
+
+
+# ------------------------------------------------------------------------------ the CLI: convert, inspect
+
+
+def test_convert_round_trip_loads_by_name_strictly_with_the_aligned_logits(
+    fixtures_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import timm
+    from safetensors import safe_open
+
+    from transferkit.cli import main
+
+    out = tmp_path / "lite0.safetensors"
+    assert (
+        main(["convert", str(fixtures_dir / LITE0), "--model", "timm:efficientnet_lite0", "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "aligned by structure (296 pairs)" in printed and "wrote 296 tensors" in printed
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["transferkit.source"] == LITE0 and meta["transferkit.method"] == "structure"
+    assert meta["transferkit.source_sha256"].startswith("579344248a93")
+    converted = timm.create_model("efficientnet_lite0").eval()
+    report = load_partial(converted, out, strict=True)
+    assert report.method == "names" and report.ok and report.renamed == {}
+    aligned = timm.create_model("efficientnet_lite0").eval()
+    load_partial(aligned, fixtures_dir / LITE0)
+    probe = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(converted(probe), aligned(probe))
+    # the same file is refused in place, and an existing --out is not replaced without --overwrite
+    assert (
+        main(["convert", str(fixtures_dir / LITE0), "--model", "timm:efficientnet_lite0", "--out", str(out)])
+        == 2
+    )
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_convert_with_other_classes_writes_the_backbone_only(fixtures_dir: Path, tmp_path: Path) -> None:
+    from transferkit.checkpoint import load_checkpoint
+    from transferkit.cli import main
+
+    out = tmp_path / "lite0-10.safetensors"
+    argv = ["convert", str(fixtures_dir / LITE0), "--model", "timm:efficientnet_lite0", "--classes", "10"]
+    assert main([*argv, "--out", str(out)]) == 0
+    keys = list(load_checkpoint(out))
+    assert len(keys) == 294 and not any(k.startswith("classifier.") for k in keys)
+
+
+def test_convert_verify_compares_with_the_source_implementation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transferkit.cli import main
+
+    torch.save(randomised(other_tiny()), tmp_path / "other.pt")
+    base = ["convert", str(tmp_path / "other.pt"), "--model", "tests.tiny_models:tinynet"]
+    out = tmp_path / "tiny.safetensors"
+    assert main([*base, "--out", str(out), "--verify", "tests.test_align:other_tiny"]) == 0
+    assert "verified against tests.test_align:other_tiny" in capsys.readouterr().out
+    bad = tmp_path / "bad.safetensors"
+    assert main([*base, "--out", str(bad), "--verify", "tests.test_align:off_by_a_bit"]) == 2
+    assert "above the tolerance" in capsys.readouterr().err and not bad.exists()
+    assert main([*base, "--out", str(tmp_path / "x.pt")]) == 2
+    assert "must end in .safetensors" in capsys.readouterr().err
+
+
+def test_inspect_shows_the_structural_plan_as_a_dry_run(fixtures_dir: Path) -> None:
+    from transferkit.inspect import inspect_checkpoint
+
+    text = inspect_checkpoint(fixtures_dir / LITE0, model="timm:efficientnet_lite0", num_classes=10)
+    assert "would load 294/296 checkpoint tensors aligned by structure" in text
+    assert "_blocks.{0..15}._depthwise_conv.weight -> blocks.{0.0..6.0}.conv_dw.weight  (16)" in text
+    assert "skipped for shape (2)" in text
+    names = inspect_checkpoint(
+        fixtures_dir / LITE0, model="timm:efficientnet_lite0", num_classes=10, align="names"
+    )
+    assert "a load would fail: no tensor loaded" in names
+
+
+def test_finetune_init_checkpoint_takes_align(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from transferkit.cli import main
+
+    torch.save(randomised(OtherTiny()), tmp_path / "other.pt")
+    base = ["finetune", "--backbone", "tests.tiny_models:tinynet", "--img-size", "16", "--workers", "0"]
+    base += ["--quiet", "--limit-train", "32", "--limit-val", "32", "--eval-only"]
+    base += ["--init-checkpoint", str(tmp_path / "other.pt"), "--weights", "none"]
+    assert main([*base, "--align", "names"]) == 2
+    assert "no tensor loaded" in capsys.readouterr().err
+    assert main(base) == 0, capsys.readouterr().err

@@ -121,9 +121,7 @@ def get_converter(name: str) -> Converter:
 def find_converter(state: Mapping[str, Any], target: str) -> Converter | None:
     """The one registered converter into ``target`` whose source layout ``state`` is in, if any."""
     bare = target.split(":", 1)[-1]
-    found = [
-        c for c in _REGISTRY.values() if c.target.split(":", 1)[-1] == bare and c.accepts(state)
-    ]
+    found = [c for c in _REGISTRY.values() if c.target.split(":", 1)[-1] == bare and c.accepts(state)]
     return found[0] if len(found) == 1 else None
 
 

@@ -56,6 +56,8 @@ class LoadReport:
         aligned: ``{checkpoint_key: model_key}`` of every pair made by structure (empty for ``"names"``).
         unwritten: model keys whose checkpoint tensor was offered but that the model's own loading code (a
             ``_load_from_state_dict`` override, a hook) did not write; they are in ``missing`` too.
+        verified: the largest output difference from a reference model (``load_partial(verify=...)``),
+            or ``None`` when not verified.
     """
 
     loaded: list[str] = field(default_factory=list)
@@ -74,6 +76,7 @@ class LoadReport:
     method: str = "names"
     aligned: dict[str, str] = field(default_factory=dict)
     unwritten: list[str] = field(default_factory=list)
+    verified: float | None = None
 
     @property
     def total_coverage(self) -> float:
@@ -110,6 +113,7 @@ class LoadReport:
             "method": self.method,
             "aligned": dict(self.aligned),
             "unwritten": list(self.unwritten),
+            "verified": self.verified,
         }
 
     def summary(self) -> str:

@@ -230,6 +230,8 @@ def load_partial(
     assign: bool = False,
     dry_run: bool = False,
     align: str = "auto",
+    verify: nn.Module | None = None,
+    tolerance: float = 1e-4,
 ) -> LoadReport:
     """Load every tensor of ``source`` that fits ``model``; report the rest. All checks precede writing.
 
@@ -262,6 +264,9 @@ def load_partial(
             architecture; see :mod:`transferkit.align`), or ``"auto"`` (names; structure only when no
             ``rules`` were given and no checkpoint key matches a model key by name). The report's
             ``method`` says which was used.
+        verify: a reference model (the source implementation, holding the same weights): after loading,
+            both run on one probe batch and ``report.verified`` is the largest output difference.
+        tolerance: the largest output difference ``verify`` accepts.
 
     Returns:
         The :class:`LoadReport` (also kept on the error as ``exc.report`` when a check fails).
@@ -390,6 +395,8 @@ def load_partial(
         raise _fail(message, report, refused)
     if assign:
         _retie(target, model_state)
+    if verify is not None:
+        _verify(model, verify, tolerance, report)
     if isinstance(target, RenameOnLoadMixin):
         # its own _load_from_state_dict saw only the filtered dict; the full picture is this report
         target.load_report = report
@@ -819,6 +826,22 @@ def _with_versions(
     out = OrderedDict(to_load)
     out._metadata = versions  # type: ignore[attr-defined]
     return out
+
+
+def _verify(model: nn.Module, reference: nn.Module, tolerance: float, report: LoadReport) -> None:
+    """Compare outputs with the reference on a probe batch the size the model expects."""
+    from transferkit.converters import verify_outputs
+
+    config = getattr(model, "data_config", None)
+    size = tuple(config["input_size"]) if isinstance(config, Mapping) else (3, 224, 224)
+    try:
+        report.verified = verify_outputs(model, reference, input_size=size, tolerance=tolerance)
+    except LoadError as exc:
+        raise _fail(f"{exc}; the weights were written (load them again from a good source)", report) from None
+    report.notes.append(
+        f"verified against {type(reference).__name__}: largest output difference {report.verified:.3g} "
+        f"(tolerance {tolerance:g})"
+    )
 
 
 def _stamps(target: nn.Module, model_state: Mapping[str, Any]) -> dict[str, tuple[int, int, int] | None]:

@@ -184,14 +184,21 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
             f"{len(class_names)} classes ({shown}); drop --classes or fix it"
         )
     weights = None if str(cfg["weights"]).lower() in ("none", "null", "random") else cfg["weights"]
-    model = create_model(cfg["backbone"], len(class_names), weights=weights, class_names=class_names)
+    model = create_model(
+        cfg["backbone"], len(class_names), weights=weights, class_names=class_names, align=cfg["align"]
+    )
     pretrained = bool(getattr(model, "pretrained", False))
     init_report = None
     if cfg["init_checkpoint"]:
         from transferkit.partial import load_partial
 
         init_report = load_partial(
-            model, cfg["init_checkpoint"], rules=rules, key=cfg["key"], salvage=cfg["salvage"]
+            model,
+            cfg["init_checkpoint"],
+            rules=rules,
+            key=cfg["key"],
+            salvage=cfg["salvage"],
+            align=cfg["align"],
         )
         pretrained = True
     elif rules or cfg["salvage"]:
