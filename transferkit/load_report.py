@@ -155,7 +155,8 @@ class LoadReport:
             lines.append(f"cast ({len(self.cast)})")
             lines.extend(_by_pair(self.cast, lambda a, b: f"{a} -> {b}"))
         if self.aligned:
-            lines.append(f"aligned by structure ({len(self.aligned)} pairs): checkpoint -> model")
+            n = len(self.aligned)
+            lines.append(f"aligned by structure ({n} pair{'' if n == 1 else 's'}): checkpoint -> model")
             lines.extend("  " + line for line in compact_pairs(self.aligned))
         if self.renamed:
             lines.append(f"renamed ({len(self.renamed)})")

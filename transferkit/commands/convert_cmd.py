@@ -8,9 +8,10 @@ the safetensors metadata records the source file's name and SHA-256, the pairing
 ``--verify REFERENCE`` builds the source implementation with the original weights (loaded by name) and
 compares outputs on a probe batch; a difference above ``--tolerance`` is an error and nothing is written.
 
-Example:
-    >>> main(["convert", "lite0.pth", "--model", "timm:efficientnet_lite0", "--out", "lite0.safetensors"])
-    ... # doctest: +SKIP
+Usage::
+
+    transferkit convert lite0.pth --model timm:efficientnet_lite0 --out lite0.safetensors
+    transferkit convert vit.pth --model timm:vit_base_patch16_224 --out vit.safetensors --verify vit_b_16
 """
 
 from __future__ import annotations
