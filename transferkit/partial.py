@@ -28,6 +28,7 @@ import logging
 import os
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -308,39 +309,11 @@ def load_partial(
     raw_keys = list(state)
     cleaned, clean_notes = clean_keys(raw_keys, model_state, rules_t, model=target)
     notes.extend(clean_notes)
-    passed, final = _rename_chain(target, raw_keys, cleaned, rules_t)
-
-    mismatched, fits, to_load = _classify(state, passed, final, model_state)
-    alignment, refused = None, None
-    if _wants_structure(check_align_mode(align), fits, mismatched, model_state, bool(rules_t)):
-        try:
-            alignment = align_by_structure(
-                {raw: state[raw] for raw in raw_keys if final[raw] is not None}, model_state
-            )
-        except LoadError as exc:
-            if align == "structure":
-                raise _fail(
-                    str(exc), _names_report(state, final, model_state, description, dry_run), exc
-                ) from None
-            refused = exc
-        else:
-            passed, final = _aligned_chain(target, raw_keys, passed, final, alignment)
-            mismatched, fits, to_load = _classify(state, passed, final, model_state)
-    report = build_report(
-        model_state,
-        fits,
-        renamed={}
-        if alignment
-        else {raw: new for raw, new in final.items() if new is not None and new != raw},
-        mismatched=mismatched,
-        notes=notes + (alignment.notes() if alignment else []),
-        dropped=[raw for raw, new in final.items() if new is None],
-        source=description,
-        dry_run=dry_run,
-    )
-    if alignment is not None:
-        report.method = "structure"
-        report.aligned = {**alignment.pairs, **alignment.head}
+    match = _match(target, state, raw_keys, cleaned, rules_t, model_state, align)
+    passed, final, fits, refused = match.passed, match.final, match.fits, match.refused
+    if refused is not None and align == "structure":
+        raise _fail(str(refused), _predict(match, model_state, [], description, dry_run), refused)
+    report = _predict(match, model_state, notes, description, dry_run)
     _add_hint(report, state, passed, final, model_state)
     # keys no parameter is named after are offered to the model's own loading code (issue: a legacy
     # `fc.w` renamed by an override); when nothing else loads, only writing tells whether it used them
@@ -348,12 +321,8 @@ def load_partial(
         target, [passed[r] or "" for r in raw_keys if final[r] and final[r] not in model_state]
     )
     if refused is not None and not defer_zero:
-        raise _fail(
-            f"{_zero_message(report, model_state, state, passed, final)} Pairing by structure was tried too: "
-            f"{refused}",
-            report,
-            refused,
-        )
+        zero = _zero_message(report, model_state, state, passed, final)
+        raise _fail(f"{zero} Pairing by structure was tried too: {refused}", report, refused)
     _check(
         report,
         target,
@@ -374,7 +343,7 @@ def load_partial(
     predicted = report
     report = _write(
         target,
-        _with_versions(to_load, target, None if renamed_any else getattr(state, "_metadata", None)),
+        _with_versions(match.to_load, target, None if renamed_any else getattr(state, "_metadata", None)),
         model_state,
         {passed[r]: final[r] for r in raw_keys if final[r] is not None},
         assign,
@@ -382,17 +351,7 @@ def load_partial(
         fits,
     )
     if not report.loaded:  # nothing was written (that is what the report says), so the model is as it was
-        if predicted.loaded:
-            message = (
-                f"no tensor loaded: {len(predicted.loaded)} checkpoint tensors match model keys by name, but "
-                "the model's own loading code (a _load_from_state_dict override or a hook) wrote none of "
-                "them; nothing was written"
-            )
-        else:
-            message = f"{_zero_message(report, model_state, state, passed, final)} The model's own loading "
-            message += "code was offered every key and wrote nothing."
-            message += f" Pairing by structure was tried too: {refused}" if refused is not None else ""
-        raise _fail(message, report, refused)
+        raise _fail(_nothing_written(report, predicted, model_state, state, match), report, refused)
     if assign:
         _retie(target, model_state)
     if verify is not None:
@@ -528,6 +487,27 @@ def _fail(message: str, report: LoadReport, cause: BaseException | None = None) 
 # ------------------------------------------------------------------------------------ pairing by structure
 
 
+def _nothing_written(
+    report: LoadReport,
+    predicted: LoadReport,
+    model_state: Mapping[str, Any],
+    state: Mapping[str, Any],
+    match: _Match,
+) -> str:
+    """The zero-load message once the model's own loading code has had every key and written nothing."""
+    if predicted.loaded:
+        return (
+            f"no tensor loaded: {len(predicted.loaded)} checkpoint tensors match model keys by name, but the "
+            "model's own loading code (a _load_from_state_dict override or a hook) wrote none of them; "
+            "nothing was written"
+        )
+    message = (
+        f"{_zero_message(report, model_state, state, match.passed, match.final)} The model's own loading "
+        "code was offered every key and wrote nothing."
+    )
+    return message + (f" Pairing by structure was tried too: {match.refused}" if match.refused else "")
+
+
 def _own_code_may_consume(target: nn.Module, keys: Iterable[str]) -> bool:
     """True when one of ``keys`` falls under a module whose own loading code may consume it.
 
@@ -547,13 +527,7 @@ def _own_code_may_consume(target: nn.Module, keys: Iterable[str]) -> bool:
     return False
 
 
-def _wants_structure(
-    align: str,
-    fits: Mapping[str, Any],
-    mismatched: Mapping[str, Any],
-    model_state: Mapping[str, Any],
-    has_rules: bool,
-) -> bool:
+def _wants_structure(align: str, by_name: _Match, model_state: Mapping[str, Any], has_rules: bool) -> bool:
     """``structure`` always; ``auto`` only when not one checkpoint key names a model key.
 
     Given rules are the caller's own mapping by name: ``auto`` then keeps to names, so a rule that maps
@@ -561,20 +535,70 @@ def _wants_structure(
     """
     if align == "structure":
         return True
-    return align == "auto" and not has_rules and not mismatched and not any(k in model_state for k in fits)
+    matched = by_name.mismatched or any(k in model_state for k in by_name.fits)
+    return align == "auto" and not has_rules and not matched
 
 
-def _names_report(
+@dataclass(frozen=True)
+class _Match:
+    """How every checkpoint key meets the model: the pipeline's state between renaming and checking.
+
+    ``passed``: raw key -> the key ``load_state_dict`` receives; ``final``: raw key -> the model key (after
+    the model's own renames); ``None`` drops a key. ``refused`` is a structural alignment's refusal.
+    """
+
+    passed: dict[str, str | None]
+    final: dict[str, str | None]
+    mismatched: dict[str, tuple[Shape, Shape]]
+    fits: dict[str, Any]
+    to_load: dict[str, Any]
+    alignment: Alignment | None = None
+    refused: LoadError | None = None
+
+
+def _match(
+    target: nn.Module,
     state: Mapping[str, Any],
-    final: Mapping[str, str | None],
+    raw_keys: Sequence[str],
+    cleaned: Mapping[str, str],
+    rules: Sequence[Rule],
     model_state: Mapping[str, Any],
-    description: str,
-    dry_run: bool,
+    align: str,
+) -> _Match:
+    """Pair checkpoint keys with the model's: by name, then by structure where ``align`` asks for it."""
+    passed, final = _rename_chain(target, raw_keys, cleaned, rules)
+    by_name = _Match(passed, final, *_classify(state, passed, final, model_state))
+    if not _wants_structure(check_align_mode(align), by_name, model_state, bool(rules)):
+        return by_name
+    try:
+        alignment = align_by_structure(
+            {raw: state[raw] for raw in raw_keys if final[raw] is not None}, model_state
+        )
+    except LoadError as exc:
+        return replace(by_name, refused=exc)
+    passed, final = _aligned_chain(target, raw_keys, passed, final, alignment)
+    return _Match(passed, final, *_classify(state, passed, final, model_state), alignment=alignment)
+
+
+def _predict(
+    match: _Match, model_state: Mapping[str, Any], notes: list[str], description: str, dry_run: bool
 ) -> LoadReport:
-    """The report of pairing by name, kept on a refused structural alignment's error (inspect shows it)."""
-    passed = {raw: name for raw, name in final.items()}
-    mismatched, fits, _ = _classify(state, passed, final, model_state)
-    return build_report(model_state, fits, mismatched=mismatched, source=description, dry_run=dry_run)
+    """The report as the names (or the structural pairs) predict it, before anything is written."""
+    aligned = match.alignment
+    report = build_report(
+        model_state,
+        match.fits,
+        renamed={} if aligned else {r: n for r, n in match.final.items() if n is not None and n != r},
+        mismatched=match.mismatched,
+        notes=notes + (aligned.notes() if aligned else []),
+        dropped=[raw for raw, new in match.final.items() if new is None],
+        source=description,
+        dry_run=dry_run,
+    )
+    if aligned is not None:
+        report.method = "structure"
+        report.aligned = {**aligned.pairs, **aligned.head}
+    return report
 
 
 def _aligned_chain(
