@@ -153,6 +153,15 @@ def test_a_head_for_another_class_count_at_the_end_is_skipped_for_shape() -> Non
     assert any("last module (fc.{weight,bias})" in n for n in report.notes), report.notes
 
 
+def test_a_head_whose_inputs_differ_is_not_another_class_count_and_is_refused() -> None:
+    state = randomised(OtherTiny(num_classes=1000))
+    state["_fc.weight"] = torch.randn(1000, 32)  # 32 inputs where the features have 16
+    with pytest.raises(
+        LoadError, match=r"#12 '_fc.weight' \[1000, 32\] vs model tensor #12 'fc.weight' \[10, 16\]"
+    ):
+        load_partial(tinynet(), state, align="structure")
+
+
 def test_counters_one_side_lacks_are_allowed_and_stated() -> None:
     state = {k: v for k, v in randomised(OtherTiny()).items() if not k.endswith("num_batches_tracked")}
     model = tinynet()

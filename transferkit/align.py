@@ -144,9 +144,10 @@ class Alignment:
 
     def notes(self) -> list[str]:
         """Report lines: what was paired, and what one side lacked."""
+        extent = "all but the head at the end" if self.head else "the whole sequence"
         lines = [
             f"aligned by structure: names differ, so {len(self.pairs) + len(self.head)} checkpoint tensors "
-            "were paired with the model's by order, shape and module grouping (the whole sequence matches)"
+            f"were paired with the model's by order, shape and module grouping ({extent} matches)"
         ]
         if self.head:
             lines.append(
@@ -201,22 +202,31 @@ def _ordered(a: _Module, b: _Module) -> tuple[tuple[_Tensor, ...], tuple[_Tensor
     return a.tensors, b.tensors
 
 
+def _difference(x: _Tensor, y: _Tensor) -> str:
+    """Why two tensors cannot pair; empty when they can (equal shapes, or a head's other class count)."""
+    if x.role != y.role:
+        return "a running statistic would pair with a weight"
+    if x.kind != y.kind:
+        return f"dtypes of another kind ({x.kind} vs {y.kind})"
+    if len(x.shape) != len(y.shape):
+        return f"{len(x.shape)}-d vs {len(y.shape)}-d (another kind of layer)"
+    # another class count changes a head's outputs (dim 0) only; any other difference is another layer
+    return "shapes differ" if x.shape[1:] != y.shape[1:] else ""
+
+
 def _compare(a: _Module, b: _Module) -> tuple[str, int, str]:
     """``("same" | "reshaped" | "different", position of the first difference, why)`` for two modules."""
     ta, tb = _ordered(a, b)
     if len(ta) != len(tb):
         return "different", 0, f"module {a.name!r} has {len(ta)} tensor(s), {b.name!r} has {len(tb)}"
-    verdict, first, why = "same", -1, ""
+    reshaped = None
     for i, (x, y) in enumerate(zip(ta, tb)):
-        if x.role != y.role:
-            return "different", i, "a running statistic would pair with a weight"
-        if x.kind != y.kind:
-            return "different", i, f"dtypes of another kind ({x.kind} vs {y.kind})"
-        if len(x.shape) != len(y.shape):
-            return "different", i, f"{len(x.shape)}-d vs {len(y.shape)}-d (another kind of layer)"
-        if x.shape != y.shape and verdict == "same":
-            verdict, first, why = "reshaped", i, "shapes differ"
-    return verdict, first, why
+        why = _difference(x, y)
+        if why:
+            return "different", i, why
+        if x.shape != y.shape and reshaped is None:
+            reshaped = i
+    return ("same", -1, "") if reshaped is None else ("reshaped", reshaped, "shapes differ")
 
 
 def _embeddings(short: Sequence[_Module], long: Sequence[_Module], cap: int = 100) -> int:
