@@ -546,6 +546,32 @@ def test_convert_verify_compares_with_the_source_implementation(
     assert "must end in .safetensors" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_convert_picks_the_vit_converter_and_verifies_against_torchvision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torchvision
+
+    from transferkit.checkpoint import load_checkpoint
+    from transferkit.cli import main
+
+    torch.save(_randomise_in_place(torchvision.models.vit_b_16()).state_dict(), tmp_path / "tv_vit.pth")
+    out = tmp_path / "vit.safetensors"
+    argv = [
+        "convert",
+        str(tmp_path / "tv_vit.pth"),
+        "--model",
+        "timm:vit_base_patch16_224",
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, "--verify", "vit_b_16", "--tolerance", "1e-5"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "paired by converter torchvision:vit_b_16->timm:vit_base_patch16_224" in printed
+    assert "verified against vit_b_16" in printed
+    assert "blocks.11.attn.qkv.weight" in load_checkpoint(out)
+
+
 def test_inspect_shows_the_structural_plan_as_a_dry_run(fixtures_dir: Path) -> None:
     from transferkit.inspect import inspect_checkpoint
 

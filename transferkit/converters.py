@@ -119,9 +119,15 @@ def get_converter(name: str) -> Converter:
 
 
 def find_converter(state: Mapping[str, Any], target: str) -> Converter | None:
-    """The one registered converter into ``target`` whose source layout ``state`` is in, if any."""
-    bare = target.split(":", 1)[-1]
-    found = [c for c in _REGISTRY.values() if c.target.split(":", 1)[-1] == bare and c.accepts(state)]
+    """The one registered converter into ``target`` (a ``create_model`` name) whose source layout ``state``
+    is in, if any.
+
+    Example:
+        >>> find_converter({"class_token": torch.zeros(1)}, "timm:vit_base_patch16_224").source
+        'torchvision:vit_b_16'
+    """
+    full = target if ":" in target else f"torchvision:{target}"  # create_model's bare names are torchvision's
+    found = [c for c in _REGISTRY.values() if c.target == full and c.accepts(state)]
     return found[0] if len(found) == 1 else None
 
 
