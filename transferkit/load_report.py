@@ -3,8 +3,8 @@
 Holds the report dataclass, :func:`build_report` (classify keys against a model's state dict and compute
 per-module parameter coverage), and the display helpers behind the table: :func:`compact_keys` groups
 keys that differ in one number (``layer1.{0..2}.conv1.weight``) or in the last name
-(``bn.{weight,bias}``), renames are summarised as prefix swaps, and percentages never round a partial
-load up to 100%. :func:`~transferkit.partial.load_partial` builds and returns the report; this module
+(``bn.{weight,bias}``), renames are summarised as prefix swaps, pairs made by structure as first..last
+runs (:func:`compact_pairs`), and percentages never round a partial load up to 100%. :func:`~transferkit.partial.load_partial` builds and returns the report; this module
 knows nothing of checkpoints or rename rules.
 
 Example:
