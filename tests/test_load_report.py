@@ -6,7 +6,7 @@ import json
 
 from torch import nn
 
-from transferkit.load_report import build_report, compact_keys
+from transferkit.load_report import LoadReport, build_report, compact_keys, compact_pairs
 
 
 def test_report_table_groups_numbered_ranges() -> None:
@@ -51,3 +51,31 @@ def test_tied_parameters_count_once_and_load_through_an_alias() -> None:
     model = Tied()
     report = build_report(model.state_dict(keep_vars=True), {"emb.weight": model.emb.weight})
     assert report.missing == [] and (report.loaded_params, report.total_params) == (20, 20)
+
+
+def test_structural_pairs_print_compactly_first_to_last_on_each_side() -> None:
+    pairs = {
+        f"_blocks.{i}._bn1.{leaf}": f"blocks.{i // 4}.{i % 4}.bn2.{leaf}" for i in range(8) for leaf in "wb"
+    }
+    pairs = {**{"_stem.weight": "conv_stem.weight"}, **pairs}
+    assert compact_pairs(pairs) == [
+        "_stem.weight -> conv_stem.weight",
+        "_blocks.{0..7}._bn1.{w,b} -> blocks.{0.0..1.3}.bn2.*  (16)",
+    ]
+
+
+def test_a_structural_load_says_so_and_serialises_its_pairs() -> None:
+    report = LoadReport(
+        loaded=["fc.weight"], method="structure", aligned={"_fc.weight": "fc.weight"}, verified=0.0
+    )
+    assert "aligned by structure" in report.summary()
+    assert "aligned by structure (1 pair): checkpoint -> model\n  _fc.weight -> fc.weight" in str(report)
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["method"] == "structure" and data["aligned"] == {"_fc.weight": "fc.weight"}
+    assert data["verified"] == 0.0 and data["unwritten"] == []
+
+
+def test_tensors_offered_but_not_written_count_and_show() -> None:
+    report = LoadReport(loaded=["a.weight"], missing=["b.weight"], unwritten=["b.weight"])
+    assert report.summary().startswith("loaded 1/2 checkpoint tensors")
+    assert "offered but not written by the model's own loading code (1)\n  b.weight" in str(report)

@@ -184,7 +184,7 @@ def test_zero_tensors_into_a_renaming_model_quotes_the_files_keys_and_a_rule_tha
     src = {f"enc.{k}": v for k, v in tinynet(num_classes=10).state_dict().items()}
     model = create_model("tests.tiny_models:tinynet", 10, weights=None)
     with pytest.raises(LoadError) as info:
-        load_partial(model, src)
+        load_partial(model, src, align="names")  # "auto" would pair them by structure (test_align.py)
     message = str(info.value)
     assert "Checkpoint keys start with 'enc.' (14), e.g. 'enc.stem.conv.weight'" in message
     assert "'backbone.enc." not in message
@@ -753,3 +753,88 @@ def test_min_coverage_on_a_model_without_parameters_says_so():
     model = nn.BatchNorm1d(3, affine=False)
     with pytest.raises(ConfigError, match="this model has none \\(only buffers\\)"):
         load_partial(model, dict(model.state_dict()), min_coverage=0.5)
+
+
+# ------------------------------------------------------- the model's own loading code sees every key (#16)
+
+
+class _LegacyNames(nn.Module):
+    """Renames its legacy keys (``fc.w``/``fc.b``) in its own ``_load_from_state_dict``, as old code does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.fc = nn.Linear(2, 3)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):  # type: ignore[no-untyped-def]
+        for old, new in (("fc.w", "fc.weight"), ("fc.b", "fc.bias")):
+            if prefix + old in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def _legacy_checkpoint() -> dict[str, torch.Tensor]:
+    src = _LegacyNames()
+    state = {k: torch.randn_like(v) for k, v in src.state_dict().items()}
+    state["fc.w"], state["fc.b"] = state.pop("fc.weight"), state.pop("fc.bias")
+    return state
+
+
+def test_an_override_that_renames_legacy_keys_sees_them_and_the_report_says_they_loaded() -> None:
+    state = _legacy_checkpoint()
+    plain = _LegacyNames()
+    plain.load_state_dict(state)  # what torch itself does with this model
+    model = _LegacyNames()
+    report = load_partial(model, state)
+    assert torch.equal(model.fc.weight, state["fc.w"]) and torch.equal(model.fc.bias, state["fc.b"])
+    assert torch.equal(model.fc.weight, plain.fc.weight)
+    assert set(report.loaded) == {"conv.weight", "conv.bias", "fc.weight", "fc.bias"}
+    assert report.missing == [] and report.unexpected == [] and report.total_coverage == 1.0
+    assert any("consumed 2 key(s)" in n and "fc.{w,b}" in n for n in report.notes), report.notes
+
+
+def test_an_override_fed_only_legacy_keys_loads_them_instead_of_refusing() -> None:
+    """Nothing matches by name, yet the model's own code knows the keys: they are offered, not refused."""
+    state = {k: v for k, v in _legacy_checkpoint().items() if k.startswith("fc.")}
+    model = _LegacyNames()
+    report = load_partial(model, state)
+    assert torch.equal(model.fc.weight, state["fc.w"])
+    assert sorted(report.loaded) == ["fc.bias", "fc.weight"]
+
+
+def test_an_override_that_ignores_offered_keys_is_reported_as_not_loaded() -> None:
+    """The report says what was written, never what was offered."""
+
+    class Ignores(nn.Linear):
+        def _load_from_state_dict(self, *args: object) -> None:
+            pass  # an override that drops everything it is given
+
+    model = nn.Sequential(nn.Linear(2, 2), Ignores(2, 2))
+    before = model[1].weight.detach().clone()
+    src = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    report = load_partial(model, src)
+    assert torch.equal(model[1].weight, before)  # unchanged, as the override decided
+    assert report.loaded == ["0.weight", "0.bias"]
+    assert set(report.missing) == {"1.weight", "1.bias"}
+    assert report.total_coverage == pytest.approx(6 / 12)
+    assert "loaded 2/4" in report.summary() and "100" not in report.summary()
+    assert any("left 2 offered tensor(s) unwritten" in n for n in report.notes), report.notes
+
+
+def test_an_override_that_ignores_everything_is_a_zero_load_error() -> None:
+    class IgnoresAll(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def _load_from_state_dict(self, state_dict, prefix, *args):  # type: ignore[no-untyped-def]
+            for key in [k for k in state_dict if k.startswith(prefix)]:
+                del state_dict[key]  # consumed and thrown away
+
+    model = IgnoresAll()
+    before = model.fc.weight.detach().clone()
+    with pytest.raises(LoadError, match="match model keys by name, but the model's own loading code") as info:
+        load_partial(model, {k: torch.ones_like(v) for k, v in model.state_dict().items()})
+    assert torch.equal(model.fc.weight, before)
+    report = info.value.report  # type: ignore[attr-defined]
+    assert report.loaded == [] and report.total_coverage == 0.0 and "loaded 0/2" in report.summary()

@@ -48,6 +48,13 @@ _EXPORTS: dict[str, str] = {
     # partial
     "load_partial": "partial",
     "LoadReport": "load_report",
+    # align, converters
+    "align_by_structure": "align",
+    "Alignment": "align",
+    "list_converters": "converters",
+    "get_converter": "converters",
+    "register_converter": "converters",
+    "verify_outputs": "converters",
     # inspect
     "inspect_checkpoint": "inspect",
     # backbones
@@ -87,6 +94,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from transferkit.align import Alignment, align_by_structure
     from transferkit.backbones import Adapter, create_model, list_backbones, replace_head
     from transferkit.checkpoint import (
         atomic_write,
@@ -98,6 +106,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         save_weights,
         snapshot_state,
     )
+    from transferkit.converters import get_converter, list_converters, register_converter, verify_outputs
     from transferkit.errors import (
         CheckpointError,
         ConfigError,

@@ -70,6 +70,7 @@ def inspect_checkpoint(
     rules: Sequence[Rule | str] = (),
     salvage: bool = False,
     key: str | None = None,
+    align: str = "auto",
 ) -> str:
     """Describe a checkpoint file, and optionally dry-run loading it into a model.
 
@@ -82,6 +83,8 @@ def inspect_checkpoint(
         rules: rename rules (objects or CLI strings) for the dry run.
         salvage: read a file that ``weights_only`` refuses with the restricted unpickler (no code runs).
         key: dotted path of the weights inside the checkpoint (``"state_dict"``, ``"models.G"``).
+        align: ``load_partial``'s pairing mode for the dry run; a pairing by structure is listed pair by
+            pair (the plan a load would follow).
 
     Returns:
         A multi-line, human-readable description.
@@ -126,7 +129,7 @@ def inspect_checkpoint(
         )  # type: ignore[arg-type]
     lines.append("")
     lines.append(title)
-    text, fails = _dry_run(target, state, rules_t, path.name)
+    text, fails = _dry_run(target, state, rules_t, path.name, align)
     lines.append(text)
     return Inspection.of("\n".join(lines), load_fails=fails)
 
@@ -459,11 +462,11 @@ def _load_target(adapter: nn.Module, state: Mapping[str, Any]) -> nn.Module:
 
 
 def _dry_run(
-    target: nn.Module, state: Mapping[str, Any], rules: Sequence[Rule], source: str = ""
+    target: nn.Module, state: Mapping[str, Any], rules: Sequence[Rule], source: str = "", align: str = "auto"
 ) -> tuple[str, bool]:
     """The dry run's report as text, and whether the load would fail."""
     try:
-        report: LoadReport = load_partial(target, dict(state), rules=rules, dry_run=True)
+        report: LoadReport = load_partial(target, dict(state), rules=rules, dry_run=True, align=align)
     except LoadError as exc:
         report = getattr(exc, "report", None)  # type: ignore[assignment]
         if report is None:

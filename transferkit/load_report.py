@@ -3,8 +3,8 @@
 Holds the report dataclass, :func:`build_report` (classify keys against a model's state dict and compute
 per-module parameter coverage), and the display helpers behind the table: :func:`compact_keys` groups
 keys that differ in one number (``layer1.{0..2}.conv1.weight``) or in the last name
-(``bn.{weight,bias}``), renames are summarised as prefix swaps, and percentages never round a partial
-load up to 100%. :func:`~transferkit.partial.load_partial` builds and returns the report; this module
+(``bn.{weight,bias}``), renames are summarised as prefix swaps, pairs made by structure as first..last
+runs (:func:`compact_pairs`), and percentages never round a partial load up to 100%. :func:`~transferkit.partial.load_partial` builds and returns the report; this module
 knows nothing of checkpoints or rename rules.
 
 Example:
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "build_report", "compact_keys"]
+__all__ = ["LoadReport", "build_report", "compact_keys", "compact_pairs"]
 
 Shape = tuple[int, ...]
 
@@ -51,6 +51,13 @@ class LoadReport:
         total_params: parameter elements in the model.
         source: a short description of where the weights came from.
         dry_run: True when nothing was written.
+        method: how checkpoint tensors were paired with the model's: ``"names"`` (keys after cleaning
+            and rules) or ``"structure"`` (order, shapes and module grouping; see :mod:`transferkit.align`).
+        aligned: ``{checkpoint_key: model_key}`` of every pair made by structure (empty for ``"names"``).
+        unwritten: model keys whose checkpoint tensor was offered but that the model's own loading code (a
+            ``_load_from_state_dict`` override, a hook) did not write; they are in ``missing`` too.
+        verified: the largest output difference from a reference model (``load_partial(verify=...)``),
+            or ``None`` when not verified.
     """
 
     loaded: list[str] = field(default_factory=list)
@@ -66,6 +73,10 @@ class LoadReport:
     total_params: int = 0
     source: str = ""
     dry_run: bool = False
+    method: str = "names"
+    aligned: dict[str, str] = field(default_factory=dict)
+    unwritten: list[str] = field(default_factory=list)
+    verified: float | None = None
 
     @property
     def total_coverage(self) -> float:
@@ -99,14 +110,19 @@ class LoadReport:
             "total_params": self.total_params,
             "dropped": list(self.dropped),
             "notes": list(self.notes),
+            "method": self.method,
+            "aligned": dict(self.aligned),
+            "unwritten": list(self.unwritten),
+            "verified": self.verified,
         }
 
     def summary(self) -> str:
         """One line: counts and overall parameter coverage."""
-        n_ckpt = len(self.loaded) + len(self.mismatched) + len(self.unexpected)
+        n_ckpt = len(self.loaded) + len(self.mismatched) + len(self.unexpected) + len(self.unwritten)
         verb = "would load" if self.dry_run else "loaded"
+        how = " aligned by structure" if self.method == "structure" else ""
         return (
-            f"{verb} {len(self.loaded)}/{n_ckpt} checkpoint tensors "
+            f"{verb} {len(self.loaded)}/{n_ckpt} checkpoint tensors{how} "
             f"({self.loaded_params:,}/{self.total_params:,} parameters, {_pct(self.total_coverage)}); "
             f"renamed {len(self.renamed)}, skipped for shape {len(self.mismatched)}, "
             f"missing {len(self.missing)}, unexpected {len(self.unexpected)}, cast {len(self.cast)}"
@@ -128,6 +144,7 @@ class LoadReport:
             lines.extend(_by_pair(self.mismatched, lambda a, b: f"{list(a)} -> {list(b)}"))
         for title, keys in (
             ("missing", self.missing),
+            ("offered but not written by the model's own loading code", self.unwritten),
             ("unexpected", self.unexpected),
             ("dropped by a rule", self.dropped),
         ):
@@ -137,6 +154,10 @@ class LoadReport:
         if self.cast:
             lines.append(f"cast ({len(self.cast)})")
             lines.extend(_by_pair(self.cast, lambda a, b: f"{a} -> {b}"))
+        if self.aligned:
+            n = len(self.aligned)
+            lines.append(f"aligned by structure ({n} pair{'' if n == 1 else 's'}): checkpoint -> model")
+            lines.extend("  " + line for line in compact_pairs(self.aligned))
         if self.renamed:
             lines.append(f"renamed ({len(self.renamed)})")
             lines.extend("  " + line for line in _compact_renames(self.renamed))
@@ -250,6 +271,64 @@ def _merge_numbers(rows: list[list[str]], pos: int) -> list[list[str]]:
         seg = f"{stem}{nums[0]}" if len(set(nums)) == 1 else stem + _format_numbers(nums)
         out.append([*head, seg, *tail])
     return out
+
+
+_NUMBER_SEGMENT = re.compile(r"^\d+$")
+
+
+def _template(key: str) -> tuple[str, list[str]]:
+    """``("blocks.#.#.bn1.weight", ["0", "1"])``: the key with its numeric segments taken out."""
+    parts = key.split(".")
+    nums = [p for p in parts if _NUMBER_SEGMENT.match(p)]
+    return ".".join("#" if _NUMBER_SEGMENT.match(p) else p for p in parts), nums
+
+
+def _fill(template: str, first: list[str], last: list[str]) -> str:
+    """The template with each run of adjacent numbers written once, or as ``{first..last}`` where it varies."""
+    out: list[str] = []
+    used = 0
+    for segment in re.split(r"((?:#\.)*#)(?=\.|$)", template):
+        if not segment.startswith("#"):
+            out.append(segment)
+            continue
+        n = segment.count("#")
+        a, b = ".".join(first[used : used + n]), ".".join(last[used : used + n])
+        used += n
+        out.append(a if a == b else f"{{{a}..{b}}}")
+    return "".join(out)
+
+
+def compact_pairs(pairs: Mapping[str, str]) -> list[str]:
+    """One line per run of pairs that differ only in their numbers, first..last on each side.
+
+    Example:
+        >>> compact_pairs({f"_blocks.{i}.w": f"blocks.{i // 2}.{i % 2}.w" for i in range(4)})
+        ['_blocks.{0..3}.w -> blocks.{0.0..1.1}.w  (4)']
+    """
+    groups: dict[tuple[str, str], list[tuple[list[str], list[str]]]] = {}
+    for old, new in pairs.items():
+        (ot, on), (nt, nn_) = _template(old), _template(new)
+        groups.setdefault((ot, nt), []).append((on, nn_))
+    # one module's tensors (a BatchNorm's five) on one line: same module templates, same numbers, same leaf
+    merged: dict[tuple[str, str, str], list[str]] = {}
+    for (ot, nt), members in groups.items():
+        o_mod, _, o_leaf = ot.rpartition(".")
+        n_mod, _, n_leaf = nt.rpartition(".")
+        numbers = repr((members[0], members[-1], len(members)))
+        same_leaf = o_leaf == n_leaf
+        key = (o_mod, n_mod, numbers) if same_leaf else (ot, nt, numbers)
+        merged.setdefault(key, []).append(o_leaf if same_leaf else "")
+    lines = []
+    for (o_mod, n_mod, _), leaves in merged.items():
+        members = groups[(f"{o_mod}.{leaves[0]}", f"{n_mod}.{leaves[0]}") if leaves[0] else (o_mod, n_mod)]
+        (of, nf), (ol, nl) = members[0], members[-1]
+        suffix = f"  ({len(members) * len(leaves)})" if len(members) * len(leaves) > 1 else ""
+        leaf = (
+            "" if not leaves[0] else "." + (leaves[0] if len(leaves) == 1 else "{" + ",".join(leaves) + "}")
+        )
+        right = leaf if len(leaves) == 1 else ".*"  # the same leaves: listed once, on the left
+        lines.append(f"{_fill(o_mod, of, ol)}{leaf} -> {_fill(n_mod, nf, nl)}{right}{suffix}")
+    return lines
 
 
 def _compact_renames(renamed: Mapping[str, str]) -> list[str]:

@@ -28,6 +28,7 @@ import logging
 import os
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
+from transferkit.align import Alignment, align_by_structure, check_align_mode
 from transferkit.checkpoint import extract_state_dict, load_checkpoint
 from transferkit.errors import ConfigError, LoadError, TransferkitError
 from transferkit.load_report import LoadReport, Shape, _significant_missing, build_report, compact_keys
@@ -228,6 +230,9 @@ def load_partial(
     trusted: bool = False,
     assign: bool = False,
     dry_run: bool = False,
+    align: str = "auto",
+    verify: nn.Module | None = None,
+    tolerance: float = 1e-4,
 ) -> LoadReport:
     """Load every tensor of ``source`` that fits ``model``; report the rest. All checks precede writing.
 
@@ -255,12 +260,21 @@ def load_partial(
         assign: pass ``assign=True`` to ``load_state_dict``: parameters become the checkpoint's tensors
             (build the model on the meta device, then this materialises it without a second copy).
         dry_run: compute the report and run the checks, write nothing (works on a meta-device model).
+        align: how checkpoint tensors pair with the model's: ``"names"`` (keys after cleaning and rules),
+            ``"structure"`` (order, shapes and module grouping, for another implementation of the same
+            architecture; see :mod:`transferkit.align`), or ``"auto"`` (names; structure only when no
+            ``rules`` were given and no checkpoint key matches a model key by name). The report's
+            ``method`` says which was used.
+        verify: a reference model (the source implementation, holding the same weights): after loading,
+            both run on one probe batch and ``report.verified`` is the largest output difference.
+        tolerance: the largest output difference ``verify`` accepts.
 
     Returns:
         The :class:`LoadReport` (also kept on the error as ``exc.report`` when a check fails).
 
     Raises:
-        LoadError: zero tensors would load (with a suggested rule), ``strict`` or ``min_coverage`` failed,
+        LoadError: zero tensors would load (with a suggested rule), a structural alignment was refused
+            (``exc.divergence`` says where the sequences diverge), ``strict`` or ``min_coverage`` failed,
             a rename conflict, or a RenameOnLoadMixin with ``on_shape_mismatch="error"`` saw a mismatch
             (all raised before anything is written); or the model's own loading code raised while
             loading (the model may then be partly written, and the message says so).
@@ -295,20 +309,20 @@ def load_partial(
     raw_keys = list(state)
     cleaned, clean_notes = clean_keys(raw_keys, model_state, rules_t, model=target)
     notes.extend(clean_notes)
-    passed, final = _rename_chain(target, raw_keys, cleaned, rules_t)
-
-    mismatched, fits, to_load = _classify(state, passed, final, model_state)
-    report = build_report(
-        model_state,
-        fits,
-        renamed={raw: new for raw, new in final.items() if new is not None and new != raw},
-        mismatched=mismatched,
-        notes=notes,
-        dropped=[raw for raw, new in final.items() if new is None],
-        source=description,
-        dry_run=dry_run,
-    )
+    match = _match(target, state, raw_keys, cleaned, rules_t, model_state, align)
+    passed, final, fits, refused = match.passed, match.final, match.fits, match.refused
+    if refused is not None and align == "structure":
+        raise _fail(str(refused), _predict(match, model_state, [], description, dry_run), refused)
+    report = _predict(match, model_state, notes, description, dry_run)
     _add_hint(report, state, passed, final, model_state)
+    # keys no parameter is named after are offered to the model's own loading code (issue: a legacy
+    # `fc.w` renamed by an override); when nothing else loads, only writing tells whether it used them
+    defer_zero = not dry_run and _own_code_may_consume(
+        target, [passed[r] or "" for r in raw_keys if final[r] and final[r] not in model_state]
+    )
+    if refused is not None and not defer_zero:
+        zero = _zero_message(report, model_state, state, passed, final)
+        raise _fail(f"{zero} Pairing by structure was tried too: {refused}", report, refused)
     _check(
         report,
         target,
@@ -320,21 +334,28 @@ def load_partial(
         min_coverage=min_coverage,
         assign=assign,
         dry_run=dry_run,
+        defer_zero=defer_zero,
     )
     _note_tied_conflicts(report, fits, model_state)
     if dry_run:
         return report
     renamed_any = any(passed[r] != r for r in raw_keys)
-    _write(
+    predicted = report
+    report = _write(
         target,
-        _with_versions(to_load, target, None if renamed_any else getattr(state, "_metadata", None)),
+        _with_versions(match.to_load, target, None if renamed_any else getattr(state, "_metadata", None)),
         model_state,
         {passed[r]: final[r] for r in raw_keys if final[r] is not None},
         assign,
         report,
+        fits,
     )
+    if not report.loaded:  # nothing was written (that is what the report says), so the model is as it was
+        raise _fail(_nothing_written(report, predicted, model_state, state, match), report, refused)
     if assign:
         _retie(target, model_state)
+    if verify is not None:
+        _verify(model, verify, tolerance, report)
     if isinstance(target, RenameOnLoadMixin):
         # its own _load_from_state_dict saw only the filtered dict; the full picture is this report
         target.load_report = report
@@ -419,8 +440,8 @@ def _classify(
             mismatched[name] = (tuple(value.shape), tuple(mine.shape))
             continue
         fits[name] = value
-        if name in model_state:
-            to_load[passed[raw]] = value  # type: ignore[index]
+        # keys the model has no parameter for go too: its own _load_from_state_dict may consume them
+        to_load[passed[raw]] = value  # type: ignore[index]
     return mismatched, fits, to_load
 
 
@@ -455,10 +476,171 @@ def _rename_chain(
     return passed, final
 
 
-def _fail(message: str, report: LoadReport) -> LoadError:
+def _fail(message: str, report: LoadReport, cause: BaseException | None = None) -> LoadError:
     exc = LoadError(message)
     exc.report = report  # type: ignore[attr-defined]  # callers (inspect, the CLI) show it
+    if cause is not None and hasattr(cause, "divergence"):
+        exc.divergence = cause.divergence  # type: ignore[attr-defined]
     return exc
+
+
+# ------------------------------------------------------------------------------------ pairing by structure
+
+
+def _nothing_written(
+    report: LoadReport,
+    predicted: LoadReport,
+    model_state: Mapping[str, Any],
+    state: Mapping[str, Any],
+    match: _Match,
+) -> str:
+    """The zero-load message once the model's own loading code has had every key and written nothing."""
+    if predicted.loaded:
+        return (
+            f"no tensor loaded: {len(predicted.loaded)} checkpoint tensors match model keys by name, but the "
+            "model's own loading code (a _load_from_state_dict override or a hook) wrote none of them; "
+            "nothing was written"
+        )
+    message = (
+        f"{_zero_message(report, model_state, state, match.passed, match.final)} The model's own loading "
+        "code was offered every key and wrote nothing."
+    )
+    return message + (f" Pairing by structure was tried too: {match.refused}" if match.refused else "")
+
+
+def _own_code_may_consume(target: nn.Module, keys: Iterable[str]) -> bool:
+    """True when one of ``keys`` falls under a module whose own loading code may consume it.
+
+    That is a module outside torch that overrides ``_load_from_state_dict`` or has a load pre-hook: it may
+    read keys no parameter is named after (a legacy ``fc.w``), so what it writes is known only afterwards.
+    """
+    keys = list(keys)
+    for name, module in target.named_modules():
+        method = type(module)._load_from_state_dict
+        own = bool(module._load_state_dict_pre_hooks) or not (
+            getattr(method, "_transferkit_renames", False)
+            or getattr(method, "__module__", "").startswith("torch.")
+        )
+        prefix = f"{name}." if name else ""
+        if own and any(k.startswith(prefix) for k in keys):
+            return True
+    return False
+
+
+def _wants_structure(align: str, by_name: _Match, model_state: Mapping[str, Any], has_rules: bool) -> bool:
+    """``structure`` always; ``auto`` only when not one checkpoint key names a model key.
+
+    Given rules are the caller's own mapping by name: ``auto`` then keeps to names, so a rule that maps
+    nothing is reported as such instead of being silently replaced by a pairing it did not ask for.
+    """
+    if align == "structure":
+        return True
+    matched = by_name.mismatched or any(k in model_state for k in by_name.fits)
+    return align == "auto" and not has_rules and not matched
+
+
+@dataclass(frozen=True)
+class _Match:
+    """How every checkpoint key meets the model: the pipeline's state between renaming and checking.
+
+    ``passed``: raw key -> the key ``load_state_dict`` receives; ``final``: raw key -> the model key (after
+    the model's own renames); ``None`` drops a key. ``refused`` is a structural alignment's refusal.
+    """
+
+    passed: dict[str, str | None]
+    final: dict[str, str | None]
+    mismatched: dict[str, tuple[Shape, Shape]]
+    fits: dict[str, Any]
+    to_load: dict[str, Any]
+    alignment: Alignment | None = None
+    refused: LoadError | None = None
+
+
+def _match(
+    target: nn.Module,
+    state: Mapping[str, Any],
+    raw_keys: Sequence[str],
+    cleaned: Mapping[str, str],
+    rules: Sequence[Rule],
+    model_state: Mapping[str, Any],
+    align: str,
+) -> _Match:
+    """Pair checkpoint keys with the model's: by name, then by structure where ``align`` asks for it."""
+    passed, final = _rename_chain(target, raw_keys, cleaned, rules)
+    by_name = _Match(passed, final, *_classify(state, passed, final, model_state))
+    if not _wants_structure(check_align_mode(align), by_name, model_state, bool(rules)):
+        return by_name
+    try:
+        alignment = align_by_structure(
+            {raw: state[raw] for raw in raw_keys if final[raw] is not None}, model_state
+        )
+    except LoadError as exc:
+        return replace(by_name, refused=exc)
+    passed, final = _aligned_chain(target, raw_keys, passed, final, alignment)
+    return _Match(passed, final, *_classify(state, passed, final, model_state), alignment=alignment)
+
+
+def _predict(
+    match: _Match, model_state: Mapping[str, Any], notes: list[str], description: str, dry_run: bool
+) -> LoadReport:
+    """The report as the names (or the structural pairs) predict it, before anything is written."""
+    aligned = match.alignment
+    report = build_report(
+        model_state,
+        match.fits,
+        renamed={} if aligned else {r: n for r, n in match.final.items() if n is not None and n != r},
+        mismatched=match.mismatched,
+        notes=notes + (aligned.notes() if aligned else []),
+        dropped=[raw for raw, new in match.final.items() if new is None],
+        source=description,
+        dry_run=dry_run,
+    )
+    if aligned is not None:
+        report.method = "structure"
+        report.aligned = {**aligned.pairs, **aligned.head}
+    return report
+
+
+def _aligned_chain(
+    target: nn.Module,
+    raw_keys: Sequence[str],
+    passed: Mapping[str, str | None],
+    final: Mapping[str, str | None],
+    alignment: Alignment,
+) -> tuple[dict[str, str | None], dict[str, str | None]]:
+    """``_rename_chain``'s two maps with the structural pairs in: paired keys travel under model names."""
+    pairs = {**alignment.pairs, **alignment.head}
+    # A RenameOnLoadMixin renames what load_state_dict receives; model names must pass it unchanged.
+    through = module_rule_renames(target, list(pairs.values()))
+    changed = {k: v for k, v in through.items() if v != k}
+    if changed:
+        key, new = next(iter(changed.items()))
+        raise LoadError(
+            f"align='structure' pairs tensors under the model's own names, but a RenameOnLoadMixin in the "
+            f"model renames {key!r} to {new!r} on load; nothing was written. Make its load_rules leave the "
+            "model's own names unchanged, or give rename rules instead of aligning"
+        )
+    new_passed = {raw: pairs.get(raw, passed[raw]) if passed[raw] is not None else None for raw in raw_keys}
+    new_final = {raw: pairs.get(raw, final[raw]) if final[raw] is not None else None for raw in raw_keys}
+    check_no_collisions(new_final)
+    return new_passed, new_final
+
+
+def _has_own_loading_code(target: nn.Module) -> bool:
+    """True when a module outside torch overrides ``_load_from_state_dict`` or has a load pre-hook.
+
+    Such code may consume keys no parameter is named after (a legacy ``fc.w``), so those keys are offered
+    to it, and what it writes is only known afterwards.
+    """
+    for module in target.modules():
+        if module._load_state_dict_pre_hooks:
+            return True
+        method = type(module)._load_from_state_dict
+        if getattr(method, "_transferkit_renames", False):
+            continue
+        if not getattr(method, "__module__", "").startswith("torch."):
+            return True
+    return False
 
 
 def _check(
@@ -473,10 +655,11 @@ def _check(
     min_coverage: float | Mapping[str, float] | None,
     assign: bool,
     dry_run: bool,
+    defer_zero: bool = False,
 ) -> None:
     """Every reason to refuse, decided before a single tensor is written."""
     _check_mixin_policies(report, target)
-    if not report.loaded:
+    if not report.loaded and not defer_zero:
         raise _fail(_zero_message(report, model_state, state, passed, final), report)
     if strict and not report.ok:
         raise _fail(
@@ -674,6 +857,38 @@ def _with_versions(
     return out
 
 
+def _verify(model: nn.Module, reference: nn.Module, tolerance: float, report: LoadReport) -> None:
+    """Compare outputs with the reference on a probe batch the size the model expects."""
+    from transferkit.converters import verify_outputs
+
+    config = getattr(model, "data_config", None)
+    size = tuple(config["input_size"]) if isinstance(config, Mapping) else (3, 224, 224)
+    try:
+        report.verified = verify_outputs(model, reference, input_size=size, tolerance=tolerance)
+    except LoadError as exc:
+        raise _fail(f"{exc}; the weights were written (load them again from a good source)", report) from None
+    report.notes.append(
+        f"verified against {type(reference).__name__}: largest output difference {report.verified:.3g} "
+        f"(tolerance {tolerance:g})"
+    )
+
+
+def _stamps(target: nn.Module, model_state: Mapping[str, Any]) -> dict[str, tuple[int, int, int] | None]:
+    """What identifies each model tensor's contents now: its object, storage address and version counter.
+
+    ``copy_`` bumps the version counter and ``assign=True`` replaces the object, so a stamp that changes
+    means the tensor was written; ``None`` where a tensor keeps no version counter (inference tensors).
+    """
+    out: dict[str, tuple[int, int, int] | None] = {}
+    for key in model_state:
+        tensor = _get_tensor(target, key)
+        try:
+            out[key] = (id(tensor), tensor.data_ptr(), tensor._version)
+        except (RuntimeError, AttributeError):
+            out[key] = None
+    return out
+
+
 def _write(
     target: nn.Module,
     to_load: dict[str, Any],
@@ -681,7 +896,13 @@ def _write(
     passed_to_final: Mapping[str, str | None],
     assign: bool,
     report: LoadReport,
-) -> None:
+    fits: Mapping[str, Any],
+) -> LoadReport:
+    """Load through the model's own ``load_state_dict``; return the report of what was *written*.
+
+    The report before writing is a prediction from names. The model's own loading code may consume keys
+    no parameter is named after, or ignore keys it was given, so the tensors' stamps decide what loaded.
+    """
     if assign:
         # assign=True adopts the checkpoint tensor as is, so dtype and (real) device must already be right.
         for passed_key, value in to_load.items():
@@ -690,6 +911,7 @@ def _write(
                 device = value.device if mine.is_meta else mine.device
                 if value.dtype != mine.dtype or value.device != device:
                     to_load[passed_key] = value.to(device=device, dtype=mine.dtype)
+    before = _stamps(target, model_state)
     try:
         result = target.load_state_dict(to_load, strict=False, assign=assign)
     except Exception as exc:
@@ -704,12 +926,7 @@ def _write(
             "be written; reload the model (or its weights) before using it",
             report,
         ) from exc
-    if result.unexpected_keys:
-        # a custom _load_from_state_dict consumed keys differently than predicted: say so, do not hide it
-        report.notes.append(
-            f"the model's own loading code left {len(result.unexpected_keys)} key(s) unused: "
-            f"{', '.join(compact_keys(result.unexpected_keys))}"
-        )
+    report = _as_written(target, report, model_state, before, fits, passed_to_final, result.unexpected_keys)
     if assign and report.missing:
         still_meta = [
             k
@@ -721,3 +938,71 @@ def _write(
                 f"{len(still_meta)} tensor(s) not in the checkpoint are still on the meta device: "
                 f"{', '.join(compact_keys(still_meta))}; initialise them before use"
             )
+    return report
+
+
+def _as_written(
+    target: nn.Module,
+    report: LoadReport,
+    model_state: Mapping[str, Any],
+    before: Mapping[str, tuple[int, int, int] | None],
+    fits: Mapping[str, Any],
+    passed_to_final: Mapping[str, str | None],
+    left_unused: Sequence[str],
+) -> LoadReport:
+    """Rebuild ``report`` from what the load wrote (stamps) and what it left unused (torch's list)."""
+    after = _stamps(target, model_state)
+    # a key whose stamp cannot be read counts as written when it was offered (the prediction stands)
+    written = {
+        k
+        for k in model_state
+        if (before[k] is None and k in fits) or (before[k] is not None and before[k] != after[k])
+    }
+    unused = set(left_unused)
+    final_to_passed = {f: p for p, f in passed_to_final.items() if f is not None}
+    consumed = [
+        k
+        for k in report.unexpected
+        if k in fits and final_to_passed.get(k, k) not in unused and k not in unused
+    ]
+    offered = set(report.loaded)
+    ignored = [
+        k for k in report.loaded if k not in written and not _written_through_alias(k, written, model_state)
+    ]
+    extra = [k for k in model_state if k in written and k not in offered]
+    if not (consumed or ignored or extra):
+        return report
+    checkpoint = {
+        k: v for k, v in fits.items() if k in written or (k not in model_state and k not in consumed)
+    }
+    checkpoint.update({k: model_state[k] for k in extra})
+    notes = list(report.notes)
+    if ignored:
+        notes.append(
+            f"the model's own loading code left {len(ignored)} offered tensor(s) unwritten: "
+            f"{', '.join(compact_keys(ignored))}; they keep their values"
+        )
+    if extra or consumed:
+        notes.append(
+            f"the model's own loading code consumed {len(consumed)} key(s) no parameter is named after "
+            f"({', '.join(compact_keys(consumed)) or '-'}) and wrote {len(extra)} tensor(s) not offered by name "
+            f"({', '.join(compact_keys(extra)) or '-'})"
+        )
+    new = build_report(
+        model_state,
+        checkpoint,
+        renamed=report.renamed,
+        mismatched=report.mismatched,
+        notes=notes,
+        dropped=report.dropped,
+        source=report.source,
+        dry_run=report.dry_run,
+    )
+    new.method, new.aligned, new.unwritten = report.method, report.aligned, ignored
+    return new
+
+
+def _written_through_alias(key: str, written: set[str], model_state: Mapping[str, Any]) -> bool:
+    """A tied tensor written under another of its names (its stamp changed there, or assign re-tied it)."""
+    mine = model_state.get(key)
+    return any(model_state[k] is mine for k in written)

@@ -47,6 +47,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from transferkit.align import align_by_structure, check_align_mode
 from transferkit.backbones.adapter import Adapter
 from transferkit.backbones.channels import adapt_input_channels
 from transferkit.backbones.heads import (
@@ -67,7 +68,7 @@ from transferkit.backbones.preprocess import (
 )
 from transferkit.backbones.registry import BackboneSpec, resolve_backbone
 from transferkit.backbones.weights import TORCHVISION_WEIGHT_KWARGS, WeightsPlan, resolve_weights
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, LoadError
 
 __all__ = ["create_model", "decide_head", "init_head_for_finetuning", "SLOW_BUILD", "HEAD_POLICIES"]
 
@@ -100,6 +101,7 @@ def create_model(
     head_name: str | None = None,
     key: str | None = None,
     fast: bool = True,
+    align: str = "auto",
     **kwargs: Any,
 ) -> Adapter:
     """Build an adapter: a pretrained backbone with a ``num_classes`` head.
@@ -124,6 +126,9 @@ def create_model(
         head_name: qualified name of the classifier in a user network the rules do not find.
         key: where the state dict sits inside a checkpoint (``"state_dict"``, ``"models.model"``).
         fast: build on the meta device when weights are loaded (set ``False`` to force the normal build).
+        align: how a local checkpoint's tensors pair with the network's: ``"auto"`` (by name; by structure
+            when no rules are given and no name matches, e.g. lukemelas' EfficientNet weights into
+            ``timm:efficientnet_lite0``), ``"names"`` or ``"structure"`` (see :mod:`transferkit.align`).
         **kwargs: passed to the network's builder (``image_size=`` for torchvision ViT, ``img_size=`` and
             ``drop_rate=`` for timm, your factory's arguments).
 
@@ -137,6 +142,7 @@ def create_model(
         CheckpointError: the checkpoint cannot be read.
     """
     _validate(num_classes, in_chans, class_names, head)
+    check_align_mode(align)
     spec = resolve_backbone(name)
     plan = resolve_weights(spec, weights)
     build_kwargs = _build_kwargs(spec, plan, num_classes, kwargs)
@@ -148,7 +154,7 @@ def create_model(
             class_names, pretrained_classes or ckpt_meta.get("class_names") or plan.categories, head
         )
         net, report, native_chans, action = _build_pretrained(
-            spec, plan, build_kwargs, state, request, rules, head_name, fast
+            spec, plan, build_kwargs, state, request, _Pairing(rules, align), head_name, fast
         )
         if action == "fresh":
             init_head_for_finetuning(net, find_heads(net, head_name))
@@ -186,6 +192,14 @@ def create_model(
 
 
 @dataclass(frozen=True)
+class _Pairing:
+    """How checkpoint keys find the network's: rename rules, and the ``align`` mode of ``load_partial``."""
+
+    rules: Any
+    align: str
+
+
+@dataclass(frozen=True)
 class _HeadRequest:
     class_names: Sequence[str] | None
     ckpt_classes: Sequence[str] | None
@@ -198,7 +212,7 @@ def _build_pretrained(
     build_kwargs: dict[str, Any],
     state: dict[str, Tensor],
     request: _HeadRequest,
-    rules: Any,
+    pairing: _Pairing,
     head_name: str | None,
     fast: bool,
 ) -> tuple[nn.Module, Any, int | None, str]:
@@ -221,9 +235,9 @@ def _build_pretrained(
         net = _build(spec, build_kwargs, meta=False)
     state, layout_note = _native_layout(state, net)
     info = _fit_head(net, num_classes, head_name)
-    native_chans = _match_checkpoint_channels(net, state, rules)
+    native_chans = _match_checkpoint_channels(net, state, pairing)
     report, rows, head_src, action = _load(
-        net, info, state, rules, request, plan, spec, assign=recording is not None
+        net, info, state, pairing, request, plan, spec, assign=recording is not None
     )
     if recording is not None:
         replayed = set(replay_init(net, spec.build, build_kwargs, recording))
@@ -242,8 +256,10 @@ def _build_pretrained(
             )
             net = _build(spec, build_kwargs, meta=False)
             info = _fit_head(net, num_classes, head_name)
-            native_chans = _match_checkpoint_channels(net, state, rules)
-            report, rows, head_src, action = _load(net, info, state, rules, request, plan, spec, assign=False)
+            native_chans = _match_checkpoint_channels(net, state, pairing)
+            report, rows, head_src, action = _load(
+                net, info, state, pairing, request, plan, spec, assign=False
+            )
     if rows:
         _surgery(net, info, state, head_src, rows)
     if layout_note:
@@ -401,7 +417,7 @@ def _load(
     net: nn.Module,
     info: HeadInfo,
     state: dict[str, Tensor],
-    rules: Any,
+    pairing: _Pairing,
     request: _HeadRequest,
     plan: WeightsPlan,
     spec: BackboneSpec,
@@ -415,10 +431,11 @@ def _load(
 
     if spec.source == "timm" and plan.pretrained_cfg:
         state = _timm_filter(state, net)
-    rules = normalize_rules(rules)
+    rules = normalize_rules(pairing.rules)
     model_state = net.state_dict(keep_vars=True)
     head_keys = _head_keys(info)
-    head_src = {new: orig for new, orig in _key_map(net, state, rules).items() if new in head_keys}
+    key_map = _key_map(net, state, pairing)
+    head_src = {new: orig for new, orig in key_map.items() if new in head_keys}
     main_w = f"{info.main}.weight"
     fits = main_w in head_src and tuple(state[head_src[main_w]].shape) == tuple(model_state[main_w].shape)
     action, rows, reason = decide_head(fits, request.class_names, request.ckpt_classes, request.policy)
@@ -426,7 +443,14 @@ def _load(
     # a head that does not fit is left in: load_partial skips and reports it for shape
     drop = set(head_src.values()) if fits and action != "keep" else set()
     source = {k: v for k, v in state.items() if k not in drop} if drop else state
-    report = load_partial(net, source, rules=rules, assign=assign)
+    structural = pairing.align != "names" and not rules and not any(k in model_state for k in state)
+    if drop and structural and key_map:
+        # a checkpoint without its head no longer aligns as a whole: load the pairs made with it, by name
+        pairs = {orig: new for new, orig in key_map.items() if orig not in drop}
+        report = load_partial(net, {new: state[orig] for orig, new in pairs.items()}, assign=assign)
+        report.method, report.aligned = "structure", pairs
+    else:
+        report = load_partial(net, source, rules=rules, assign=assign, align=pairing.align)
     # load_partial saw a state dict; the report is headed by where it came from (a file name, a weights name)
     local = plan.path is not None and plan.description == str(plan.path)
     report.source = plan.path.name if local else plan.description
@@ -434,21 +458,30 @@ def _load(
     return report, rows, head_src, action
 
 
-def _key_map(net: nn.Module, state: Mapping[str, Tensor], rules: Any) -> dict[str, str]:
-    """``{model key: checkpoint key}`` after wrapper cleaning and the rename rules."""
+def _key_map(net: nn.Module, state: Mapping[str, Tensor], pairing: _Pairing) -> dict[str, str]:
+    """``{model key: checkpoint key}`` after wrapper cleaning and the rename rules, or by structure where
+    ``load_partial`` will align by structure (so the head is decided on the tensors that will pair)."""
     from transferkit.rename import apply_rules, clean_keys, normalize_rules
 
-    rules = normalize_rules(rules)
-    cleaned, _ = clean_keys(list(state), net.state_dict(keep_vars=True), rules)
+    rules = normalize_rules(pairing.rules)
+    model_state = net.state_dict(keep_vars=True)
+    cleaned, _ = clean_keys(list(state), model_state, rules)
     out = {}
     for orig, key in cleaned.items():
         new = apply_rules(key, rules)
         if new is not None:
             out[new] = orig
+    by_name = any(k in model_state for k in out)
+    if pairing.align == "structure" or (pairing.align == "auto" and not rules and not by_name):
+        try:
+            plan = align_by_structure(state, model_state)
+        except LoadError:
+            return out  # load_partial refuses it, with the reason
+        return {new: orig for orig, new in {**plan.pairs, **plan.head}.items()}
     return out
 
 
-def _match_checkpoint_channels(net: nn.Module, state: Mapping[str, Tensor], rules: Any) -> int | None:
+def _match_checkpoint_channels(net: nn.Module, state: Mapping[str, Tensor], pairing: _Pairing) -> int | None:
     """When the checkpoint's first conv takes another channel count than the network built (a grey model
     fine-tuned earlier), give the network's conv the checkpoint's shape before loading, so those filters
     load (and are adapted to ``in_chans`` afterwards) instead of being skipped for shape.
@@ -463,7 +496,7 @@ def _match_checkpoint_channels(net: nn.Module, state: Mapping[str, Tensor], rule
     except ConfigError:
         return None
     conv = get_module(net, name)
-    src = _key_map(net, state, rules).get(f"{name}.weight")
+    src = _key_map(net, state, pairing).get(f"{name}.weight")
     if src is None or not isinstance(conv, nn.Conv2d) or conv.groups != 1:
         return None
     weight = state[src]

@@ -206,7 +206,12 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
     weights = None if str(cfg["weights"]).lower() in ("none", "null", "random") else cfg["weights"]
     with _held_back("transferkit.backbones.weights"):  # the console says it once, in the CLI's words
         model = create_model(
-            cfg["backbone"], len(class_names), weights=weights, class_names=class_names, head=cfg["head"]
+            cfg["backbone"],
+            len(class_names),
+            weights=weights,
+            class_names=class_names,
+            head=cfg["head"],
+            align=cfg["align"],
         )
     _set_normalisation(model, cfg)
     pretrained = bool(getattr(model, "pretrained", False))
@@ -215,7 +220,12 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
         from transferkit.partial import load_partial
 
         init_report = load_partial(
-            model, cfg["init_checkpoint"], rules=rules, key=cfg["key"], salvage=cfg["salvage"]
+            model,
+            cfg["init_checkpoint"],
+            rules=rules,
+            key=cfg["key"],
+            salvage=cfg["salvage"],
+            align=cfg["align"],
         )
         pretrained = True
     elif rules or cfg["salvage"]:

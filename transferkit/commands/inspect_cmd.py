@@ -39,6 +39,7 @@ def run_inspect(ns: argparse.Namespace) -> int:
             rules=list(ns.rule),
             salvage=ns.salvage,
             key=ns.key,
+            align=ns.align,
         )
     finally:
         undo_logging()

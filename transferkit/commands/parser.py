@@ -1,4 +1,4 @@
-"""The argparse definitions of ``transferkit finetune`` and ``transferkit inspect``.
+"""The argparse definitions of ``transferkit finetune``, ``transferkit inspect`` and ``transferkit convert``.
 
 Every ``finetune`` flag uses ``argparse.SUPPRESS`` as its default, so the parsed namespace holds only the
 flags given on the command line: :func:`transferkit.commands.config.resolve_config` layers them over
@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "rule": [],
     "key": None,
     "salvage": False,
+    "align": "auto",
     "epochs": 10,
     "batch_size": 64,
     "lr": 1e-3,
@@ -65,6 +66,13 @@ DEFAULTS: dict[str, Any] = {
     "config": None,
     "quiet": False,
 }
+
+
+ALIGN_CHOICES = ("auto", "names", "structure")  # transferkit.align.ALIGN_MODES, without importing torch
+ALIGN_HELP = (
+    "how checkpoint tensors pair with the model's: names, structure (order, shapes and module grouping, "
+    "for weights from another implementation), or auto (names; structure when no name matches)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,6 +128,7 @@ def _add_finetune(sub: Any) -> None:
         help="rename rule for --init-checkpoint (repeatable; 're:PATTERN=>REPL' for a regex)",
     )
     add(g, "--key", help="where the weights sit inside --init-checkpoint (e.g. state_dict, models.model)")
+    add(g, "--align", choices=ALIGN_CHOICES, help=ALIGN_HELP + " (--weights PATH and --init-checkpoint)")
     add(
         g,
         "--salvage",
@@ -275,10 +284,40 @@ def _add_inspect(sub: Any) -> None:
     p.add_argument(
         "--salvage", action="store_true", help="read files weights_only refuses without running code"
     )
+    p.add_argument("--align", choices=ALIGN_CHOICES, default="auto", help=ALIGN_HELP + " (default: auto)")
+
+
+def _add_convert(sub: Any) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="rewrite a checkpoint from another implementation in a model's own layout (.safetensors)",
+        description="Load CKPT into --model (by name, by structure, or through a registered converter) and "
+        "write the tensors that loaded, under the model's own names, to --out (.safetensors, with the "
+        "source's name, SHA-256 and the pairing method in its metadata). Later loads match by name.",
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help="the checkpoint file")
+    p.add_argument("--model", required=True, help="backbone whose layout to write (resnet50, timm:NAME)")
+    p.add_argument("--classes", type=int, help="classes of --model (default: the checkpoint's head)")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors", help="the file to write")
+    p.add_argument("--align", choices=ALIGN_CHOICES, default="auto", help=ALIGN_HELP + " (default: auto)")
+    p.add_argument(
+        "--converter",
+        metavar="SOURCE->TARGET",
+        help="a registered converter (default: the one whose source layout CKPT is in, if any)",
+    )
+    p.add_argument("--rule", action="append", default=[], metavar="OLD=>NEW", help="rename rule (repeatable)")
+    p.add_argument("--key", help="where the weights sit inside the checkpoint (e.g. state_dict)")
+    p.add_argument(
+        "--verify",
+        metavar="REFERENCE",
+        help="backbone name of the source implementation: load CKPT into it by name and compare outputs",
+    )
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest output difference --verify accepts")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``transferkit`` argument parser (subcommands ``finetune`` and ``inspect``)."""
+    """The ``transferkit`` argument parser (subcommands ``finetune``, ``inspect`` and ``convert``)."""
     from transferkit import __version__
 
     parser = _Parser(prog="transferkit", description="Transfer learning on PyTorch.")
@@ -286,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_finetune(sub)
     _add_inspect(sub)
+    _add_convert(sub)
     return parser
 
 
