@@ -777,7 +777,7 @@ def cache_features(
     """
     if bundle.augment:
         raise ConfigError(
-            "the feature cache needs augmentation off (--no-augment); it would freeze one random draw"
+            "the feature cache needs augmentation off (augment=False); it would freeze one random draw"
         )
     kwargs = {"device": device, "amp_dtype": amp_dtype, "channels_last": channels_last}
     out = []

@@ -264,8 +264,9 @@ def _best_source(job: _Job) -> Path | None:
         return None  # no epoch evaluated yet: the first one resumed becomes the best
     assert job.resume_path is not None and job.run_dir is not None
     if best_epoch == int(job.resume_ckpt["epoch"]):
-        # the checkpoint resumed is the best epoch's; best.pt may be older (killed before it was linked)
-        return job.resume_path
+        # the checkpoint resumed is the best epoch's: its weights are in memory (best.pt may be older, if
+        # the run was killed before linking it, and last.pt is replaced by the next epoch)
+        return None
     for folder in (job.run_dir, job.resume_path.parent):
         if (folder / "best.pt").is_file():
             return folder / "best.pt"
@@ -342,6 +343,8 @@ def _build_trainer(job: _Job, console: Console) -> Any:
         ema_decay=cfg["model_ema"], progress=console.progress, on_epoch_end=on_epoch_end,
     )  # fmt: skip
     job.start_epoch = _resume(job, trainer) if job.resume_ckpt is not None else 0
+    if job.resume_ckpt is not None and trainer.best_epoch == trainer.saved_epoch:
+        job.best_state = dict(job.resume_ckpt["models"][trainer.best_weights])
     return trainer
 
 
