@@ -577,6 +577,47 @@ def _kill_resume_and_compare(tmp_path: Path, args: list[str], epochs: int) -> di
     return b
 
 
+def test_killed_between_last_pt_and_best_pt_exports_the_best_epoch(tmp_path, monkeypatch, capsys):
+    """A kill after last.pt is written but before best.pt is linked: the resumed run's export and best.pt
+    are the best epoch's weights (here epoch 1, the one in that last.pt), not a stale or later file."""
+    from safetensors.torch import load_file
+
+    import transferkit.train as train_module
+    from transferkit.checkpoint import load_checkpoint
+
+    plain = train_module.Trainer.evaluate
+
+    def first_epoch_best(self, loader=None, *, model=None):  # every later epoch validates worse
+        result = plain(self, loader, model=model)
+        result.acc = 1.0 - 0.1 * len(self.history)
+        return result
+
+    monkeypatch.setattr(train_module.Trainer, "evaluate", first_epoch_best)
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", *FAST, "--limit-train", "64", "--limit-val", "32", "--epochs", "3"]
+    assert main([*argv, "--output", "ref"]) == 0
+    link = train_module._link_or_copy
+
+    def killed(src, dst):
+        raise KeyboardInterrupt  # the process dies between the two writes
+
+    monkeypatch.setattr(train_module, "_link_or_copy", killed)
+    assert main([*argv, "--output", "out"]) != 0
+    assert not (tmp_path / "out" / "best.pt").exists() and _ckpt_epoch(tmp_path / "out" / "last.pt") == 0
+    monkeypatch.setattr(train_module, "_link_or_copy", link)
+    assert main(["finetune", "--resume", "out"]) == 0
+    capsys.readouterr()
+    ref, out = (
+        load_file(tmp_path / "ref" / "model.safetensors"),
+        load_file(tmp_path / "out" / "model.safetensors"),
+    )
+    assert ref.keys() == out.keys() and all(torch.equal(ref[k], out[k]) for k in ref)
+    best = load_checkpoint(tmp_path / "out" / "best.pt")
+    assert best["epoch"] == 0 and all(
+        torch.equal(v, ref[k.removeprefix("backbone.")]) for k, v in best["models"]["model"].items()
+    )
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     # a freeze schedule (block thaws at epoch 1, stem at 2), per-step cosine LR, random augmentation in a
     # DataLoader worker: everything resume must restore
