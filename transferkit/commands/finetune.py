@@ -159,8 +159,9 @@ def _report_finished(job: _Job, console: Console) -> int:
     )
     best_epoch = int(extra.get("best_epoch", -1))
     if best_epoch >= 0:
+        source = " of the model EMA" if extra.get("best_weights") == "ema" else ""
         console.out(
-            f"best val accuracy {float(extra.get('best_acc', 0.0)):.2%} (epoch {best_epoch + 1}/{epochs}); "
+            f"best val accuracy {float(extra.get('best_acc', 0.0)):.2%}{source} (epoch {best_epoch + 1}/{epochs}); "
             f"run folder: {job.run_dir}"
         )
     return 0

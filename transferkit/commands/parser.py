@@ -224,7 +224,7 @@ def _add_finetune(sub: Any) -> None:
         "--model-ema",
         type=float,
         nargs="?",
-        const=0.999,
+        const=0.999,  # transferkit.recipes.DEFAULT_EMA_DECAY (not imported: the parser stays torch-free)
         metavar="DECAY",
         help="keep an EMA of the weights (decay 0.999 when no DECAY is given, with timm's warmup), validate it "
         "every epoch, and export it when it validates better",
