@@ -326,3 +326,20 @@ def test_resume_without_the_ema_a_run_needs_is_refused(tmp_path):
     plain.fit()
     with pytest.raises(CheckpointError, match="holds no model EMA"):
         _recipe_trainer(tmp_path).resume(tmp_path / "last.pt")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_recipes_on_cuda_with_amp_and_channels_last(tmp_path):
+    """Mixup/CutMix on the GPU batch, the EMA on the GPU beside the model, saved and restored."""
+    trainer = _recipe_trainer(tmp_path, epochs=1)
+    cuda = Trainer(trainer.model, trainer.optimizer, trainer.train_loader, trainer.val_loader, epochs=2,
+                   device="cuda", amp=True, channels_last=True, lr_schedule=trainer.lr_schedule,
+                   freeze_schedule=trainer.freeze_schedule, mixup=trainer.mixup, ema_decay=0.9,
+                   run_dir=tmp_path)  # fmt: skip
+    cuda.epochs = 1
+    cuda.fit()
+    assert next(cuda.ema.module.parameters()).is_cuda and "ema_val_acc" in cuda.history[0]
+    cuda.epochs = 2
+    assert cuda.resume(tmp_path / "last.pt") == 1 and cuda.ema.updates == len(cuda.train_loader)
+    cuda.fit()
