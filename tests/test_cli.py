@@ -342,7 +342,47 @@ FLAG_RUNS = {
         ["--linear-probe"],
         None,
         lambda a, rows: (
-            a["feature_cache"] and not a["augment"] and a["trainable_parameters_at_start"] < a["parameters"]
+            a["feature_cache"] and a["aug"] == "none" and a["trainable_parameters_at_start"] < a["parameters"]
+        ),
+    ),
+    # recipe options
+    "aug-randaugment": (
+        ["--aug", "randaugment"],
+        None,
+        lambda a, rows: a["aug"].startswith("randaugment (timm"),
+    ),
+    "aug-trivialaugment-linear-probe": (
+        ["--linear-probe", "--aug", "trivialaugment"],
+        None,
+        lambda a, rows: not a["feature_cache"] and a["aug"].startswith("trivialaugment (torchvision"),
+    ),
+    "mixup-cutmix": (
+        ["--mixup", "0.2", "--cutmix", "1.0", "--mixup-prob", "0.5", "--label-smoothing", "0.1"],
+        None,
+        lambda a, rows: a["mixup"].startswith("mixup 0.2 + cutmix 1 (p=0.5"),
+    ),
+    "model-ema": (
+        ["--model-ema"],
+        None,
+        lambda a, rows: (
+            a["model_ema"].startswith("decay 0.999 with timm's warmup")
+            and all(r["ema_val_acc"] is not None for r in rows)
+            and a["best_weights"].split(":")[0] in ("model", "ema")
+        ),
+    ),
+    "drop-path-timm": (
+        ["--backbone", "timm:test_efficientnet", "--img-size", "32", "--drop-path", "0.1"],
+        None,
+        lambda a, rows: a["drop_path"].startswith("rate 0.1: ") and "DropPath layers" in a["drop_path"],
+    ),
+    "layer-decay-thaw": (
+        ["--layer-decay", "0.5", "--freeze", "backbone", "--unfreeze-at", "1"],
+        None,
+        lambda a, rows: (
+            a["layer_decay"].startswith("x0.5 per layer over 3 layers")
+            and _lr(rows, "block")[0] is None
+            and _lr(rows, "stem")[1] == pytest.approx(_lr(rows, "head")[1] * 0.25)  # joined at its rate
+            and _lr(rows, "block")[1] == pytest.approx(_lr(rows, "head")[1] * 0.5)
         ),
     ),
     "amp-channels-last-cpu-seed": (
@@ -385,6 +425,76 @@ def test_resume_refuses_a_changed_schedule_and_writes_nothing(digits_run, capsys
     assert main(["finetune", "--resume", str(run), "--data", "photos"]) == 2
     err = capsys.readouterr().err
     assert "--data photos (the run has no --data (the embedded digits))" in err and "None" not in err, err
+
+
+def test_resume_refuses_changed_recipe_options_and_writes_nothing(digits_run, capsys):
+    run, _ = digits_run
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir())
+    assert main(["finetune", "--resume", str(run), "--model-ema", "--aug", "trivialaugment"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--aug 'trivialaugment' (the run has None)" in err
+    assert "--model-ema 0.999 (the run has None)" in err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
+
+
+def test_recipe_flags_are_offered(capsys):
+    assert main(["finetune", "--help"]) == 0
+    text = capsys.readouterr().out
+    for flag in (
+        "--aug",
+        "--mixup",
+        "--cutmix",
+        "--mixup-prob",
+        "--model-ema",
+        "--drop-path",
+        "--layer-decay",
+    ):
+        assert flag in text
+    assert "--augment" not in text  # replaced by --aug (a 0.x package keeps no aliases)
+
+
+def test_ema_that_validates_better_is_exported_and_recorded(tmp_path, monkeypatch, capsys):
+    """When the EMA validates better, model.safetensors holds the EMA and labels.json/args.yaml say so."""
+    from safetensors.torch import load_file
+
+    from transferkit.checkpoint import load_checkpoint
+    from transferkit.train import Trainer
+
+    plain = Trainer.evaluate
+
+    def ema_wins(self, loader=None, *, model=None):
+        result = plain(self, loader, model=model)
+        if model is not None:
+            result.acc = min(1.0, result.acc + 0.5)
+        return result
+
+    monkeypatch.setattr(Trainer, "evaluate", ema_wins)
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "finetune",
+        *FAST,
+        "--limit-train",
+        "64",
+        "--limit-val",
+        "32",
+        "--epochs",
+        "2",
+        "--model-ema",
+        "0.9",
+    ]
+    assert main([*argv, "--output", "out"]) == 0
+    assert "of the model EMA" in capsys.readouterr().out.strip().splitlines()[-1]
+    out = tmp_path / "out"
+    labels = json.loads((out / "labels.json").read_text())
+    resolved = yaml.safe_load((out / "args.yaml").read_text())["resolved"]
+    best = load_checkpoint(out / "best.pt")
+    assert labels["best_weights"] == "ema" and resolved["best_weights"].startswith(
+        "ema: the model EMA of epoch"
+    )
+    assert best["extra"]["best_weights"] == "ema" and set(best["models"]) == {"model", "ema"}
+    exported = load_file(out / "model.safetensors")
+    ema = {k.removeprefix("backbone."): v for k, v in best["models"]["ema"].items()}
+    assert exported.keys() == ema.keys() and all(torch.equal(exported[k], ema[k]) for k in ema)
 
 
 def test_progress_bars_only_on_a_terminal(tmp_path, digits_run):
@@ -434,36 +544,39 @@ def _ckpt_epoch(path: Path) -> int:
     return load_checkpoint(path)["epoch"]
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    # a freeze schedule (block thaws at epoch 1, stem at 2), per-step cosine LR, random augmentation in a
-    # DataLoader worker: everything resume must restore
-    args = [*FAST, *SUBSET, "--epochs", "4", "--lr", "0.01", "--freeze", "backbone", "--unfreeze-every", "1"]
-    args += ["--workers", "1"]
+def _kill_resume_and_compare(tmp_path: Path, args: list[str], epochs: int) -> dict:
+    """Run ``args`` once uninterrupted ("ref") and once SIGKILLed as soon as its first last.pt exists, then
+    resumed with ``--resume`` alone; assert the two runs' checkpoints (every model in them, EMA included),
+    exports and metrics are identical. Returns the resumed run's last.pt."""
+    from safetensors.torch import load_file
+
+    from transferkit.checkpoint import load_checkpoint
+
     ref = run_cli([*args, "--output", "ref"], tmp_path)
     assert ref.returncode == 0, ref.stderr
 
     proc = subprocess.Popen([sys.executable, str(SCRIPT), *args, "--output", "killed"], cwd=tmp_path, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     last = tmp_path / "killed" / "last.pt"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    assert _ckpt_epoch(last) < 3
+    assert _ckpt_epoch(last) < epochs - 1
 
     # the run's args.yaml supplies every flag: --resume FOLDER is enough
     resumed = run_cli(["--resume", "killed"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout
 
-    from safetensors.torch import load_file
-
-    from transferkit.checkpoint import load_checkpoint
-
-    a = load_checkpoint(tmp_path / "ref" / "last.pt")["models"]["model"]
-    b = load_checkpoint(last)["models"]["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a = load_checkpoint(tmp_path / "ref" / "last.pt")
+    b = load_checkpoint(last)
+    assert a["models"].keys() == b["models"].keys()
+    for name in a["models"]:
+        ma, mb = a["models"][name], b["models"][name]
+        assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma), name
+    assert a["extra"].get("ema") == b["extra"].get("ema")
     wa, wb = (
         load_file(tmp_path / "ref" / "model.safetensors"),
         load_file(tmp_path / "killed" / "model.safetensors"),
@@ -474,6 +587,91 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         line.rsplit(",", 1)[0] for line in (tmp_path / "killed" / "metrics.csv").read_text().splitlines()
     ]
     assert strip == again  # same metrics, epoch for epoch (seconds aside)
+    labels = [json.loads((tmp_path / run / "labels.json").read_text()) for run in ("ref", "killed")]
+    assert labels[0]["best_weights"] == labels[1]["best_weights"]
+    return b
+
+
+def test_killed_between_last_pt_and_best_pt_exports_the_best_epoch(tmp_path, monkeypatch, capsys):
+    """A kill after last.pt is written but before best.pt is linked: the resumed run's export and best.pt
+    are the best epoch's weights (here epoch 1, the one in that last.pt), not a stale or later file."""
+    from safetensors.torch import load_file
+
+    import transferkit.train as train_module
+    from transferkit.checkpoint import load_checkpoint
+
+    plain = train_module.Trainer.evaluate
+
+    def first_epoch_best(self, loader=None, *, model=None):  # every later epoch validates worse
+        result = plain(self, loader, model=model)
+        result.acc = 1.0 - 0.1 * len(self.history)
+        return result
+
+    monkeypatch.setattr(train_module.Trainer, "evaluate", first_epoch_best)
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", *FAST, "--limit-train", "64", "--limit-val", "32", "--epochs", "3"]
+    assert main([*argv, "--output", "ref"]) == 0
+    link = train_module._link_or_copy
+
+    def killed(src, dst):
+        raise KeyboardInterrupt  # the process dies between the two writes
+
+    monkeypatch.setattr(train_module, "_link_or_copy", killed)
+    assert main([*argv, "--output", "out"]) != 0
+    assert not (tmp_path / "out" / "best.pt").exists() and _ckpt_epoch(tmp_path / "out" / "last.pt") == 0
+    monkeypatch.setattr(train_module, "_link_or_copy", link)
+    assert main(["finetune", "--resume", "out"]) == 0
+    capsys.readouterr()
+    ref, out = (
+        load_file(tmp_path / "ref" / "model.safetensors"),
+        load_file(tmp_path / "out" / "model.safetensors"),
+    )
+    assert ref.keys() == out.keys() and all(torch.equal(ref[k], out[k]) for k in ref)
+    best = load_checkpoint(tmp_path / "out" / "best.pt")
+    assert best["epoch"] == 0 and all(
+        torch.equal(v, ref[k.removeprefix("backbone.")]) for k, v in best["models"]["model"].items()
+    )
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    # a freeze schedule (block thaws at epoch 1, stem at 2), per-step cosine LR, random augmentation in a
+    # DataLoader worker: everything resume must restore
+    args = [*FAST, *SUBSET, "--epochs", "4", "--lr", "0.01", "--freeze", "backbone", "--unfreeze-every", "1"]
+    args += ["--workers", "1"]
+    _kill_resume_and_compare(tmp_path, args, epochs=4)
+
+
+# every recipe option, through the CLI, killed and resumed: the randomness of RandAugment and mixup/cutmix
+# in the main process (Python's and NumPy's generators), TrivialAugment in a DataLoader worker, drop-path
+# (torch's generator), the EMA's weights and update count, layer-wise rates for groups that thaw later
+RECIPE_KILLS = {
+    "timm-randaugment-mixup-cutmix-ema-droppath-layerdecay": [
+        "--backbone", "timm:test_efficientnet", "--img-size", "32", "--batch-size", "16", "--workers", "0",
+        "--quiet", "--limit-train", "64", "--limit-val", "32", "--epochs", "3", "--lr", "0.01",
+        "--freeze", "backbone", "--unfreeze-every", "1", "--aug", "randaugment", "--mixup", "0.4",
+        "--cutmix", "1.0", "--mixup-prob", "0.8", "--label-smoothing", "0.1", "--model-ema", "0.9",
+        "--drop-path", "0.2", "--layer-decay", "0.7",
+    ],
+    "tiny-trivialaugment-in-a-worker-cutmix-ema": [
+        *FAST, *SUBSET, "--epochs", "3", "--lr", "0.01", "--workers", "1", "--aug", "trivialaugment",
+        "--cutmix", "1.0", "--model-ema", "--layer-decay", "0.5",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        next(iter(RECIPE_KILLS)),
+        pytest.param(list(RECIPE_KILLS)[1], marks=pytest.mark.slow),  # the same machinery, another mix
+    ],
+)
+def test_every_recipe_option_resumes_bit_identically_after_sigkill(tmp_path, name):
+    args = RECIPE_KILLS[name]
+    last = _kill_resume_and_compare(tmp_path, args, epochs=int(args[args.index("--epochs") + 1]))
+    assert set(last["models"]) == {"model", "ema"} and last["extra"]["ema"]["updates"] > 0
+    resolved = yaml.safe_load((tmp_path / "killed" / "args.yaml").read_text())["resolved"]
+    assert all(resolved[k] != "off" for k in ("mixup", "model_ema", "layer_decay"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -563,6 +761,20 @@ BAD = [
     (["--lr", "-1e-3"], "--lr must be a positive finite number, e.g. 1e-3, got -0.001", None),
     (["--weights", ""], "weights='' is empty", None),
     (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0", None),
+    # recipe options
+    (["--aug", "heavy"], "invalid choice: 'heavy'", None),
+    (["--config", "{x}"], "--aug must be one of none, light", lambda t: _text(t, "a.yaml", "aug: heavy\n")),
+    (["--drop-path", "0.1"], "takes no drop_path_rate argument", None),
+    (["--backbone", "resnet18", "--drop-path", "0.1"], "torchvision backbone", None),
+    (["--drop-path", "1.0"], "--drop-path must be a number in [0, 1)", None),
+    (["--layer-decay", "0.7", "--lr-decay", "0.5"], "--layer-decay replaces --lr-decay", None),
+    (["--layer-decay", "0", "--freeze", "none"], "--layer-decay must be a number in (0, 1]", None),
+    (["--layer-decay", "0.7", "--linear-probe"], "--linear-probe trains the head only", None),
+    (["--mixup-prob", "0.5"], "--mixup-prob applies to --mixup/--cutmix", None),
+    (["--mixup", "-1"], "--mixup must be a number in [0, 100]", None),
+    (["--cutmix", "1", "--linear-probe", "--feature-cache"], "not cached features", None),
+    (["--aug", "randaugment", "--feature-cache"], "--feature-cache needs --aug none", None),
+    (["--model-ema", "1.5"], "--model-ema must be a number in (0, 1)", None),
     (
         ["--config", "bin.yaml"],
         "is not UTF-8 text",

@@ -118,6 +118,9 @@ class DigitsDataset(Dataset):
         labels: ``(N,)`` integer labels.
         mean, std: per-channel statistics of the backbone (3 values, or 1 for a 1-channel backbone).
         augment: random translation by up to 1/8 of the side (zero padding = the digits' background).
+        policy: an automatic augmentation policy (PIL RGB image -> PIL image, e.g. from
+            :func:`transferkit.recipes.policy_transform`) applied after the shift; the scan goes through
+            it as an 8-bit grey RGB image and comes back grey.
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class DigitsDataset(Dataset):
         mean: Sequence[float],
         std: Sequence[float],
         augment: bool = False,
+        policy: Callable[[Any], Any] | None = None,
     ) -> None:
         self.images = images
         self.labels = labels
@@ -134,6 +138,7 @@ class DigitsDataset(Dataset):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.augment = augment
+        self.policy = policy
         self.pad = max(1, images.shape[-1] // 8)
 
     def __len__(self) -> int:
@@ -145,10 +150,20 @@ class DigitsDataset(Dataset):
         dy, dx = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
         return padded[..., dy : dy + size, dx : dx + size]
 
+    def _apply_policy(self, img: Tensor) -> Tensor:
+        import numpy as np
+        from PIL import Image
+
+        grey = img[0].mul(255).round_().clamp_(0, 255).to(torch.uint8).numpy()
+        out = self.policy(Image.fromarray(grey, mode="L").convert("RGB")).convert("L")
+        return torch.from_numpy(np.array(out, dtype=np.float32)).div_(255.0).unsqueeze(0)
+
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         img = self.images[index].unsqueeze(0)
         if self.augment:
             img = self._shift(img)
+            if self.policy is not None:
+                img = self._apply_policy(img)
         img = img.expand(self.channels, -1, -1)
         return (img - self.mean) / self.std, int(self.labels[index])
 
@@ -159,6 +174,7 @@ def load_digits_data(
     std: Sequence[float] = (0.229, 0.224, 0.225),
     *,
     augment: bool = True,
+    policy: Callable[[Any], Any] | None = None,
 ) -> DataBundle:
     """scikit-learn's digits as a fine-tuning data set: 1,437 training and 360 validation images.
 
@@ -166,6 +182,7 @@ def load_digits_data(
         img_size: side length the 8x8 scans are resized to (bilinear).
         mean, std: the backbone's normalisation statistics.
         augment: random shifts on the training set.
+        policy: an automatic augmentation policy after the shifts (see :class:`DigitsDataset`).
 
     Raises:
         ConfigError: ``img_size`` below 8.
@@ -189,7 +206,7 @@ def load_digits_data(
         random_state=DIGITS_SPLIT_SEED,
     )
     idx_train, idx_val = torch.tensor(sorted(idx_train)), torch.tensor(sorted(idx_val))
-    train = DigitsDataset(images[idx_train], labels[idx_train], mean, std, augment=augment)
+    train = DigitsDataset(images[idx_train], labels[idx_train], mean, std, augment=augment, policy=policy)
     val = DigitsDataset(images[idx_val], labels[idx_val], mean, std, augment=False)
     names = [str(int(c)) for c in digits.target_names]
     return DataBundle(train, val, names, "digits", img_size, augment=augment)
@@ -200,16 +217,34 @@ def load_digits_data(
 
 
 def build_transforms(
-    data_config: dict[str, Any], train: bool, img_size: int | None = None, augment: bool = True
+    data_config: dict[str, Any],
+    train: bool,
+    img_size: int | None = None,
+    augment: bool = True,
+    policy: Callable[[Any], Any] | None = None,
 ) -> Callable[[Any], Tensor]:
     """The backbone's preprocessing (mean/std/size from its weights metadata); light augmentation in training.
 
     Uses :func:`transferkit.backbones.preprocess.build_transforms`; training without augmentation gets the
-    evaluation pipeline, which is what makes the linear-probe feature cache exact.
+    evaluation pipeline, which is what makes the linear-probe feature cache exact. A ``policy`` (PIL ->
+    PIL, e.g. RandAugment) runs in training after the random crop and flip, on the cropped image.
     """
     from transferkit.backbones.preprocess import build_transforms as backbone_transforms
 
-    return backbone_transforms(data_config, train=train and augment, img_size=img_size)
+    pipeline = backbone_transforms(data_config, train=train and augment, img_size=img_size)
+    if policy is None or not (train and augment):
+        return pipeline
+    from torchvision.transforms import v2
+
+    steps = list(pipeline.transforms)
+    # the first step that leaves PIL (grey conversion or ToImage) ends the crop-and-flip part
+    cut = next((i for i, t in enumerate(steps) if isinstance(t, v2.ToImage | v2.Grayscale)), None)
+    if cut is None:
+        raise TransferkitError(
+            "cannot place the augmentation policy: the backbone's training pipeline has no ToImage step "
+            f"({[type(t).__name__ for t in steps]})"
+        )
+    return v2.Compose([*steps[:cut], policy, *steps[cut:]])
 
 
 def eval_transform_spec(
@@ -744,6 +779,7 @@ def load_image_folder(
     strict: bool = False,
     augment: bool = True,
     in_chans: int = 3,
+    policy: Callable[[Any], Any] | None = None,
 ) -> DataBundle:
     """An image-folder data set (see :func:`split_image_folder`) with the backbone's transforms.
 
@@ -755,6 +791,8 @@ def load_image_folder(
             becomes unreadable during the run an error instead of a skip (see :class:`ImageFileDataset`).
         augment: light random augmentation on the training split.
         in_chans: 1 reads images as grayscale.
+        policy: an automatic augmentation policy after the light augmentation (see
+            :func:`build_transforms`).
     """
     split = (
         root
@@ -763,13 +801,25 @@ def load_image_folder(
     )
     size = img_size or int(data_config["input_size"][-1])
     mode = "L" if in_chans == 1 else "RGB"
+    if policy is not None and mode == "L":
+        policy = _ViaRGB(policy)
     train_tf, val_tf = (
-        build_transforms(data_config, True, size, augment),
+        build_transforms(data_config, True, size, augment, policy),
         build_transforms(data_config, False, size),
     )
     train = ImageFileDataset(split.train, train_tf, mode, strict=strict)
     val = ImageFileDataset(split.val, val_tf, mode, strict=strict)
     return DataBundle(train, val, split.class_names, split.root, size, skipped=split.skipped, augment=augment)
+
+
+class _ViaRGB:
+    """A PIL policy written for RGB images applied to a grey one (1-channel backbones read images as L)."""
+
+    def __init__(self, policy: Callable[[Any], Any]) -> None:
+        self.policy = policy
+
+    def __call__(self, img: Any) -> Any:
+        return self.policy(img.convert("RGB")).convert(img.mode)
 
 
 def _check_classes(root: Path, names: list[str], samples: list[tuple[str, int]]) -> None:
@@ -926,7 +976,7 @@ def cache_features(
     """
     if bundle.augment:
         raise ConfigError(
-            "the feature cache needs augmentation off (--no-augment); it would freeze one random draw"
+            "the feature cache needs augmentation off (augment=False); it would freeze one random draw"
         )
     kwargs = {"device": device, "amp_dtype": amp_dtype, "channels_last": channels_last}
     out = []

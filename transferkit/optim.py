@@ -3,8 +3,11 @@
 :func:`build_optimizer` puts every ``requires_grad=True`` parameter (by identity: a tied weight once) into a
 named parameter group. Groups follow the model's layer groups when it has ``layer_groups()`` (an adapter),
 or the ``groups=`` mapping you give, else one group ``"params"``. With ``lr_decay`` the last group (the head)
-trains at ``lr`` and each group below it at the rate of the one above times ``lr_decay``. Biases and
-normalisation weights get no weight decay: they sit in a sibling group named ``"<group>.no_decay"``.
+trains at ``lr`` and each group below it at the rate of the one above times ``lr_decay``. With
+``layer_decay`` the rates fall per *layer* instead (:func:`layer_decay_scales`: timm's fine layers, a block
+each, for timm networks), and a layer group holding layers at several rates is split into
+``"<group>/0"``, ``"<group>/1"``, ... from the input side. Biases and normalisation weights get no weight
+decay: they sit in a sibling group named ``"<group>.no_decay"``.
 
 Every group carries ``"name"`` and ``"initial_lr"`` (its rate before any schedule), and the optimizer's
 groups carry ``"param_names"``, so a checkpoint says which parameter each state belongs to.
@@ -33,7 +36,14 @@ from torch import nn
 from transferkit.errors import ConfigError
 from transferkit.freeze import check_model, select_parameters
 
-__all__ = ["build_optimizer", "add_param_group", "optimizer_names", "no_decay_names", "OPTIMIZERS"]
+__all__ = [
+    "build_optimizer",
+    "add_param_group",
+    "optimizer_names",
+    "no_decay_names",
+    "layer_decay_scales",
+    "OPTIMIZERS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +216,101 @@ def _split_groups(
     return out
 
 
+def _timm_network(model: nn.Module) -> tuple[nn.Module, str] | None:
+    """The timm network inside ``model`` (itself, or an adapter's ``backbone``) and its name prefix."""
+    if callable(getattr(model, "group_matcher", None)):
+        return model, ""
+    inner = getattr(model, "backbone", None)
+    if isinstance(inner, nn.Module) and callable(getattr(inner, "group_matcher", None)):
+        return inner, "backbone."
+    return None
+
+
+def _layer_ids(model: nn.Module, groups: Mapping[str, Any] | None) -> tuple[dict[str, int], int]:
+    """Parameter name -> layer index (0 = input side), and the number of layers."""
+    names = [n for n, _ in model.named_parameters()]
+    found = _timm_network(model) if groups is None else None
+    if found is not None:
+        from timm.models import group_parameters
+
+        net, prefix = found
+        # the layer map timm's own param_groups_layer_decay uses: its fine matcher, one block a layer
+        layer_map = group_parameters(net, net.group_matcher(coarse=False), reverse=True)
+        top = max(layer_map.values(), default=0)
+        head = set(getattr(model, "head_parameter_names", lambda: [])())
+        ids = {}
+        for n in names:
+            inner = n[len(prefix) :] if n.startswith(prefix) else n
+            # the classifier trains at the full rate, wherever timm's matcher put it
+            ids[n] = top if n in head else min(int(layer_map.get(inner, top)), top)
+        return ids, top + 1
+    fn = getattr(model, "layer_groups", None)
+    if groups is None and not callable(fn):
+        raise ConfigError(
+            f"layer_decay needs a block structure, but {type(model).__name__} is not a timm network (no "
+            "group_matcher) and has no layer_groups(); pass groups={'name': selector, ...} ordered from "
+            "input to output, or build it with create_model"
+        )
+    layout = _layout(model, groups, need_groups=True)
+    ids = {n: i for i, members in enumerate(layout.values()) for n in members}
+    return ids, len(layout)
+
+
+def layer_decay_scales(
+    model: nn.Module, factor: float, *, groups: Mapping[str, Any] | None = None
+) -> dict[str, float]:
+    """Layer-wise learning-rate decay: each parameter's rate multiplier ``factor ** (layers above it)``.
+
+    Layers are timm's fine layers for a timm network or an adapter of one (``group_matcher(coarse=False)``,
+    the map timm's ``param_groups_layer_decay`` uses: the stem, then one layer a block); the classifier is
+    the top layer, at the full rate. Other models use their layer groups (``groups=`` or
+    ``layer_groups()``), one layer each. Every parameter gets a scale, trainable or not, so a group thawed
+    later trains at its own layer's rate.
+
+    Args:
+        model: a timm network, an adapter, or any module with ``layer_groups()``.
+        factor: the decay per layer, in (0, 1].
+        groups: ``{group_name: selector}`` ordered input -> output, overriding the layers above.
+
+    Raises:
+        ConfigError: ``factor`` out of range, or a model with neither a timm matcher nor layer groups.
+
+    Example:
+        >>> class Net(nn.Sequential):
+        ...     def layer_groups(self):
+        ...         return {"a": ["0.weight"], "b": ["1.weight"], "head": ["2.weight"]}
+        >>> net = Net(*(nn.Linear(2, 2, bias=False) for _ in range(3)))
+        >>> layer_decay_scales(net, 0.5)
+        {'0.weight': 0.25, '1.weight': 0.5, '2.weight': 1.0}
+    """
+    if not (isinstance(factor, int | float) and not isinstance(factor, bool) and 0 < factor <= 1):
+        raise ConfigError(
+            f"layer_decay must be in (0, 1] (each layer trains at the rate of the one above times it), "
+            f"got {factor!r}"
+        )
+    ids, count = _layer_ids(model, groups)
+    return {n: float(factor) ** (count - 1 - i) for n, i in ids.items()}
+
+
+def _scale_buckets(
+    names: Sequence[str], scales: Mapping[str, float] | None, group_name: str
+) -> list[tuple[str, float, list[str]]]:
+    """``names`` split by rate multiplier, input side first: ``[(group name, scale, names)]``.
+
+    One multiplier keeps ``group_name``; several make ``"<group_name>/0"``, ``"/1"``, ... (lowest rate,
+    i.e. nearest the input, first), so a thawed group's parts are named alike whenever they join.
+    """
+    if scales is None:
+        return [(group_name, 1.0, list(names))]
+    distinct = sorted({scales.get(n, 1.0) for n in names})
+    if len(distinct) <= 1:
+        return [(group_name, distinct[0] if distinct else 1.0, list(names))]
+    return [
+        (f"{group_name}/{i}", s, [n for n in names if scales.get(n, 1.0) == s])
+        for i, s in enumerate(distinct)
+    ]
+
+
 def build_optimizer(
     model: nn.Module,
     name: str = "adamw",
@@ -220,6 +325,7 @@ def build_optimizer(
     nesterov: bool = False,
     eps: float | None = None,
     head_lr_scale: float = 1.0,
+    layer_decay: float | None = None,
 ) -> torch.optim.Optimizer:
     """An optimizer over the model's trainable parameters, in named groups.
 
@@ -239,6 +345,10 @@ def build_optimizer(
         eps: for the Adam family and RMSprop (torch default when None).
         head_lr_scale: the top group (the head) trains at ``lr * head_lr_scale``; the others keep their
             rates. A new head started near zero has far to go, the pretrained layers below it little.
+        layer_decay: layer-wise rates instead of ``lr_decay``: a parameter ``k`` layers below the top
+            trains at ``lr * layer_decay**k`` (see :func:`layer_decay_scales`). Frozen parameters are left
+            out as always; a schedule that thaws them later gives them the same rates (``GradualUnfreeze``
+            with the same ``layer_decay``).
 
     Returns:
         The optimizer; each group has ``name``, ``initial_lr``, ``lr``, ``weight_decay``, ``param_names``.
@@ -271,6 +381,11 @@ def build_optimizer(
     _check_options(lr, weight_decay, lr_decay, momentum, betas)
     if not (isinstance(head_lr_scale, int | float) and math.isfinite(head_lr_scale) and head_lr_scale > 0):
         raise ConfigError(f"head_lr_scale must be a positive number, got {head_lr_scale!r}")
+    if layer_decay is not None and lr_decay is not None:
+        raise ConfigError(
+            f"give one of lr_decay (per layer group, got {lr_decay!r}) and layer_decay (per layer, got "
+            f"{layer_decay!r}), not both"
+        )
     if nesterov and momentum == 0:
         raise ConfigError("nesterov=True needs momentum > 0")
     if not any(p.requires_grad for p in model.parameters()):
@@ -278,20 +393,24 @@ def build_optimizer(
             f"{type(model).__name__} has no trainable parameter (every requires_grad is False); "
             "unfreeze something first, e.g. unfreeze(model, 'head')"
         )
+    scales = layer_decay_scales(model, layer_decay, groups=groups) if layer_decay is not None else None
     layout = _layout(model, groups, need_groups=lr_decay is not None)
     decay = 1.0 if lr_decay is None else float(lr_decay)
     seen: set[int] = set()
     param_groups: list[dict[str, Any]] = []
     for level, (gname, names) in enumerate(reversed(list(layout.items()))):
-        param_groups[:0] = _split_groups(
-            model,
-            names,
-            group_name=gname,
-            lr=lr * decay**level * (head_lr_scale if level == 0 else 1.0),
-            weight_decay=weight_decay,
-            no_decay_bias_norm=no_decay_bias_norm,
-            exclude=seen,
-        )
+        built = []
+        for sub_name, scale, members in _scale_buckets(names, scales, gname):
+            built += _split_groups(
+                model,
+                members,
+                group_name=sub_name,
+                lr=lr * decay**level * scale * (head_lr_scale if level == 0 else 1.0),
+                weight_decay=weight_decay,
+                no_decay_bias_norm=no_decay_bias_norm,
+                exclude=seen,
+            )
+        param_groups[:0] = built
     options = {"lr": lr, "momentum": momentum, "betas": betas, "eps": eps, "nesterov": nesterov}
     optimizer = OPTIMIZERS[key](param_groups, options)
     optimizer.defaults["weight_decay"] = weight_decay  # what add_param_group gives later groups
@@ -322,6 +441,7 @@ def add_param_group(
     *,
     no_decay_bias_norm: bool = True,
     follow_schedule: bool = True,
+    lr_scales: Mapping[str, float] | None = None,
     **hyperparameters: Any,
 ) -> list[dict[str, Any]]:
     """Add the selected trainable parameters to ``optimizer`` as new named group(s).
@@ -340,6 +460,8 @@ def add_param_group(
         weight_decay: default: the optimizer's default weight decay.
         no_decay_bias_norm: put biases and norm weights in the no-decay part.
         follow_schedule: scale the current ``lr`` like the existing groups (see above).
+        lr_scales: per-parameter rate multipliers (:func:`layer_decay_scales`); the selection is split into
+            ``"<group_name>/<i>"`` groups at ``lr * scale`` when it spans several of them.
         **hyperparameters: any other group option (momentum, betas, ...).
 
     Returns:
@@ -364,21 +486,23 @@ def add_param_group(
     if weight_decay is None:
         weight_decay = float(optimizer.defaults.get("weight_decay", 0.0))
     with_names = all("param_names" in g for g in optimizer.param_groups)
-    new = _split_groups(
-        model,
-        names,
-        group_name=group_name,
-        lr=lr,
-        weight_decay=weight_decay,
-        no_decay_bias_norm=no_decay_bias_norm,
-        with_names=with_names,
-        exclude=present,
-        extra=hyperparameters,
-    )
+    new = []
+    for sub_name, scale, members in _scale_buckets(names, lr_scales, group_name):
+        new += _split_groups(
+            model,
+            members,
+            group_name=sub_name,
+            lr=lr * scale,
+            weight_decay=weight_decay,
+            no_decay_bias_norm=no_decay_bias_norm,
+            with_names=with_names,
+            exclude=present,
+            extra=hyperparameters,
+        )
     factor = _current_factor(optimizer) if follow_schedule else 1.0
     for group in new:
         group["lr"] = group["initial_lr"] * factor
         optimizer.add_param_group(group)
     if new:
-        logger.info("added groups %s at lr %.3g", [g["name"] for g in new], lr)
+        logger.info("added groups %s", ", ".join(f"{g['name']}@{g['initial_lr']:.3g}" for g in new))
     return new

@@ -3,7 +3,8 @@
 A run folder holds::
 
     args.yaml            the resolved configuration (incl. whether pretrained weights were really used)
-    metrics.csv          one row per epoch: train/val loss and accuracy, the LR of every group, seconds
+    metrics.csv          one row per epoch: train/val loss and accuracy (and the model EMA's, with
+                         --model-ema), the LR of every group, seconds
     loss.png, accuracy.png, confusion_matrix.png
     last.pt, best.pt     full training state (written by transferkit.train)
     model.safetensors    the best weights, with labels.json (class names and preprocessing)
@@ -70,6 +71,7 @@ RUN_FILES = (
 )
 
 _BASE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
+_EMA_COLUMNS = ("ema_val_loss", "ema_val_acc")  # only in runs that keep a model EMA
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -125,17 +127,19 @@ def write_metrics_csv(path: str | os.PathLike, history: Sequence[Mapping[str, An
     Args:
         path: the CSV file.
         history: rows with ``epoch``, ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (accuracies
-            as fractions), ``lr`` (``{group: lr}``) and ``seconds``.
+            as fractions), optionally ``ema_val_loss``/``ema_val_acc``, ``lr`` (``{group: lr}``) and
+            ``seconds``.
     """
     groups = _lr_columns(history)
+    ema = [c for c in _EMA_COLUMNS if any(c in row for row in history)]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*_BASE_COLUMNS, *(f"lr_{g}" if g else "lr" for g in groups), "seconds"])
+    writer.writerow([*_BASE_COLUMNS, *ema, *(f"lr_{g}" if g else "lr" for g in groups), "seconds"])
     for row in history:
         lrs = dict(row.get("lr", {}))
         lrs[""] = next(iter(lrs.values()), None)  # the shared rate of the single "lr" column
         writer.writerow(
-            [row["epoch"] + 1, *(_fmt(row.get(c)) for c in _BASE_COLUMNS[1:])]
+            [row["epoch"] + 1, *(_fmt(row.get(c)) for c in (*_BASE_COLUMNS[1:], *ema))]
             + [_fmt(lrs.get(g)) for g in groups]
             + [_fmt(row.get("seconds"), 2)]
         )
@@ -197,11 +201,11 @@ def curve_figure(history: Sequence[Mapping[str, Any]], key: str, run_name: str =
     label, scale = ("loss", 1.0) if key == "loss" else ("accuracy (%)", 100.0)
     epochs = [r["epoch"] + 1 for r in history]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for split, style in (("train", "-o"), ("val", "-s")):
+    for split, style in (("train", "-o"), ("val", "-s"), ("ema_val", "--^")):
         values = [r.get(f"{split}_{key}") for r in history]
         pts = [(e, v * scale) for e, v in zip(epochs, values) if v is not None]
         if pts:
-            ax.plot(*zip(*pts), style, label=split, markersize=3)
+            ax.plot(*zip(*pts), style, label=split.replace("ema_val", "val (EMA)"), markersize=3)
     scored = [(r["val_acc"], -e, e) for r, e in zip(history, epochs) if r.get("val_acc") is not None]
     title = f"{'loss' if key == 'loss' else 'accuracy'}{f' - {run_name}' if run_name else ''}"
     if scored:  # the first epoch with the highest validation accuracy: the one best.pt and the export hold
@@ -338,7 +342,12 @@ def format_epoch(row: Mapping[str, Any], epochs: int) -> str:
         if row.get("train_loss") is not None
         else ""
     )
+    ema = (
+        f"  ema loss {row['ema_val_loss']:.4f} acc {row['ema_val_acc']:.2%}"
+        if row.get("ema_val_acc") is not None
+        else ""
+    )
     return (
         f"epoch {row['epoch'] + 1}/{epochs}  {train}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}"
-        f"  lr {lr:.2e}  {row.get('seconds', 0.0):.1f}s"
+        f"{ema}  lr {lr:.2e}  {row.get('seconds', 0.0):.1f}s"
     ).replace("   ", "  ")

@@ -2,7 +2,8 @@
 
 :class:`GradualUnfreeze` starts from "head only" and thaws an adapter's layer groups from the top down,
 one every ``every`` epochs or at the epochs given in ``at``; each thawed group joins the optimizer as a new
-named group at a discriminative rate (``lr * lr_decay**depth``, depth counted from the head).
+named group at a discriminative rate (``lr * lr_decay**depth``, depth counted from the head), or at its
+layers' rates under layer-wise decay (``layer_decay``, see :func:`transferkit.optim.layer_decay_scales`).
 :class:`LRSchedule` sets every group's ``lr = group["initial_lr"] * factor(step)``, so a group that joins
 later follows the same curve as the groups that were there from the start (the failure of schedulers that
 store one base rate per group at construction: Lightning #8720, #12141, torch #79888).
@@ -62,7 +63,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from transferkit.errors import CheckpointError, ConfigError
 from transferkit.freeze import _lock_bn, _unlock_bn, freeze, is_bn_locked, select_parameters, unfreeze
-from transferkit.optim import add_param_group
+from transferkit.optim import add_param_group, layer_decay_scales
 
 __all__ = ["GradualUnfreeze", "LRSchedule"]
 
@@ -104,7 +105,11 @@ class GradualUnfreeze:
             epoch ``start_epoch + k * every``.
         at: explicit plan ``{epoch: group or [groups]}``, e.g. ``{1: "layer4", 3: ["layer3", "layer2"]}``.
             Groups never named stay frozen.
-        lr_decay: a thawed group ``k`` levels below the head trains at ``lr * lr_decay**k``.
+        lr_decay: a thawed group ``k`` levels below the head trains at ``lr * lr_decay**k`` (default 0.5,
+            or 1 with ``layer_decay``).
+        layer_decay: layer-wise rates instead: a thawed parameter trains at ``lr * layer_decay**k``, ``k``
+            its layers below the head (:func:`~transferkit.optim.layer_decay_scales`); give the optimizer
+            the same ``layer_decay`` so that groups there from the start follow the same rule.
         start_epoch: the first epoch counted by ``every``.
         train_bn: let frozen groups' BatchNorm layers keep training (default: held in eval mode until
             their group thaws; converting to ``FrozenBatchNorm2d`` is not offered here, being permanent).
@@ -122,17 +127,25 @@ class GradualUnfreeze:
         *,
         every: int | None = None,
         at: Mapping[int, str | Sequence[str]] | None = None,
-        lr_decay: float = 0.5,
+        lr_decay: float | None = None,
         start_epoch: int = 0,
         train_bn: bool = False,
         max_groups: int | None = None,
         lr: float | None = None,
         groups: Mapping[str, Any] | None = None,
+        layer_decay: float | None = None,
     ) -> None:
         if (every is None) == (at is None):
             raise ConfigError(
                 "give exactly one of every=K (thaw a group every K epochs) or at={epoch: group}"
             )
+        if layer_decay is not None and lr_decay not in (None, 1, 1.0):
+            raise ConfigError(
+                f"give one of lr_decay (per layer group, got {lr_decay!r}) and layer_decay (per layer, got "
+                f"{layer_decay!r}), not both"
+            )
+        if lr_decay is None:
+            lr_decay = 1.0 if layer_decay is not None else 0.5
         if not (isinstance(lr_decay, int | float) and 0 < lr_decay <= 1):
             raise ConfigError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
         if lr is not None and not lr > 0:
@@ -141,6 +154,11 @@ class GradualUnfreeze:
         self.layout = _group_layout(model, groups)
         self.order = list(self.layout)  # input -> output; the last is the head
         self.lr_decay = float(lr_decay)
+        self.layer_decay = layer_decay
+        self._groups = groups
+        self.lr_scales = (
+            layer_decay_scales(model, layer_decay, groups=groups) if layer_decay is not None else None
+        )
         self.train_bn = train_bn
         self._warned_frozen = False
         self.base_lr = lr
@@ -155,7 +173,7 @@ class GradualUnfreeze:
 
     @classmethod
     def fine_tune(
-        cls, model: nn.Module, freeze_epochs: int = 1, *, lr_decay: float = 0.5, **kwargs: Any
+        cls, model: nn.Module, freeze_epochs: int = 1, *, lr_decay: float | None = None, **kwargs: Any
     ) -> GradualUnfreeze:
         """fastai's ``fine_tune``: head only for ``freeze_epochs``, then every group at once, discriminative.
 
@@ -240,7 +258,9 @@ class GradualUnfreeze:
             unfreeze(self.model, self.layout[g])
             if optimizer is not None:
                 lr = self._base_lr(optimizer) * self.lr_decay ** self.depth(g)
-                add_param_group(optimizer, self.model, self.layout[g], lr=lr, group_name=g)
+                add_param_group(
+                    optimizer, self.model, self.layout[g], lr=lr, group_name=g, lr_scales=self.lr_scales
+                )
             self.thawed.append(g)
         if due:
             # people count epochs from 1 (the CLI's "epoch 3/5"); ``epoch`` and the plan's keys count from 0
@@ -284,6 +304,7 @@ class GradualUnfreeze:
             "last_epoch": self.last_epoch,
             "base_lr": self.base_lr,
             "lr_decay": self.lr_decay,
+            "layer_decay": self.layer_decay,
             "train_bn": self.train_bn,
             "frozen": [n for n, p in self.model.named_parameters() if not p.requires_grad],
             "bn_locked": [n for n, m in self.model.named_modules() if is_bn_locked(m)],
@@ -341,6 +362,14 @@ class GradualUnfreeze:
         self.last_epoch = state["last_epoch"]
         self.base_lr = state["base_lr"]
         self.lr_decay = state["lr_decay"]
+        if state.get("layer_decay") != self.layer_decay:
+            # groups thawed from now on follow the saved rule, as the saved plan and lr_decay do
+            self.layer_decay = state.get("layer_decay")
+            self.lr_scales = (
+                layer_decay_scales(self.model, self.layer_decay, groups=self._groups)
+                if self.layer_decay is not None
+                else None
+            )
         self.train_bn = state["train_bn"]
         frozen = set(state["frozen"])
         for n, p in params.items():
@@ -357,7 +386,10 @@ class GradualUnfreeze:
                 _rebuild_groups(optimizer, params, recorded)
 
     def __repr__(self) -> str:
-        return f"GradualUnfreeze(plan={self.plan}, thawed={self.thawed}, lr_decay={self.lr_decay})"
+        decay = (
+            f"layer_decay={self.layer_decay}" if self.layer_decay is not None else f"lr_decay={self.lr_decay}"
+        )
+        return f"GradualUnfreeze(plan={self.plan}, thawed={self.thawed}, {decay})"
 
 
 def _rebuild_groups(

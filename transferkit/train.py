@@ -8,9 +8,15 @@ after every optimizer step, evaluates, and -- on rank 0 only -- writes ``last.pt
 validation accuracy improves) through :func:`~transferkit.checkpoint.save_checkpoint`: model, optimizer,
 grad scaler, RNG states, and in ``extra`` the schedules' states and the metric history.
 
+Recipe hooks (:mod:`transferkit.recipes`): ``mixup=`` mixes each training batch and trains on soft
+targets; ``ema_decay=`` keeps a :class:`~transferkit.recipes.ModelEma` of the weights, updated after every
+optimizer step and validated each epoch beside the model; the epoch's better of the two competes for
+``best.pt`` and :attr:`Trainer.best_weights` says which one won (``"model"`` or ``"ema"``).
+
 Resume is exact: the unfreeze schedule rebuilds the optimizer's groups by parameter name, then model,
-optimizer, scaler and RNG states are restored, then the LR schedule's step counter; the loaders' shuffling
-and worker seeds depend only on ``(seed, epoch)`` (see :func:`transferkit.data.set_loader_epoch`).
+EMA, optimizer, scaler and RNG states are restored (NumPy's too, which mixup draws from), then the LR
+schedule's step counter; the loaders' shuffling and worker seeds depend only on ``(seed, epoch)`` (see
+:func:`transferkit.data.set_loader_epoch`).
 
 Multi-process: launch with ``torchrun --standalone --nproc_per_node=2 scripts/finetune.py ...``.
 :func:`init_distributed` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and joins
@@ -55,7 +61,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from transferkit.data import set_loader_epoch
-from transferkit.errors import ConfigError
+from transferkit.errors import CheckpointError, ConfigError
+from transferkit.recipes import MixupCutmix, ModelEma
 
 __all__ = [
     "DistContext",
@@ -205,12 +212,16 @@ class EvalResult:
 
 @dataclass
 class FitResult:
-    """What :meth:`Trainer.fit` returns; ``best_epoch`` and the history's ``epoch`` count from 0."""
+    """What :meth:`Trainer.fit` returns; ``best_epoch`` and the history's ``epoch`` count from 0.
+
+    ``best_weights`` is ``"ema"`` when the best epoch's EMA weights validated better than the model's.
+    """
 
     best_acc: float
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
     last_eval: EvalResult | None = None
+    best_weights: str = "model"
 
 
 class _HeadOnly(nn.Module):
@@ -255,7 +266,12 @@ class Trainer:
         run_dir: where ``last.pt``/``best.pt`` go (rank 0); ``None`` saves nothing.
         meta: extra facts for the checkpoints' ``meta`` (backbone, class names, ...).
         seed: the loaders' shuffle seed.
-        label_smoothing: cross-entropy label smoothing.
+        label_smoothing: cross-entropy label smoothing (with ``mixup``, give it to the mixup instead).
+        mixup: a :class:`~transferkit.recipes.MixupCutmix`: each training batch is mixed and the loss is
+            its soft-target cross-entropy (training accuracy is then counted against the unmixed labels).
+        ema_decay: keep a :class:`~transferkit.recipes.ModelEma` of the weights with this decay, validate
+            it every epoch (``ema_val_loss``/``ema_val_acc`` in the history), save it in the checkpoints
+            (``models["ema"]``) and let it compete for ``best.pt``.
         grad_clip: clip the global gradient norm to this value.
         progress: ``progress(iterable, total=, desc=)`` -> iterable (e.g. tqdm); identity by default.
         on_epoch_end: ``callback(trainer, row, eval_result)`` after each epoch's checkpoint is written.
@@ -283,6 +299,8 @@ class Trainer:
         meta: Mapping[str, Any] | None = None,
         seed: int = 0,
         label_smoothing: float = 0.0,
+        mixup: MixupCutmix | None = None,
+        ema_decay: float | None = None,
         grad_clip: float | None = None,
         progress: Progress | None = None,
         on_epoch_end: Callable[[Trainer, dict[str, Any], EvalResult], None] | None = None,
@@ -291,6 +309,13 @@ class Trainer:
             raise ConfigError(f"inputs must be 'images' or 'features', got {inputs!r}")
         if not (isinstance(epochs, int) and epochs >= 1):
             raise ConfigError(f"epochs must be an integer >= 1, got {epochs!r}")
+        if mixup is not None and inputs == "features":
+            raise ConfigError("mixup/cutmix mix images; with cached features (inputs='features') drop mixup")
+        if mixup is not None and label_smoothing:
+            raise ConfigError(
+                "with mixup, label smoothing belongs in the soft targets: pass it as "
+                "MixupCutmix(label_smoothing=...) and leave the Trainer's label_smoothing at 0"
+            )
         self.device = torch.device(device)
         self.dist = dist or DistContext()
         self.channels_last = channels_last and inputs == "images"
@@ -312,11 +337,19 @@ class Trainer:
         self.meta = dict(meta or {})
         self.seed = seed
         self.label_smoothing = label_smoothing
+        self.mixup = mixup
+        # after the move and the memory format: the average is a copy of the model as it trains
+        self.ema = ModelEma(self.model, ema_decay) if ema_decay is not None else None
         self.grad_clip = grad_clip
         self.progress = progress or _identity_progress
         self.on_epoch_end = on_epoch_end
         self.history: list[dict[str, Any]] = []
         self.best_acc, self.best_epoch = -1.0, -1
+        #: which weights reached ``best_acc``: ``"model"``, or ``"ema"`` when the EMA validated better
+        self.best_weights = "model"
+        #: the resumed checkpoint holds the best epoch (``best.pt`` may predate it if the run was killed
+        #: between writing ``last.pt`` and linking ``best.pt``)
+        self._best_is_resumed = False
         self.start_epoch = 0
         #: the last epoch (0-based) whose checkpoint is on disk in ``run_dir/last.pt``; -1: none yet
         self.saved_epoch = -1
@@ -378,9 +411,15 @@ class Trainer:
         )
         for step, (x, y) in enumerate(bar):
             x, y = self._to_device(x, y)
+            soft = None
+            if self.mixup is not None:
+                x, soft = self.mixup(x, y)
             with self._autocast():
                 logits = self._train_forward(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+            if soft is not None:
+                loss = self.mixup.loss(logits.float(), soft)
+            else:
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.grad_clip:
@@ -392,6 +431,8 @@ class Trainer:
             self.scaler.update()
             if self.lr_schedule is not None:
                 self.lr_schedule.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
             with torch.no_grad():
                 n = y.numel()
                 sums += torch.stack(
@@ -408,12 +449,22 @@ class Trainer:
         return {"train_loss": sums[0] / count, "train_acc": sums[1] / count, "images": int(sums[2])}
 
     @torch.no_grad()
-    def evaluate(self, loader: DataLoader | None = None) -> EvalResult:
-        """Loss, accuracy and confusion matrix over ``loader`` (default: the validation loader), all ranks."""
+    def evaluate(self, loader: DataLoader | None = None, *, model: nn.Module | None = None) -> EvalResult:
+        """Loss, accuracy and confusion matrix over ``loader`` (default: the validation loader), all ranks.
+
+        Args:
+            loader: what to evaluate on.
+            model: other weights of the same network to evaluate (e.g. ``trainer.ema.module``); default:
+                the model being trained.
+        """
         loader = loader if loader is not None else self.val_loader
-        self._sync_buffers()
-        was_training = self.model.training
-        self.model.eval()
+        if model is None:
+            model, forward = self.model, self._eval_forward
+        else:
+            forward = _HeadOnly(model) if self.inputs == "features" else model
+        self._sync_buffers(model)
+        was_training = model.training
+        model.eval()
         c = self.num_classes
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, n
         confusion = torch.zeros(c * c, dtype=torch.int64, device=self.device)
@@ -421,18 +472,18 @@ class Trainer:
             for x, y in loader:
                 x, y = self._to_device(x, y)
                 with self._autocast():
-                    logits = self._eval_forward(x)
+                    logits = forward(x)
                 sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
                 sums[1] += y.numel()
                 confusion += torch.bincount(y * c + logits.argmax(1), minlength=c * c)
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
         sums, confusion = self._reduce(sums).tolist(), self._reduce(confusion).view(c, c).cpu()
         n = int(sums[1])
         acc = float(confusion.trace()) / n if n else 0.0
         return EvalResult(loss=sums[0] / n if n else float("nan"), acc=acc, count=n, confusion=confusion)
 
-    def _sync_buffers(self) -> None:
+    def _sync_buffers(self, model: nn.Module) -> None:
         """Give every rank rank 0's buffers (BatchNorm statistics) before evaluating.
 
         DDP broadcasts buffers at the start of each forward, so after the last training step every rank
@@ -443,7 +494,7 @@ class Trainer:
             return
         import torch.distributed as dist
 
-        for buf in self.model.buffers():
+        for buf in model.buffers():
             dist.broadcast(buf, src=0)
 
     # ---- the run ---------------------------------------------------------------------------------------
@@ -451,6 +502,11 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train from :attr:`start_epoch` (0, or where :meth:`resume` left it) to ``epochs``."""
         result = None
+        if self._best_is_resumed and self.run_dir is not None and self.dist.is_main:
+            last = self.run_dir / "last.pt"
+            if last.is_file():  # best.pt may be older than the best epoch this last.pt holds
+                _link_or_copy(last, self.run_dir / "best.pt")
+            self._best_is_resumed = False
         for epoch in range(self.start_epoch, self.epochs):
             start = time.perf_counter()
             if self.freeze_schedule is not None:
@@ -466,13 +522,18 @@ class Trainer:
                 "train_acc": train["train_acc"],
                 "val_loss": result.loss,
                 "val_acc": result.acc,
-                "lr": lrs,
-                "seconds": time.perf_counter() - start,
             }
+            score, weights = result.acc, "model"
+            if self.ema is not None:
+                averaged = self.evaluate(model=self.ema.module)
+                row.update(ema_val_loss=averaged.loss, ema_val_acc=averaged.acc)
+                if averaged.acc > result.acc:  # a tie keeps the trained weights
+                    score, weights = averaged.acc, "ema"
+            row.update(lr=lrs, seconds=time.perf_counter() - start)
             self.history.append(row)
-            improved = result.acc > self.best_acc
+            improved = score > self.best_acc
             if improved:
-                self.best_acc, self.best_epoch = result.acc, epoch
+                self.best_acc, self.best_epoch, self.best_weights = score, epoch, weights
             if self.run_dir is not None and self.dist.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 self.save(self.run_dir / "last.pt", epoch, row)
@@ -483,7 +544,19 @@ class Trainer:
                 self.on_epoch_end(self, row, result)
         if result is None:  # resumed a finished run: nothing left to train
             result = self.evaluate()
-        return FitResult(self.best_acc, self.best_epoch, self.history, result)
+        return FitResult(self.best_acc, self.best_epoch, self.history, result, self.best_weights)
+
+    def weights(self, which: str = "model") -> dict[str, Tensor]:
+        """The current state dict of the trained model (``"model"``) or of its EMA (``"ema"``).
+
+        Raises:
+            ConfigError: ``"ema"`` without an EMA, or another name.
+        """
+        if which == "model":
+            return self.model.state_dict()
+        if which == "ema" and self.ema is not None:
+            return self.ema.module.state_dict()
+        raise ConfigError(f"weights: expected 'model' or 'ema' (with ema_decay set), got {which!r}")
 
     def learning_rates(self) -> dict[str, float]:
         """``{group name: current lr}`` (unnamed groups are called ``group<i>``)."""
@@ -501,8 +574,11 @@ class Trainer:
             "history": self.history,
             "best_acc": self.best_acc,
             "best_epoch": self.best_epoch,
+            "best_weights": self.best_weights,
             "seed": self.seed,
         }
+        if self.ema is not None:
+            extra["ema"] = self.ema.state_dict()
         if self.freeze_schedule is not None:
             extra["freeze_schedule"] = self.freeze_schedule.state_dict()
         if self.lr_schedule is not None:
@@ -520,6 +596,7 @@ class Trainer:
         return save_checkpoint(
             path,
             model=self.model,
+            models={"ema": self.ema.module} if self.ema is not None else None,
             optimizer=self.optimizer,
             scaler=self.scaler,
             epoch=epoch,
@@ -536,7 +613,6 @@ class Trainer:
             CheckpointError: the file is not a transferkit training checkpoint of this model.
         """
         from transferkit.checkpoint import load_checkpoint, restore_checkpoint
-        from transferkit.errors import CheckpointError
 
         ckpt = load_checkpoint(source) if not isinstance(source, Mapping) else source
         if not isinstance(ckpt, Mapping) or "models" not in ckpt or ckpt.get("epoch") is None:
@@ -545,12 +621,24 @@ class Trainer:
                 "with models, optimizers and epoch); to start from its weights use --init-checkpoint"
             )
         extra = ckpt.get("extra") or {}
+        if self.ema is not None and ("ema" not in ckpt["models"] or "ema" not in extra):
+            raise CheckpointError(
+                f"{source} holds no model EMA, so this run's EMA cannot continue from it; resume without "
+                "ema_decay (--model-ema), or start a new run from its weights"
+            )
         if self.freeze_schedule is not None and "freeze_schedule" in extra:
             # groups first: the optimizer state is then loaded into the same groups, in the same order
             self.freeze_schedule.load_state_dict(extra["freeze_schedule"], self.optimizer)
         restore_checkpoint(
-            ckpt, model=self.model, optimizer=self.optimizer, scaler=self.scaler, restore_rng=True
+            ckpt,
+            model=self.model,
+            models={"ema": self.ema.module} if self.ema is not None else None,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            restore_rng=True,
         )
+        if self.ema is not None:
+            self.ema.load_state_dict(extra["ema"])
         if self.lr_schedule is not None and "lr_schedule" in extra:
             self.lr_schedule.load_state_dict(extra["lr_schedule"])
         gen = getattr(self.train_loader, "generator", None)
@@ -559,8 +647,10 @@ class Trainer:
         self.history = list(extra.get("history", []))
         self.best_acc = float(extra.get("best_acc", -1.0))
         self.best_epoch = int(extra.get("best_epoch", -1))
+        self.best_weights = str(extra.get("best_weights", "model"))
         self.start_epoch = int(ckpt["epoch"]) + 1
         self.saved_epoch = int(ckpt["epoch"])
+        self._best_is_resumed = self.best_epoch == self.saved_epoch
         self._wrap()
         # log lines count epochs from 1, as the console does; start_epoch and best_epoch count from 0
         logger.info(

@@ -202,8 +202,49 @@ def validate(cfg: dict[str, Any]) -> None:
             )
         if name == "std" and any(v <= 0 for v in values):
             raise ConfigError(f"--std values must be > 0, got {values!r}")
-    if cfg["feature_cache"] and cfg["augment"]:
-        raise ConfigError("--feature-cache needs --no-augment: cached features would freeze one random draw")
+    if cfg["feature_cache"] and cfg["aug"] not in (None, "none"):
+        raise ConfigError("--feature-cache needs --aug none: cached features would freeze one random draw")
+    _validate_recipe(cfg)
+
+
+def _validate_recipe(cfg: dict[str, Any]) -> None:
+    """The recipe options (--aug, --mixup/--cutmix, --model-ema, --drop-path, --layer-decay)."""
+    from transferkit.recipes import AUG_CHOICES
+
+    if cfg["aug"] is not None and cfg["aug"] not in AUG_CHOICES:
+        raise ConfigError(f"--aug must be one of {', '.join(AUG_CHOICES)}, got {cfg['aug']!r}")
+
+    def number(
+        name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+    ) -> None:
+        v = cfg[name]
+        if v is None:
+            return
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+        if not ok:
+            span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise ConfigError(f"--{name.replace('_', '-')} must be a number in {span}, got {v!r}")
+
+    number("mixup", 0, 100)
+    number("cutmix", 0, 100)
+    number("mixup_prob", 0, 1, low_open=True)
+    number("model_ema", 0, 1, low_open=True, high_open=True)
+    number("drop_path", 0, 1, high_open=True)
+    number("layer_decay", 0, 1, low_open=True)
+    mixing = bool(cfg["mixup"] or cfg["cutmix"])
+    if cfg["mixup_prob"] != 1.0 and not mixing:
+        raise ConfigError("--mixup-prob applies to --mixup/--cutmix; give one of them or drop --mixup-prob")
+    if mixing and cfg["feature_cache"]:
+        raise ConfigError("--mixup/--cutmix mix images, not cached features; drop --feature-cache")
+    if cfg["layer_decay"] is not None and cfg["lr_decay"] is not None:
+        raise ConfigError(
+            "--layer-decay replaces --lr-decay (rates per layer instead of per layer group); give one of them"
+        )
+    if cfg["layer_decay"] is not None and cfg["linear_probe"]:
+        raise ConfigError(
+            "--layer-decay sets the rates below the head, and --linear-probe trains the head only"
+        )
 
 
 def parse_unfreeze_at(specs: Sequence[str]) -> dict[int, list[str] | None]:
@@ -248,7 +289,9 @@ def saved_args(run_dir: Path) -> dict[str, Any]:
 # longer --epochs would train the extra epochs at the cosine schedule's final LR of 0): refused instead.
 _TRAJECTORY = ("backbone", "head", "mean", "std", "data", "val_split", "img_size", "limit_train", "epochs", "batch_size", "lr",
                "optimizer", "weight_decay", "lr_decay", "head_lr_scale", "scheduler", "warmup_epochs", "freeze", "unfreeze_at",
-               "unfreeze_every", "linear_probe", "augment", "label_smoothing", "seed")  # fmt: skip
+               "unfreeze_every", "linear_probe", "aug", "label_smoothing", "seed")  # fmt: skip
+# the recipe options change the trajectory too: the EMA, the mixing draws, the model, the rates
+_RECIPE = ("mixup", "cutmix", "mixup_prob", "model_ema", "drop_path", "layer_decay")
 
 
 def _given(dest: str, value: Any) -> str:
@@ -266,7 +309,7 @@ def _given(dest: str, value: Any) -> str:
 
 def check_resume_unchanged(cfg: dict[str, Any], saved: dict[str, Any], resume_path: Path) -> None:
     """A resumed run continues its own plan: a flag that would change it is an error, not ignored."""
-    changed = [k for k in _TRAJECTORY if k in saved and cfg.get(k) != saved[k]]
+    changed = [k for k in (*_TRAJECTORY, *_RECIPE) if k in saved and cfg.get(k) != saved[k]]
     if changed:
         flags = ", ".join(f"{_given(k, cfg.get(k))} (the run has {_given(k, saved[k])})" for k in changed)
         raise ConfigError(

@@ -87,7 +87,7 @@ class _Job:
     class_names: list[str]
     pretrained: bool
     weights_requested: Any
-    augment: bool
+    aug: str
     use_cache: bool
     workers: int = 0
     freeze_schedule: Any = None
@@ -103,8 +103,11 @@ class _Job:
     run_start: Any = None
     freeze_warnings: list[str] = field(default_factory=list)
     argv: list[str] = field(default_factory=list)
+    drop_path_fact: str = "off"
     facts: dict[str, Any] = field(default_factory=dict)
     best_state: dict[str, Any] = field(default_factory=dict)
+    #: the EMA weights of an --eval-only --resume checkpoint, evaluated beside the model's
+    eval_ema: dict[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -171,8 +174,9 @@ def _report_finished(job: _Job, console: Console) -> int:
     )
     best_epoch = int(extra.get("best_epoch", -1))
     if best_epoch >= 0:
+        source = " of the model EMA" if extra.get("best_weights") == "ema" else ""
         console.out(
-            f"best val accuracy {float(extra.get('best_acc', 0.0)):.2%} (epoch {best_epoch + 1}/{epochs}); "
+            f"best val accuracy {float(extra.get('best_acc', 0.0)):.2%}{source} (epoch {best_epoch + 1}/{epochs}); "
             f"run folder: {job.run_dir}"
         )
     return 0
@@ -186,6 +190,7 @@ def _count(n: int, noun: str) -> str:
 def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path | None) -> _Job:
     """Validate every input and build model, data, schedules; decide the run folder. Writes nothing."""
     from transferkit.backbones import create_model
+    from transferkit.recipes import check_drop_path, drop_path_kwargs, resolve_aug
     from transferkit.rename import parse_rule
     from transferkit.train import seed_everything
 
@@ -204,6 +209,7 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
             f"{len(class_names)} classes ({shown}); drop --classes or fix it"
         )
     weights = None if str(cfg["weights"]).lower() in ("none", "null", "random") else cfg["weights"]
+    recipe_kwargs = drop_path_kwargs(cfg["backbone"], cfg["drop_path"])
     with _held_back("transferkit.backbones.weights"):  # the console says it once, in the CLI's words
         model = create_model(
             cfg["backbone"],
@@ -212,8 +218,10 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
             class_names=class_names,
             head=cfg["head"],
             align=cfg["align"],
+            **recipe_kwargs,
         )
     _set_normalisation(model, cfg)
+    drop_path_fact = check_drop_path(model, cfg["backbone"], cfg["drop_path"])
     pretrained = bool(getattr(model, "pretrained", False))
     init_report = None
     if cfg["init_checkpoint"]:
@@ -231,12 +239,12 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
     elif rules or cfg["salvage"]:
         flag = "--rule" if rules else "--salvage"
         raise ConfigError(f"{flag} applies to --init-checkpoint; give --init-checkpoint PATH or drop {flag}")
-    augment = cfg["augment"] if cfg["augment"] is not None else not cfg["linear_probe"]
+    aug = resolve_aug(cfg["aug"], linear_probe=cfg["linear_probe"])
     freeze_sched, freeze_desc, opt_lr_decay = setup_freeze(cfg, model, pretrained)
     freeze_sched, freeze_desc, freeze_warnings = _check_freeze_plan(
         cfg, model, freeze_sched, freeze_desc, pretrained
     )
-    bundle = load_bundle(cfg, split, model, augment)
+    bundle = load_bundle(cfg, split, model, aug)
     if not cfg["eval_only"]:
         _refuse_batchnorm_batches_of_one(cfg, model, freeze_sched, bundle.img_size)
     head = set(model.head_parameter_names())
@@ -244,24 +252,28 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
         p.requires_grad for n, p in model.named_parameters() if n not in head
     )
     use_cache = (
-        cfg["feature_cache"] if cfg["feature_cache"] is not None else (backbone_frozen and not augment)
+        cfg["feature_cache"]
+        if cfg["feature_cache"] is not None
+        else (backbone_frozen and aug == "none" and not _mixing(cfg))
     )
     if use_cache and not backbone_frozen:
         raise ConfigError(
             "--feature-cache needs the whole backbone frozen for the whole run (--linear-probe)"
         )
-    job = _Job(cfg, dist_ctx, device, model, bundle, class_names, pretrained, weights, augment, use_cache,
+    job = _Job(cfg, dist_ctx, device, model, bundle, class_names, pretrained, weights, aug, use_cache,
                loader_workers(cfg, bundle), freeze_sched, freeze_desc, init_report=init_report,
-               resume_path=resume_path, freeze_warnings=freeze_warnings)  # fmt: skip
+               resume_path=resume_path, freeze_warnings=freeze_warnings,
+               drop_path_fact=drop_path_fact)  # fmt: skip
     if cfg["eval_only"]:
         if resume_path is not None:
             from transferkit.checkpoint import restore_checkpoint
             from transferkit.errors import CheckpointError
 
             try:
-                restore_checkpoint(eval_ckpt, model=model, restore_rng=False)
+                ckpt = restore_checkpoint(eval_ckpt, model=model, restore_rng=False)
             except CheckpointError as exc:
                 raise CheckpointError(_does_not_fit(job, exc)) from None
+            job.eval_ema = (ckpt.get("models") or {}).get("ema")
         return job
     job.resume_ckpt = load_resume(resume_path) if resume_path is not None else None
     _build_optimizer(job, opt_lr_decay)
@@ -428,11 +440,13 @@ def _best_source(job: _Job) -> Path | None:
     if best_epoch < 0:
         return None  # no epoch evaluated yet: the first one resumed becomes the best
     assert job.resume_path is not None and job.run_dir is not None
+    if best_epoch == int(job.resume_ckpt["epoch"]):
+        # the checkpoint resumed is the best epoch's: its weights are in memory (best.pt may be older, if
+        # the run was killed before linking it, and last.pt is replaced by the next epoch)
+        return None
     for folder in (job.run_dir, job.resume_path.parent):
         if (folder / "best.pt").is_file():
             return folder / "best.pt"
-    if best_epoch == int(job.resume_ckpt["epoch"]):
-        return job.resume_path  # the checkpoint resumed is the best epoch's
     raise ConfigError(
         f"--resume {job.resume_path}: {job.resume_path.parent / 'best.pt'} is missing, and it holds the best "
         f"epoch's weights (epoch {best_epoch + 1}) that the export needs; put it back, or start a new run "
@@ -459,6 +473,7 @@ def _build_optimizer(job: _Job, lr_decay: float | None) -> None:
         weight_decay=cfg["weight_decay"],
         lr_decay=lr_decay,
         head_lr_scale=head_lr_scale(cfg, job.pretrained),
+        layer_decay=cfg["layer_decay"],
     )
     job.lr_schedule = make_lr_schedule(cfg, job.optimizer, len(probe))
 
@@ -466,6 +481,7 @@ def _build_optimizer(job: _Job, lr_decay: float | None) -> None:
 def _build_trainer(job: _Job, console: Console) -> Any:
     """Feature cache, loaders, the Trainer, and a resumed checkpoint restored into it. Writes nothing."""
     from transferkit.data import cache_features, make_loaders
+    from transferkit.recipes import MixupCutmix
     from transferkit.report import format_epoch, plot_curves, write_metrics_csv
     from transferkit.train import Trainer, amp_dtype_for
 
@@ -478,12 +494,18 @@ def _build_trainer(job: _Job, console: Console) -> Any:
         job.bundle, cfg["batch_size"], workers=0 if job.use_cache else job.workers, seed=cfg["seed"],
         rank=dist_ctx.rank, world_size=dist_ctx.world_size, pin_memory=device.type == "cuda",
     )  # fmt: skip
-    job.facts = _resolved_facts(job, train_loader)
+    mixup = None
+    if _mixing(cfg):
+        # label smoothing goes into the soft targets (timm's Mixup), not into a second loss
+        mixup = MixupCutmix(len(job.class_names), mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"],
+                            prob=cfg["mixup_prob"], label_smoothing=cfg["label_smoothing"])  # fmt: skip
+    job.facts = _resolved_facts(job, train_loader, mixup)
     job.best_state = {}
 
     def on_epoch_end(trainer: Trainer, row: dict[str, Any], result: Any) -> None:
         if trainer.best_epoch == row["epoch"]:  # keep the best weights for the export, on every rank
-            job.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best = trainer.weights(trainer.best_weights)  # the model's, or its EMA's when that won
+            job.best_state = {k: v.detach().to("cpu", copy=True) for k, v in best.items()}
         console.out(format_epoch(row, cfg["epochs"]))
         if job.run_start is not None:  # last.pt holds this run's first epoch: the replaced run can go
             job.run_start.commit()
@@ -497,10 +519,12 @@ def _build_trainer(job: _Job, console: Console) -> Any:
         channels_last=cfg["channels_last"], compile=cfg["compile"], dist=dist_ctx,
         inputs="features" if job.use_cache else "images", frozen_backbone=cfg["linear_probe"], run_dir=run_dir,
         meta={**getattr(model, "meta", {}), "img_size": job.bundle.img_size, "run": str(run_dir)},
-        seed=cfg["seed"], label_smoothing=cfg["label_smoothing"], progress=console.progress,
-        on_epoch_end=on_epoch_end,
+        seed=cfg["seed"], label_smoothing=0.0 if mixup is not None else cfg["label_smoothing"], mixup=mixup,
+        ema_decay=cfg["model_ema"], progress=console.progress, on_epoch_end=on_epoch_end,
     )  # fmt: skip
     job.start_epoch = _resume(job, trainer) if job.resume_ckpt is not None else 0
+    if job.resume_ckpt is not None and trainer.best_epoch == trainer.saved_epoch:
+        job.best_state = dict(job.resume_ckpt["models"][trainer.best_weights])
     return trainer
 
 
@@ -534,12 +558,9 @@ def _train(job: _Job, trainer: Any, console: Console) -> None:
 
 
 def _start_epochs(job: _Job, trainer: Any, console: Console, start: int) -> None:
-    from transferkit.report import write_yaml
-
-    cfg, run_dir = job.cfg, job.run_dir
+    cfg = job.cfg
     if job.dist.is_main:
-        args_out = {k: v for k, v in cfg.items() if k != "config"}
-        write_yaml(run_dir / "args.yaml", {"args": args_out, "resolved": job.facts})
+        _write_args(job)
     if job.resume_ckpt is not None:
         if start < cfg["epochs"]:
             console.out(f"resumed {job.resume_path} at epoch {start + 1}/{cfg['epochs']}")
@@ -554,6 +575,18 @@ def _start_epochs(job: _Job, trainer: Any, console: Console, start: int) -> None
         trainer.fit()
     except KeyboardInterrupt:
         raise Interrupted(_interrupted_message(job, trainer)) from None
+
+
+def _write_args(job: _Job) -> None:
+    """``args.yaml``: the flags as resolved, and what the run really used."""
+    from transferkit.report import write_yaml
+
+    args_out = {k: v for k, v in job.cfg.items() if k != "config"}
+    write_yaml(job.run_dir / "args.yaml", {"args": args_out, "resolved": job.facts})
+
+
+def _mixing(cfg: dict[str, Any]) -> bool:
+    return bool(cfg["mixup"] or cfg["cutmix"])
 
 
 class Interrupted(KeyboardInterrupt):
@@ -620,7 +653,10 @@ def _finish(job: _Job, trainer: Any, console: Console) -> int:
         from transferkit.checkpoint import load_checkpoint
 
         _barrier(job.dist)
-        job.best_state = load_checkpoint(job.best_source or run_dir / "best.pt")["models"]["model"]
+        # best.pt holds the model and its EMA: the export takes whichever validated better
+        job.best_state = load_checkpoint(job.best_source or run_dir / "best.pt")["models"][
+            trainer.best_weights
+        ]
     model.load_state_dict(job.best_state)
     final = trainer.evaluate()
     if job.dist.is_main:
@@ -642,6 +678,7 @@ def _finish(job: _Job, trainer: Any, console: Console) -> int:
             ),
             "epoch": trainer.best_epoch + 1,
             "val_acc": final.acc,
+            "best_weights": trainer.best_weights,
             "data": job.facts["data"],
         }
         # the network's own key layout (no "backbone." prefix): the file loads into the plain torchvision/timm
@@ -651,14 +688,30 @@ def _finish(job: _Job, trainer: Any, console: Console) -> int:
             "native: load into the plain network, or create_model(backbone, num_classes, weights=file)"
         )
         export_model(run_dir, native, job.class_names, info)
+        if trainer.ema is not None:  # which weights best.pt's export took is known only now
+            job.facts["best_weights"] = _best_weights_fact(trainer)
+            _write_args(job)
     minutes = (time.perf_counter() - job.started) / 60
+    source = " of the model EMA" if trainer.best_weights == "ema" else ""
     console.out(
-        f"best val accuracy {trainer.best_acc:.2%} (epoch {trainer.best_epoch + 1}/{cfg['epochs']}, "
+        f"best val accuracy {trainer.best_acc:.2%}{source} (epoch {trainer.best_epoch + 1}/{cfg['epochs']}, "
         f"{minutes:.1f} min); run folder: {run_dir}"
     )
     # every rank leaves together: a gloo peer that exits while rank 0 is still writing can abort rank 0
     _barrier(job.dist)
     return 0
+
+
+def _best_weights_fact(trainer: Any) -> str:
+    """args.yaml's account of where best.pt's export came from, in a run with a model EMA."""
+    if trainer.best_weights == "ema":
+        return (
+            f"ema: the model EMA of epoch {trainer.best_epoch + 1} validated best; model.safetensors holds it "
+            "(best.pt: models.ema)"
+        )
+    return (
+        f"model: the trained weights of epoch {trainer.best_epoch + 1} validated best (best.pt: models.model)"
+    )
 
 
 def _barrier(dist_ctx: Any) -> None:
@@ -679,11 +732,12 @@ def _broadcast(obj: Any, dist_ctx: Any) -> Any:
     return box[0]
 
 
-def _resolved_facts(job: _Job, train_loader: Any) -> dict[str, Any]:
+def _resolved_facts(job: _Job, train_loader: Any, mixup: Any = None) -> dict[str, Any]:
     """What the run really used, for args.yaml's ``resolved`` section."""
     import torch
 
     import transferkit
+    from transferkit.recipes import describe_aug
 
     model, bundle = job.model, job.bundle
     return {
@@ -707,7 +761,16 @@ def _resolved_facts(job: _Job, train_loader: Any) -> dict[str, Any]:
         "img_size": bundle.img_size,
         "mean": list(model.data_config["mean"]),
         "std": list(model.data_config["std"]),
-        "augment": bool(job.augment) and not job.use_cache,
+        "aug": describe_aug(job.aug if not job.use_cache else "none"),
+        "mixup": mixup.describe() if mixup is not None else "off",
+        "model_ema": (
+            f"decay {job.cfg['model_ema']:g} with timm's warmup (ModelEmaV3); validated every epoch; "
+            "best.pt and model.safetensors take whichever of the model and its EMA validates better"
+            if job.cfg["model_ema"] is not None
+            else "off"
+        ),
+        "drop_path": job.drop_path_fact,
+        "layer_decay": _layer_decay_fact(model, job.cfg["layer_decay"]),
         "freeze": job.freeze_desc,
         "trainable_parameters_at_start": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -721,6 +784,21 @@ def _resolved_facts(job: _Job, train_loader: Any) -> dict[str, Any]:
     }
 
 
+def _layer_decay_fact(model: Any, factor: float | None) -> str:
+    if factor is None:
+        return "off"
+    from transferkit.optim import layer_decay_scales
+
+    scales = layer_decay_scales(model, factor)
+    kind = (
+        "timm's fine layers (group_matcher)" if hasattr(model.backbone, "group_matcher") else "layer groups"
+    )
+    if factor == 1:
+        return f"x1 per layer ({kind}): every layer at the head's rate"
+    layers = len(set(scales.values()))
+    return f"x{factor:g} per layer over {layers} layers ({kind}); the lowest at x{min(scales.values()):.3g}"
+
+
 def _header(cfg: dict[str, Any], facts: dict[str, Any]) -> list[str]:
     weights = "pretrained" if facts["pretrained_weights_used"] else "random init"
     return [
@@ -730,7 +808,23 @@ def _header(cfg: dict[str, Any], facts: dict[str, Any]) -> list[str]:
         f"{_count(cfg['epochs'], 'epoch')} x {facts['steps_per_epoch']} steps on {facts['device']}"
         + (f" x {facts['world_size']} processes" if facts["world_size"] > 1 else "")
         + (", cached features" if facts["feature_cache"] else ""),
+        *_recipe_line(cfg, facts),
     ]
+
+
+def _recipe_line(cfg: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    """The recipe options in use, in one line (none when every option is at its default)."""
+    parts = [facts["aug"].split(" (")[0]] if facts["aug"] not in ("light", "none") else []
+    mixes = [f"{k} {cfg[k]:g}" for k in ("mixup", "cutmix") if cfg[k]]
+    if mixes:
+        parts.append(" + ".join(mixes) + (f" (p={cfg['mixup_prob']:g})" if cfg["mixup_prob"] != 1 else ""))
+    if cfg["model_ema"] is not None:
+        parts.append(f"model EMA {cfg['model_ema']:g}")
+    if cfg["drop_path"]:
+        parts.append(f"drop-path {cfg['drop_path']:g}")
+    if cfg["layer_decay"] is not None:
+        parts.append(f"layer decay x{cfg['layer_decay']:g}")
+    return [f"recipe: {', '.join(parts)}"] if parts else []
 
 
 def _eval_only(job: _Job, console: Console) -> int:
@@ -756,4 +850,11 @@ def _eval_only(job: _Job, console: Console) -> int:
         f"val loss {result.loss:.4f}, val accuracy {result.acc:.2%} on {result.count} images ({what} "
         f"{bundle.source})"
     )
+    if job.eval_ema is not None:  # the checkpoint of a run with --model-ema: its EMA competes too
+        import copy
+
+        averaged = copy.deepcopy(job.model)
+        averaged.load_state_dict(job.eval_ema)
+        ema = trainer.evaluate(model=averaged)
+        console.out(f"model EMA: val loss {ema.loss:.4f}, val accuracy {ema.acc:.2%} on {ema.count} images")
     return 0

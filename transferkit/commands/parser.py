@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "val_split": 0.2,
     "img_size": None,
     "strict_data": False,
-    "augment": None,
+    "aug": None,
     "limit_train": None,
     "limit_val": None,
     "weights": "auto",
@@ -53,6 +53,12 @@ DEFAULTS: dict[str, Any] = {
     "linear_probe": False,
     "feature_cache": None,
     "label_smoothing": 0.0,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "mixup_prob": 1.0,
+    "model_ema": None,
+    "drop_path": None,
+    "layer_decay": None,
     "amp": False,
     "channels_last": False,
     "compile": False,
@@ -160,9 +166,11 @@ def _add_finetune(sub: Any) -> None:
     add(g, "--strict-data", action="store_true", help="fail on an unreadable image instead of skipping it")
     add(
         g,
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        help="light training augmentation (default: on, off with --linear-probe)",
+        "--aug",
+        choices=["none", "light", "randaugment", "trivialaugment"],
+        help="training augmentation: light (digits: shifts; folders: random resized crop and flip), or light "
+        "plus timm's RandAugment (rand-m9-mstd0.5) or torchvision's TrivialAugmentWide "
+        "(default: light, none with --linear-probe)",
     )
     add(
         g,
@@ -237,6 +245,48 @@ def _add_finetune(sub: Any) -> None:
         action=argparse.BooleanOptionalAction,
         help="cache the frozen backbone's "
         "features (default: whenever the whole backbone is frozen and augmentation is off)",
+    )
+
+    g = p.add_argument_group("recipe options (timm's implementations)")
+    add(
+        g,
+        "--mixup",
+        type=float,
+        metavar="ALPHA",
+        help="mixup with Beta(ALPHA, ALPHA), e.g. 0.2 (soft-target loss)",
+    )
+    add(
+        g,
+        "--cutmix",
+        type=float,
+        metavar="ALPHA",
+        help="CutMix with Beta(ALPHA, ALPHA), e.g. 1.0; with --mixup each batch uses one of the two",
+    )
+    add(
+        g,
+        "--mixup-prob",
+        type=float,
+        metavar="P",
+        help="probability that a batch is mixed (--mixup/--cutmix)",
+    )
+    add(
+        g,
+        "--model-ema",
+        type=float,
+        nargs="?",
+        const=0.999,  # transferkit.recipes.DEFAULT_EMA_DECAY (not imported: the parser stays torch-free)
+        metavar="DECAY",
+        help="keep an EMA of the weights (decay 0.999 when no DECAY is given, with timm's warmup), validate it "
+        "every epoch, and export it when it validates better",
+    )
+    add(g, "--drop-path", type=float, metavar="RATE", help="stochastic depth for timm backbones, e.g. 0.1")
+    add(
+        g,
+        "--layer-decay",
+        type=float,
+        metavar="FACTOR",
+        help="layer-wise LR decay instead of --lr-decay: each layer (a timm block, else a layer group) trains "
+        "at the rate of the one above times FACTOR, e.g. 0.75",
     )
 
     g = p.add_argument_group("system")

@@ -223,14 +223,19 @@ def scan_eval_data(cfg: dict[str, Any], run_classes: list[str] | None) -> tuple[
     return split, split.class_names
 
 
-def load_bundle(cfg: dict[str, Any], split: Any, model: Any, augment: bool) -> Any:
-    """The :class:`~transferkit.data.DataBundle` (digits or the scanned folder) with the backbone's transforms."""
+def load_bundle(cfg: dict[str, Any], split: Any, model: Any, aug: str) -> Any:
+    """The :class:`~transferkit.data.DataBundle` (digits or the scanned folder) with the backbone's transforms
+    and the ``--aug`` level (resolved: ``none``, ``light``, ``randaugment`` or ``trivialaugment``)."""
     from transferkit.data import DataBundle, limit_dataset, load_digits_data, load_image_folder
+    from transferkit.recipes import policy_transform
 
     config = model.data_config
+    augment = aug != "none"
     if split is None:
+        # the digits' background is black: geometric ops fill with it, not with the backbone's mean
+        policy = policy_transform(aug, fill=(0, 0, 0))
         bundle = load_digits_data(
-            cfg["img_size"] or DIGITS_IMG_SIZE, config["mean"], config["std"], augment=augment
+            cfg["img_size"] or DIGITS_IMG_SIZE, config["mean"], config["std"], augment=augment, policy=policy
         )
     else:
         bundle = load_image_folder(
@@ -240,6 +245,7 @@ def load_bundle(cfg: dict[str, Any], split: Any, model: Any, augment: bool) -> A
             augment=augment,
             in_chans=getattr(model, "in_chans", 3),
             strict=cfg["strict_data"],
+            policy=policy_transform(aug, mean=config["mean"]),
         )
     if cfg["limit_train"] or cfg["limit_val"]:
         bundle = DataBundle(
@@ -295,9 +301,12 @@ def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any
 
     mode = str(cfg["freeze"]).strip()
     lr_decay = cfg["lr_decay"]
-    if lr_decay is None and pretrained:
+    layer_decay = cfg["layer_decay"]
+    if lr_decay is None and pretrained and layer_decay is None:
         lr_decay = span_decay(len(list(model.layer_groups())))
     schedule_decay = lr_decay if lr_decay is not None else 1.0
+    if layer_decay is not None:
+        schedule_decay = 1.0  # a thawed parameter's rate comes from its layer (build_optimizer's layer_decay)
     plan = parse_unfreeze_at(cfg["unfreeze_at"])
     every = cfg["unfreeze_every"]
     if cfg["linear_probe"]:
@@ -326,7 +335,9 @@ def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any
             freeze_backbone(model)
             return None, "backbone frozen for the whole run: the head trains", None
         if every:
-            sched = GradualUnfreeze(model, every=every, lr_decay=schedule_decay, lr=cfg["lr"])
+            sched = GradualUnfreeze(
+                model, every=every, lr_decay=schedule_decay, layer_decay=layer_decay, lr=cfg["lr"]
+            )
         else:
             below = list(model.layer_groups())[:-1]
             _check_unfreeze_groups(plan, below)
@@ -336,13 +347,20 @@ def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any
                 for e, gs in plan.items()
             }
             at = {e: g for e, g in at.items() if g}
-            sched = GradualUnfreeze(model, at=at, lr_decay=schedule_decay, lr=cfg["lr"])
+            sched = GradualUnfreeze(
+                model, at=at, lr_decay=schedule_decay, layer_decay=layer_decay, lr=cfg["lr"]
+            )
         # plan key e (0-based) = thawed after e epochs, i.e. from console epoch e + 1 on
         desc = "head only, then thaw " + ", ".join(
             f"{'+'.join(g)} after epoch {e}" if e else f"{'+'.join(g)} from the start"
             for e, g in sorted(sched.plan.items())
         )
-        return sched, f"{desc} (lr x{schedule_decay:.3g} per level)", None
+        rates = (
+            f"lr x{layer_decay:g} per layer"
+            if layer_decay is not None
+            else f"lr x{schedule_decay:.3g} per level"
+        )
+        return sched, f"{desc} ({rates})", None
     groups = [g.strip() for g in mode.split(",") if g.strip()]
     if plan or every:
         raise ConfigError(
