@@ -184,9 +184,9 @@ def _remember_source(obj: Any, path: Path) -> None:
 def _key_signature(obj: Any) -> frozenset | None:
     if not isinstance(obj, Mapping):
         return None
-    try:
-        return frozenset(obj.keys())
-    except TypeError:
+    try:  # dict.keys: a loaded OrderedDict may carry an attribute that shadows the method
+        return frozenset(dict.keys(obj) if isinstance(obj, dict) else obj.keys())
+    except Exception:
         return None
 
 
