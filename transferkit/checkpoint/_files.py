@@ -126,7 +126,30 @@ def _detect_format(path: Path, source: str | Path | None = None) -> str:
         return "safetensors"
     if head[:1] == b"\x80" or head[257:262] == b"ustar":
         return "legacy"  # a pickle stream (torch.save before 1.6) or the even older tar layout
+    if _is_old_pickle(source):
+        return "pickle"  # protocol 0 or 1: not a torch file, but it can be scanned and described
     raise CheckpointError(f"{path}: not a PyTorch or safetensors checkpoint: {_describe_head(head)}")
+
+
+# Opcodes a protocol 0/1 pickle may start with (text and binary forms of values, MARK, GLOBAL, ...).
+_PICKLE_STARTS = frozenset(b"(cN\x88\x89IJKLMFGSTUVXBC]})eh" + b"abdlpgqrst0123456789.")
+
+
+def _is_old_pickle(source: str | Path) -> bool:
+    """Whether the file parses as one protocol 0/1 pickle within small budgets (nothing is executed)."""
+    from transferkit.checkpoint.pickle_scan import Limits, PickleBudgetError, scan_pickle
+
+    with open(source, "rb") as stream:
+        if stream.read(1)[:1] not in {bytes([b]) for b in _PICKLE_STARTS}:
+            return False
+        stream.seek(0)
+        try:
+            scan_pickle(stream, limits=Limits(opcodes=200_000, pickle_bytes=64 << 20))
+        except PickleBudgetError:
+            return True  # a pickle, but a large or hostile one: the full scan says which
+        except CheckpointError:
+            return False
+    return True
 
 
 def _describe_head(head: bytes) -> str:

@@ -31,10 +31,14 @@ from typing import Any, BinaryIO
 
 from transferkit.errors import CheckpointError
 
-__all__ = ["Limits", "PickleScan", "scan_pickle", "COMPUTED", "LIMITS"]
+__all__ = ["Limits", "PickleScan", "PickleBudgetError", "scan_pickle", "COMPUTED", "LIMITS"]
 
 # What a STACK_GLOBAL operand the scan cannot know is recorded as (e.g. "builtins.<computed>").
 COMPUTED = "<computed>"
+
+
+class PickleBudgetError(CheckpointError):
+    """A pickle is larger than a :class:`Limits` budget allows (it parsed, so far, as a pickle)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class Limits:
     memo: int = 1_000_000
     expanded: int = 10_000_000  # objects a tree walk of the result visits, shared references expanded
     pickle_bytes: int = 1 << 30
-    globals: int = 10_000
+    globals: int = 100_000
 
 
 LIMITS = Limits()
@@ -103,8 +107,9 @@ class _Machine:
         self.storages: dict[str, tuple[str, int]] = {}
         self.protocol = 0
 
-    def fail(self, why: str) -> CheckpointError:
-        return CheckpointError(f"{self.what}: {why}. Nothing from the file was executed")
+    def fail(self, why: str, budget: bool = False) -> CheckpointError:
+        kind = PickleBudgetError if budget else CheckpointError
+        return kind(f"{self.what}: {why}. Nothing from the file was executed")
 
     def pop(self) -> Any:
         if not self.stack:
@@ -133,7 +138,7 @@ class _Machine:
             module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         dotted = f"{module}.{name}"
         if dotted not in self.globals and len(self.globals) >= self.limits.globals:
-            raise self.fail(f"its pickle names more than {self.limits.globals:,} distinct globals")
+            raise self.fail(f"its pickle names more than {self.limits.globals:,} distinct globals", True)
         self.globals[dotted] = None
         node = _Node()
         node.name = dotted
@@ -176,7 +181,7 @@ class _Machine:
             index = len(self.memo) if code == "MEMOIZE" else arg
             self.memo[index] = self.top()
             if len(self.memo) > self.limits.memo:
-                raise self.fail(f"its pickle stores more than {self.limits.memo:,} objects in its memo")
+                raise self.fail(f"its pickle stores more than {self.limits.memo:,} objects in its memo", True)
         elif code in _GETS:
             if arg not in self.memo:
                 raise self.fail(f"its pickle reads memo entry {arg}, which was never stored; it is damaged")
@@ -266,7 +271,8 @@ def scan_pickle(stream: BinaryIO, *, what: str = "checkpoint", limits: Limits = 
         if count > limits.opcodes:
             raise machine.fail(
                 f"its pickle runs more than {limits.opcodes:,} opcodes (a resource-exhaustion file; real "
-                "checkpoints use a few thousand)"
+                "checkpoints use a few thousand)",
+                True,
             )
         machine.step(code, arg)
         stopped = code == "STOP"
@@ -277,7 +283,8 @@ def scan_pickle(stream: BinaryIO, *, what: str = "checkpoint", limits: Limits = 
     if expanded > limits.expanded:
         raise machine.fail(
             f"its shared references expand to more than {limits.expanded:,} objects (a few bytes can "
-            "describe a tree of shared lists too large to walk, hash or print)"
+            "describe a tree of shared lists too large to walk, hash or print)",
+            True,
         )
     return PickleScan(
         globals=tuple(machine.globals),
@@ -340,7 +347,8 @@ class _Capped:
         if self._left < 0:
             raise self._machine.fail(
                 f"its pickle is larger than {self._machine.limits.pickle_bytes >> 20:,} MiB (a zip bomb or "
-                "not a checkpoint)"
+                "not a checkpoint)",
+                True,
             )
         return data
 
