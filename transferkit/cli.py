@@ -1,4 +1,4 @@
-"""The command line: ``transferkit finetune`` and ``transferkit inspect`` (entry point ``main``).
+"""The command line: ``transferkit finetune``, ``inspect`` and ``scan`` (entry point ``main``).
 
 ``transferkit finetune --backbone resnet50 --classes 10`` fine-tunes on the embedded digits (or
 ``--data DIR``) and writes a run folder (see :mod:`transferkit.report`). Every flag can also come from
@@ -32,11 +32,12 @@ from transferkit.commands.console import one_line
 from transferkit.commands.finetune import Interrupted, run_finetune
 from transferkit.commands.inspect_cmd import run_inspect
 from transferkit.commands.parser import DEFAULTS, build_parser
+from transferkit.commands.scan_cmd import run_scan
 from transferkit.errors import TransferkitError
 
 __all__ = ["main", "build_parser", "resolve_config", "DEFAULTS"]
 
-_COMMANDS = {"finetune": run_finetune, "inspect": run_inspect}
+_COMMANDS = {"finetune": run_finetune, "inspect": run_inspect, "scan": run_scan}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

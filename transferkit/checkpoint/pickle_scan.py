@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import _compat_pickle
 import pickletools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from transferkit.errors import CheckpointError
 
-__all__ = ["Limits", "PickleScan", "PickleBudgetError", "scan_pickle", "COMPUTED", "LIMITS"]
+__all__ = ["Limits", "PickleScan", "PickleBudgetError", "scan_pickle", "read_capped", "COMPUTED", "LIMITS"]
 
 # What a STACK_GLOBAL operand the scan cannot know is recorded as (e.g. "builtins.<computed>").
 COMPUTED = "<computed>"
@@ -46,10 +46,10 @@ class Limits:
     """Budgets for one pickle. Real checkpoints use a small fraction of each (a timm model: 9,282
     opcodes, 36 KB); the limits keep a hostile file's cost to a few seconds and a bounded memory."""
 
-    opcodes: int = 2_000_000
+    opcodes: int = 1_000_000
     memo: int = 1_000_000
     expanded: int = 10_000_000  # objects a tree walk of the result visits, shared references expanded
-    pickle_bytes: int = 1 << 30
+    pickle_bytes: int = 256 << 20  # read into memory at most this much of one pickle
     globals: int = 100_000
 
 
@@ -144,74 +144,81 @@ class _Machine:
         node.name = dotted
         return node
 
-    def step(self, code: str, arg: Any) -> None:  # noqa: C901 - one branch per opcode family reads best
+    def handlers(self) -> dict[str, Callable[[Any], None]]:
+        """One small function per opcode (a table, not an if-chain: a flood of opcodes stays cheap)."""
         push = self.stack.append
-        if code == "PROTO":
-            self.protocol = int(arg)
-        elif code in ("FRAME", "STOP"):
-            pass
-        elif code == "MARK":
-            push(_MARK)
-        elif code == "POP":
-            self.pop()
-        elif code == "POP_MARK":
-            self.pop_mark()
-        elif code == "DUP":
-            push(self.top())
-        elif code in _STRINGS:
-            push(_Node(text=arg if isinstance(arg, str) else str(arg)))
-        elif code in _INTS:
-            push(_Node(number=arg if isinstance(arg, int) else None))
-        elif code in _EMPTY:
-            push(_Node(children=[]))
-        elif code in _FROM_MARK:
-            push(_Node(children=self.pop_mark()))
-        elif code in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            items = [self.pop() for _ in range(int(code[-1]))]
-            push(_Node(children=items[::-1]))
-        elif code in ("APPEND", "BUILD"):
-            value = self.pop()
-            self.link([value])
-        elif code == "SETITEM":
-            value, key = self.pop(), self.pop()
-            self.link([key, value])
-        elif code in _INTO_FROM_MARK:
-            self.link(self.pop_mark())
-        elif code in _PUTS or code == "MEMOIZE":
-            index = len(self.memo) if code == "MEMOIZE" else arg
-            self.memo[index] = self.top()
-            if len(self.memo) > self.limits.memo:
-                raise self.fail(f"its pickle stores more than {self.limits.memo:,} objects in its memo", True)
-        elif code in _GETS:
-            if arg not in self.memo:
-                raise self.fail(f"its pickle reads memo entry {arg}, which was never stored; it is damaged")
-            push(self.memo[arg])
-        elif code in ("GLOBAL", "INST"):
-            module, _, name = str(arg).partition(" ")
-            found = self.add_global(module, name)
-            if code == "INST":
-                found = _Node(children=[found, *self.pop_mark()])
-            push(found)
-        elif code == "STACK_GLOBAL":
-            name, module = self.pop(), self.pop()
-            push(self.add_global(module.text or COMPUTED, name.text or COMPUTED))
-        elif code == "REDUCE" or code == "NEWOBJ":
-            args, func = self.pop(), self.pop()
-            push(_Node(children=[func, args]))
-        elif code == "NEWOBJ_EX":
-            kwargs, args, cls = self.pop(), self.pop(), self.pop()
-            push(_Node(children=[cls, args, kwargs]))
-        elif code == "OBJ":
-            push(_Node(children=self.pop_mark()))
-        elif code in ("EXT1", "EXT2", "EXT4"):
-            push(self.add_global("copyreg", f"<extension {arg}>"))
-        elif code == "PERSID":
-            push(_ATOM)
-        elif code == "BINPERSID":
-            self.storage(self.pop())
-            push(_ATOM)
-        else:  # NONE, booleans, floats, bytes, buffers: plain values
-            push(_ATOM)
+        table: dict[str, Callable[[Any], None]] = {
+            "PROTO": self.proto,
+            "FRAME": _nothing,
+            "STOP": _nothing,
+            "MARK": lambda arg: push(_MARK),
+            "POP": lambda arg: self.pop(),
+            "POP_MARK": lambda arg: self.pop_mark(),
+            "DUP": lambda arg: push(self.top()),
+            "TUPLE1": lambda arg: push(_Node(children=[self.pop()])),
+            "TUPLE2": lambda arg: push(_Node(children=self.pops(2))),
+            "TUPLE3": lambda arg: push(_Node(children=self.pops(3))),
+            "APPEND": lambda arg: self.link([self.pop()]),
+            "BUILD": lambda arg: self.link([self.pop()]),
+            "SETITEM": lambda arg: self.link(self.pops(2)),
+            "MEMOIZE": lambda arg: self.put(len(self.memo)),
+            "GLOBAL": lambda arg: push(self.add_global(*str(arg).partition(" ")[::2])),
+            "INST": self.inst,
+            "STACK_GLOBAL": self.stack_global,
+            "REDUCE": lambda arg: push(_Node(children=self.pops(2))),
+            "NEWOBJ": lambda arg: push(_Node(children=self.pops(2))),
+            "NEWOBJ_EX": lambda arg: push(_Node(children=self.pops(3))),
+            "OBJ": lambda arg: push(_Node(children=self.pop_mark())),
+            "BINPERSID": self.persistent,
+        }
+        for code in _STRINGS:
+            table[code] = lambda arg: push(_Node(text=arg if isinstance(arg, str) else str(arg)))
+        for code in _INTS:
+            table[code] = lambda arg: push(_Node(number=arg if isinstance(arg, int) else None))
+        for code in _EMPTY:
+            table[code] = lambda arg: push(_Node(children=[]))
+        for code in _FROM_MARK:
+            table[code] = lambda arg: push(_Node(children=self.pop_mark()))
+        for code in _INTO_FROM_MARK:
+            table[code] = lambda arg: self.link(self.pop_mark())
+        for code in _PUTS:
+            table[code] = self.put
+        for code in _GETS:
+            table[code] = self.get
+        for code in ("EXT1", "EXT2", "EXT4"):
+            table[code] = lambda arg: push(self.add_global("copyreg", f"<extension {arg}>"))
+        return table  # anything else (NONE, booleans, floats, bytes, PERSID ...) pushes a plain value
+
+    def proto(self, arg: Any) -> None:
+        self.protocol = int(arg)
+
+    def pops(self, n: int) -> list[_Node]:
+        items = [self.pop() for _ in range(n)]
+        items.reverse()
+        return items
+
+    def put(self, index: Any) -> None:
+        self.memo[index] = self.top()
+        if len(self.memo) > self.limits.memo:
+            raise self.fail(f"its pickle stores more than {self.limits.memo:,} objects in its memo", True)
+
+    def get(self, index: Any) -> None:
+        if index not in self.memo:
+            raise self.fail(f"its pickle reads memo entry {index}, which was never stored; it is damaged")
+        self.stack.append(self.memo[index])
+
+    def inst(self, arg: Any) -> None:
+        module, _, name = str(arg).partition(" ")
+        found = self.add_global(module, name)
+        self.stack.append(_Node(children=[found, *self.pop_mark()]))
+
+    def stack_global(self, arg: Any) -> None:
+        name, module = self.pop(), self.pop()
+        self.stack.append(self.add_global(module.text or COMPUTED, name.text or COMPUTED))
+
+    def persistent(self, arg: Any) -> None:
+        self.storage(self.pop())
+        self.stack.append(_ATOM)
 
     def link(self, items: list[_Node]) -> None:
         """Add references from the object on top of the stack (APPEND, SETITEM, BUILD ...)."""
@@ -228,8 +235,13 @@ class _Machine:
         if len(parts) in (5, 6) and parts[0].text == "storage" and parts[2].text is not None:
             kind = parts[1].name or "?"
             numel = parts[4].number
-            if numel is not None:
-                self.storages.setdefault(parts[2].text, (kind.rsplit(".", 1)[-1], numel))
+            previous = self.storages.get(parts[2].text)
+            if numel is not None and (previous is None or numel > previous[1]):  # the largest claim counts
+                self.storages[parts[2].text] = (kind.rsplit(".", 1)[-1], numel)
+
+
+def _nothing(arg: Any) -> None:
+    pass
 
 
 def _genops(stream: BinaryIO, machine: _Machine) -> Iterator[tuple[str, Any]]:
@@ -248,7 +260,8 @@ def scan_pickle(stream: BinaryIO, *, what: str = "checkpoint", limits: Limits = 
     """Scan one pickle in ``stream`` (left just after its STOP opcode) without executing anything.
 
     Args:
-        stream: a binary stream positioned at the start of a pickle.
+        stream: a binary stream positioned at the start of a pickle: in memory (``io.BytesIO``, e.g. from
+            :func:`read_capped`) or an ``mmap``, so that a declared length of 2^60 bytes allocates nothing.
         what: how errors name the file (usually its path).
         limits: the budgets (:data:`LIMITS` by default).
 
@@ -264,9 +277,11 @@ def scan_pickle(stream: BinaryIO, *, what: str = "checkpoint", limits: Limits = 
         ('posix.system',)
     """
     machine = _Machine(limits, what)
+    table = machine.handlers()
+    atom = machine.stack.append
     count = 0
     stopped = False
-    for code, arg in _genops(_Capped(stream, limits.pickle_bytes, machine), machine):
+    for code, arg in _genops(stream, machine):
         count += 1
         if count > limits.opcodes:
             raise machine.fail(
@@ -274,7 +289,11 @@ def scan_pickle(stream: BinaryIO, *, what: str = "checkpoint", limits: Limits = 
                 "checkpoints use a few thousand)",
                 True,
             )
-        machine.step(code, arg)
+        handler = table.get(code)
+        if handler is None:
+            atom(_ATOM)
+        else:
+            handler(arg)
         stopped = code == "STOP"
     if not stopped:
         raise machine.fail("its pickle ends before its STOP opcode; the file is truncated or damaged")
@@ -334,30 +353,18 @@ def _expanded_size(root: _Node, limit: int) -> tuple[int, bool]:
     return size.get(id(root), 1), cycles
 
 
-class _Capped:
-    """A read-only view of a stream that fails once more than ``limit`` bytes have been read."""
+def read_capped(stream: BinaryIO, what: str, limit: int = LIMITS.pickle_bytes) -> bytes:
+    """Read a whole stream (a zip member's pickle) into memory, refusing one larger than ``limit`` bytes.
 
-    def __init__(self, stream: BinaryIO, limit: int, machine: _Machine) -> None:
-        self._stream = stream
-        self._left = limit
-        self._machine = machine
-
-    def _account(self, data: bytes) -> bytes:
-        self._left -= len(data)
-        if self._left < 0:
-            raise self._machine.fail(
-                f"its pickle is larger than {self._machine.limits.pickle_bytes >> 20:,} MiB (a zip bomb or "
-                "not a checkpoint)",
-                True,
-            )
-        return data
-
-    def read(self, n: int = -1) -> bytes:
-        # never ask the stream for more than the budget: a declared length of 2**60 allocates nothing
-        return self._account(self._stream.read(self._left + 1 if n < 0 or n > self._left else n))
-
-    def readline(self) -> bytes:
-        return self._account(self._stream.readline(min(self._left + 1, 1 << 20)))
-
-    def tell(self) -> int:
-        return self._stream.tell()
+    Example:
+        >>> import io
+        >>> read_capped(io.BytesIO(b"abc"), "x", limit=3)
+        b'abc'
+    """
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise PickleBudgetError(
+            f"{what}: its pickle is larger than {limit >> 20:,} MiB (a zip bomb or not a checkpoint). Nothing "
+            "from the file was executed"
+        )
+    return data

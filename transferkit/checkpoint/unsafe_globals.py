@@ -13,6 +13,8 @@ tar layout, and plain pickles of any protocol (0 and 1 included).
 
 from __future__ import annotations
 
+import io
+import mmap
 import os
 import tarfile
 import zipfile
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from transferkit.checkpoint._files import PathLike, _check_file, _detect_format, _pinned
-from transferkit.checkpoint.pickle_scan import PickleScan, scan_pickle
+from transferkit.checkpoint.pickle_scan import PickleScan, read_capped, scan_pickle
 from transferkit.errors import CheckpointError, TransferkitError
 
 __all__ = ["describe_unsafe_globals"]
@@ -168,8 +170,9 @@ def _scan_zip(path: Path, source: str) -> _FileScan:
         scans: dict[str, PickleScan] = {}
         for name in pickles:
             _check_ratio(path, infos[name])
-            with archive.open(infos[name]) as stream:
-                scans[name] = scan_pickle(stream, what=f"{path} ({name})")
+            with archive.open(infos[name]) as stream:  # zipfile stops at the declared size
+                data = read_capped(stream, f"{path} ({name})")
+            scans[name] = scan_pickle(io.BytesIO(data), what=f"{path} ({name})")
             found.update(dict.fromkeys(scans[name].globals))
         prefix = main[: -len("data.pkl")]
         compressed = _check_storages(path, infos, prefix, scans[main])
@@ -219,8 +222,9 @@ def _scan_pickles(path: Path, source: str, kind: str) -> _FileScan:
     found: dict[str, None] = {}
     declared = 0
     protocol = 0
-    with open(source, "rb") as stream:
-        size = os.fstat(stream.fileno()).st_size
+    with open(source, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as stream:
+        # an mmap reads like a file, but a declared length beyond the end returns what is there
+        size = len(stream)
         for index in range(5 if kind == "legacy" else 1):
             start = stream.tell()
             if not stream.read(1):
@@ -258,7 +262,8 @@ def _scan_tar(path: Path, source: str) -> _FileScan:
             stream: BinaryIO | None = archive.extractfile(member)
             if stream is None:
                 continue
-            found.update(dict.fromkeys(scan_pickle(stream, what=f"{path} ({member.name})").globals))
+            data = read_capped(stream, f"{path} ({member.name})")
+            found.update(dict.fromkeys(scan_pickle(io.BytesIO(data), what=f"{path} ({member.name})").globals))
     if not found and not any(m.name == "pickle" for m in members):
         raise CheckpointError(f"{path}: a tar archive but not a legacy torch checkpoint (no 'pickle' member)")
     return _FileScan("tar", tuple(found))

@@ -236,12 +236,23 @@ def _add_inspect(sub: Any) -> None:
     )
 
 
+def _add_scan(sub: Any) -> None:
+    p = sub.add_parser(
+        "scan",
+        help="check checkpoints for CI: one line per file, exit 1 if any is refused or dangerous",
+        description="Scan checkpoint files statically (nothing is executed): exit 0 when every file loads "
+        "with the safe default reader, 1 when any would be refused or names dangerous globals.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint files or folders")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``transferkit`` argument parser (subcommands ``finetune`` and ``inspect``)."""
     parser = _Parser(prog="transferkit", description="Transfer learning on PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_finetune(sub)
     _add_inspect(sub)
+    _add_scan(sub)
     return parser
 
 

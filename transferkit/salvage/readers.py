@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from transferkit.checkpoint.pickle_scan import LIMITS, scan_pickle
+from transferkit.checkpoint.pickle_scan import LIMITS, read_capped, scan_pickle
 from transferkit.errors import CheckpointError, TransferkitError
 from transferkit.salvage.allowlist import _int, _Refused, _StorageType, _typed
 from transferkit.salvage.devices import MapLocation, _swap_bytes, _to_device
@@ -74,7 +74,7 @@ def _read_pickle(archive: zipfile.ZipFile, name: str, path: Path) -> io.BytesIO:
     if member.file_size > LIMITS.pickle_bytes:
         raise _Refused(f"{name} declares {member.file_size:,} bytes, more than a pickle may hold here")
     with archive.open(member) as stream:  # zipfile stops at the declared size and checks the CRC
-        data = stream.read(LIMITS.pickle_bytes + 1)
+        data = read_capped(stream, f"{path} ({name})")
     _budgets(data, f"{path} ({name})")
     return io.BytesIO(data)
 
