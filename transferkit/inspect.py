@@ -34,7 +34,13 @@ from transferkit.errors import CheckpointError, ConfigError, LoadError, UnsafeCh
 from transferkit.partial import LoadReport, compact_keys, load_partial
 from transferkit.rename import Rule, normalize_rules, strip_wrappers
 
-__all__ = ["inspect_checkpoint", "describe_object", "skeleton_from_state_dict", "scan_checkpoint", "ScanResult"]
+__all__ = [
+    "inspect_checkpoint",
+    "describe_object",
+    "skeleton_from_state_dict",
+    "scan_checkpoint",
+    "ScanResult",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +247,10 @@ def _describe_unsafe(path: Path, exc: UnsafeCheckpointError) -> list[str]:
         "refused by weights_only=True: the file needs globals beyond plain tensors and containers "
         "(nothing from it was executed)",
         f"globals it needs ({len(names)}, {len(dangerous)} dangerous):",
-        *(f"  {v.name}  [{('DANGEROUS: ' + v.category) if v.kind == DANGEROUS else labels[v.kind]}]" for v in shown[:200]),
+        *(
+            f"  {v.name}  [{('DANGEROUS: ' + v.category) if v.kind == DANGEROUS else labels[v.kind]}]"
+            for v in shown[:200]
+        ),
     ]
     if len(names) > len(shown[:200]):
         lines.append(f"  ... and {len(names) - len(shown[:200])} more")

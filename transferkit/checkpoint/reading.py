@@ -224,7 +224,11 @@ def _refusal(
     if not names:
         reason = str(err).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0][:300]
         return CheckpointError(f"{path}: the file is damaged or not a checkpoint ({reason})")
-    return _unsafe(path, names, "refused by weights_only=True: the file needs globals beyond tensors and plain containers")
+    return _unsafe(
+        path,
+        names,
+        "refused by weights_only=True: the file needs globals beyond tensors and plain containers",
+    )
 
 
 def _unsafe(path: Path, names: list[str], what: str) -> UnsafeCheckpointError:

@@ -146,7 +146,10 @@ def _safe_global_names() -> set[str]:
 
 
 def _check_ratio(path: Path, info: zipfile.ZipInfo) -> None:
-    if info.compress_type != zipfile.ZIP_STORED and info.file_size > _MAX_RATIO * info.compress_size + _RATIO_SLACK:
+    if (
+        info.compress_type != zipfile.ZIP_STORED
+        and info.file_size > _MAX_RATIO * info.compress_size + _RATIO_SLACK
+    ):
         raise CheckpointError(
             f"{path}: the zip member {info.filename} inflates {info.file_size // max(info.compress_size, 1):,}"
             f"-fold ({info.compress_size:,} -> {info.file_size:,} bytes): a zip bomb, not weights. Nothing was "
@@ -198,7 +201,11 @@ def _check_storages(path: Path, infos: dict[str, zipfile.ZipInfo], prefix: str, 
                 f"{path}: storage {key} claims {numel:,} elements ({numel * itemsize:,} bytes) but its zip "
                 f"member holds {info.file_size:,} bytes; the file is damaged or crafted. Nothing was read"
             )
-        if size is not None and info.compress_type == zipfile.ZIP_STORED and info.header_offset + info.file_size > size:
+        if (
+            size is not None
+            and info.compress_type == zipfile.ZIP_STORED
+            and info.header_offset + info.file_size > size
+        ):
             raise CheckpointError(
                 f"{path}: storage {key} lies beyond the end of the file; the file is truncated or crafted"
             )
@@ -243,7 +250,9 @@ def _scan_pickles(path: Path, source: str, kind: str) -> _FileScan:
             f"{path}: its storages declare {declared:,} bytes but the whole file has {size:,}; it is damaged "
             "or crafted. Nothing was read"
         )
-    return _FileScan(kind if kind == "pickle" or _starts_legacy(source) else "pickle", tuple(found), protocol=protocol)
+    return _FileScan(
+        kind if kind == "pickle" or _starts_legacy(source) else "pickle", tuple(found), protocol=protocol
+    )
 
 
 def _starts_legacy(source: str) -> bool:
@@ -267,4 +276,3 @@ def _scan_tar(path: Path, source: str) -> _FileScan:
     if not found and not any(m.name == "pickle" for m in members):
         raise CheckpointError(f"{path}: a tar archive but not a legacy torch checkpoint (no 'pickle' member)")
     return _FileScan("tar", tuple(found))
-

@@ -241,7 +241,9 @@ def classify_global(name: str) -> GlobalVerdict:
         'evaluates code (eval/exec)'
     """
     if COMPUTED in name:
-        return GlobalVerdict(name, DANGEROUS, "a global whose name is computed at load time (import machinery)")
+        return GlobalVerdict(
+            name, DANGEROUS, "a global whose name is computed at load time (import machinery)"
+        )
     if name in _DANGEROUS_NAMES:
         return GlobalVerdict(name, DANGEROUS, _DANGEROUS_NAMES[name])
     parts = name.split(".")

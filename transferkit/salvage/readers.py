@@ -69,7 +69,10 @@ def _read_pickle(archive: zipfile.ZipFile, name: str, path: Path) -> io.BytesIO:
     opcodes, a huge memo) and shared-reference DAGs (6 KB describing 10^12 nodes) stop here.
     """
     member = archive.getinfo(name)
-    if member.compress_type != zipfile.ZIP_STORED and member.file_size > _MAX_RATIO * member.compress_size + 2**20:
+    if (
+        member.compress_type != zipfile.ZIP_STORED
+        and member.file_size > _MAX_RATIO * member.compress_size + 2**20
+    ):
         raise _Refused(f"{name} inflates {member.file_size // max(member.compress_size, 1)}-fold: a zip bomb")
     if member.file_size > LIMITS.pickle_bytes:
         raise _Refused(f"{name} declares {member.file_size:,} bytes, more than a pickle may hold here")
