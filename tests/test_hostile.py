@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import pickle
+import random
 import shutil
 import signal
 import struct
@@ -552,3 +553,103 @@ def test_scan_of_real_fixtures_is_clean(fixtures_dir: Path, capsys: pytest.Captu
     unsafe = [line for line in out if "lightning11" in line]
     assert unsafe and "refused" in unsafe[0] and "DANGEROUS" not in unsafe[0]
     assert code == 1 and sum(": ok" in line for line in out) == len(files) - 1
+
+
+# --- structure-level fuzzing: random reference graphs, BUILD on containers, re-compression ----------------
+
+FUZZ_CASES = 40
+SLOW_FUZZ_CASES = 400
+_SHADOWING = ("items", "keys", "values", "get", "_metadata", "copy", "pop", "update", "x")
+
+
+def _random_graph(rng: random.Random) -> bytes:
+    """Containers that reference earlier ones through the memo (shared references, DAGs), later
+    back-references (cycles), tuple keys (hashing), and BUILD on OrderedDicts with attribute names that
+    shadow methods. Leaves one object on the stack."""
+    count = rng.randint(2, 40)
+    kinds: list[str] = []
+    ops = b"("  # everything stays on the stack and ends in one tuple (torch's unpickler has no POP)
+    for i in range(count):
+        kind = rng.choice(["list", "tuple", "dict", "ordered"])
+        refs = b"".join(_get(rng.randrange(i)) for _ in range(rng.randint(0, 30 if i else 0)))
+        if kind == "list":
+            ops += b"](" + refs + b"e"  # EMPTY_LIST + APPENDS (no LIST opcode in torch's unpickler either)
+        elif kind == "tuple":
+            ops += b"(" + refs + b"t"
+        elif kind == "dict":
+            pairs = b"".join(
+                op_str(f"k{j}") + _get(rng.randrange(i)) for j in range(rng.randint(0, 8) if i else 0)
+            )
+            ops += b"}(" + pairs + b"u"
+        else:
+            ops += op_call(op_global("collections", "OrderedDict"))
+        ops += _put(i)
+        kinds.append(kind)
+    for _ in range(rng.randint(0, 10)):
+        target, value = rng.randrange(count), rng.randrange(count)
+        if kinds[target] == "list":  # a back-reference: cycles
+            ops += _get(target) + _get(value) + b"a"
+        elif kinds[target] in ("dict", "ordered"):
+            key = _get(value) if kinds[value] == "tuple" and rng.random() < 0.3 else op_str(f"b{value}")
+            ops += _get(target) + key + _get(value) + b"s"
+        if kinds[target] == "ordered" and rng.random() < 0.5:
+            attrs = rng.sample(_SHADOWING, rng.randint(1, 3))
+            ops += _get(target) + op_dict(*((op_str(a), _get(value)) for a in attrs)) + b"b"
+    return ops + b"t"
+
+
+def _deflate(path: Path) -> None:
+    data = path.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as old, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as new:
+        for info in old.infolist():
+            new.writestr(info.filename, old.read(info.filename))
+
+
+def _python_structure(rng: random.Random) -> object:
+    """Self-referencing lists and dicts and shared-reference DAGs built in Python (torch.save memoizes)."""
+    loop: list = []
+    loop.extend([loop] * rng.randint(1, 200))
+    selfish: dict = {}
+    for i in range(rng.randint(1, 50)):
+        selfish[f"s{i}"] = selfish if rng.random() < 0.7 else loop
+    level: object = None
+    for _ in range(rng.randint(1, 5)):
+        level = [level] * rng.randint(1, 60)  # up to 60**5 = 7.8e8 nodes when expanded
+    return rng.choice([loop, selfish, level, [loop, selfish, level]])
+
+
+def _fuzz_one(seed: int, tmp: Path) -> None:
+    rng = random.Random(seed)
+    path = tmp / f"fuzz{seed}.pt"
+    if rng.random() < 0.5:
+        torch_zip_with_ops(path, _random_graph(rng))
+    else:
+        torch.save(
+            {"state_dict": {"weight": SAFE_WEIGHT, "bias": SAFE_BIAS}, "extra": _python_structure(rng)}, path
+        )
+    if rng.random() < 0.5:
+        _deflate(path)
+    for salvage in (False, True):
+        result = _state(path.name, path, salvage)
+        if isinstance(result, dict):  # when it loads, the weights are the right ones
+            assert torch.equal(result["weight"], SAFE_WEIGHT) and torch.equal(result["bias"], SAFE_BIAS), seed
+        else:
+            assert isinstance(result, CheckpointError) and str(path) in str(result), (seed, result)
+        model = nn.Linear(3, 2)
+        outcome = _outcome(lambda: load_partial(model, path, salvage=salvage))  # noqa: B023
+        if not isinstance(outcome, TransferkitError):
+            assert torch.equal(model.weight.detach(), SAFE_WEIGHT), seed
+        _outcome(lambda: inspect_checkpoint(path, salvage=salvage))  # noqa: B023
+    _outcome(lambda: describe_unsafe_globals(path))
+    path.unlink()
+
+
+def test_structure_fuzz(tmp_path: Path) -> None:
+    for seed in range(FUZZ_CASES):
+        _fuzz_one(seed, tmp_path)
+
+
+@pytest.mark.slow
+def test_structure_fuzz_slow(tmp_path: Path) -> None:
+    for seed in range(FUZZ_CASES, FUZZ_CASES + SLOW_FUZZ_CASES):
+        _fuzz_one(seed, tmp_path)
