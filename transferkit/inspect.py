@@ -231,6 +231,8 @@ def _format(path: Path) -> str:
         return "safetensors"
     if head[:1] == b"\x80":
         return "legacy torch pickle (pre-1.6)"
+    if head[:1] in (b"(", b"c", b"]", b"}", b"N", b"I", b"S", b"V"):
+        return "plain pickle (protocol 0/1)"
     return "unknown format"
 
 
