@@ -157,11 +157,11 @@ def _dag_plain_pickle(tmp: Path) -> Path:
 
 def _opcode_flood(tmp: Path) -> Path:
     """fickling's opcode-limit idea: millions of cheap opcodes (NONE, POP) in a small file."""
-    return torch_zip_with_ops(tmp / "flood.pt", b"N0" * 1_100_000 + b"N")
+    return torch_zip_with_ops(tmp / "flood.pt", b"N0" * 520_000 + b"N")
 
 
 def _memo_flood(tmp: Path) -> Path:
-    return torch_zip_with_ops(tmp / "memo.pt", b"N" + b"".join(_put(i) for i in range(1_000_100)))
+    return torch_zip_with_ops(tmp / "memo.pt", b"N" + b"".join(_put(i) for i in range(250_100)))
 
 
 def _laughs(tmp: Path) -> Path:
@@ -186,17 +186,19 @@ def _rezip_python(tmp: Path) -> Path:
     return path
 
 
-def _rezip_tool(tmp: Path, root: bool = False) -> Path:
-    """Unpack and re-pack with the ``zip`` command-line tool (deflate, no alignment), as people do."""
+def _rezip_tool(tmp: Path, root: bool = False, stored: bool = False) -> Path:
+    """Unpack and re-pack with the ``zip`` command-line tool (deflate, or stored without torch's 64-byte
+    alignment), as people do."""
     if shutil.which("zip") is None:
         pytest.skip("the zip tool is not installed (apt-get install zip)")
     source, folder = _real_file(tmp), tmp / ("unpacked_root" if root else "unpacked")
     with zipfile.ZipFile(source) as old:
         old.extractall(folder)
     (top,) = list(folder.iterdir())
-    path = tmp / ("rezip_root.pt" if root else "rezip_tool.pt")
+    path = tmp / f"rezip_tool{'_root' if root else ''}{'_stored' if stored else ''}.pt"
     where, what = (top, ".") if root else (folder, top.name)
-    subprocess.run(["zip", "-q", "-r", "-9", str(path.resolve()), what], cwd=where, check=True)
+    level = "-0" if stored else "-9"
+    subprocess.run(["zip", "-q", "-r", level, str(path.resolve()), what], cwd=where, check=True)
     return path
 
 
@@ -274,6 +276,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "rezip_python": (_rezip_python, "weights"),
     "rezip_tool": (_rezip_tool, "weights"),
     "rezip_tool_root": (lambda tmp: _rezip_tool(tmp, root=True), "weights-salvage"),
+    "rezip_tool_stored": (lambda tmp: _rezip_tool(tmp, stored=True), "weights"),
     "storage_claims_2_62": (_storage_claims_2_62, "refused"),
     "storage_zip_bomb": (_storage_bomb, "refused"),
     "data_pkl_bomb_bytes": (_pkl_bomb_bytes, "refused"),

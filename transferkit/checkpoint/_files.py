@@ -14,6 +14,7 @@ Everything here is private to :mod:`transferkit.checkpoint`; the siblings import
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import stat
 import struct
@@ -139,16 +140,19 @@ def _is_old_pickle(source: str | Path) -> bool:
     """Whether the file parses as one protocol 0/1 pickle within small budgets (nothing is executed)."""
     from transferkit.checkpoint.pickle_scan import Limits, PickleBudgetError, scan_pickle
 
-    with open(source, "rb") as stream:
-        if stream.read(1)[:1] not in {bytes([b]) for b in _PICKLE_STARTS}:
+    with open(source, "rb") as handle:
+        if handle.read(1)[:1] not in {bytes([b]) for b in _PICKLE_STARTS}:
             return False
-        stream.seek(0)
+        # an mmap, not the file: a declared length of 4 GiB then reads what is there, allocating nothing
+        stream = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         try:
             scan_pickle(stream, limits=Limits(opcodes=200_000, pickle_bytes=64 << 20))
         except PickleBudgetError:
             return True  # a pickle, but a large or hostile one: the full scan says which
         except CheckpointError:
             return False
+        finally:
+            stream.close()
     return True
 
 

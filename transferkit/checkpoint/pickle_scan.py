@@ -47,7 +47,7 @@ class Limits:
     opcodes, 36 KB); the limits keep a hostile file's cost to a few seconds and a bounded memory."""
 
     opcodes: int = 1_000_000
-    memo: int = 1_000_000
+    memo: int = 250_000
     expanded: int = 10_000_000  # objects a tree walk of the result visits, shared references expanded
     pickle_bytes: int = 256 << 20  # read into memory at most this much of one pickle
     globals: int = 100_000
