@@ -172,6 +172,17 @@ def _laughs(tmp: Path) -> Path:
     return torch_zip_with_ops(tmp / "laughs.pt", ops)
 
 
+def _self_append(tmp: Path) -> Path:
+    """fickling's cyclic-memo shape (its issue 196, and its GET/APPEND ratio test): one list, memoized,
+    appended to itself 200 times through GET; here beside real weights."""
+    return torch_zip_with_ops(tmp / "self_append.pt", b"]" + _put(0) + (_get(0) + b"a") * 200)
+
+
+def _dup_flood(tmp: Path) -> Path:
+    """fickling's DUP test, scaled up: 150,000 DUPs of one list (then as many POPs)."""
+    return torch_zip_with_ops(tmp / "dup_flood.pt", b"]" + b"2" * 150_000 + b"0" * 150_000)
+
+
 def _real_file(tmp: Path) -> Path:
     path = tmp / "real.pt"
     torch.save({"state_dict": {"weight": SAFE_WEIGHT, "bias": SAFE_BIAS}, "epoch": 3}, path)
@@ -273,6 +284,8 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "opcode_flood": (_opcode_flood, "refused"),
     "memo_flood": (_memo_flood, "refused"),
     "billion_laughs": (_laughs, "refused"),
+    "self_append_memo": (_self_append, "weights"),
+    "dup_flood": (_dup_flood, "weights-salvage"),  # torch's unpickler has no DUP/POP: refused as damaged
     "rezip_python": (_rezip_python, "weights"),
     "rezip_tool": (_rezip_tool, "weights"),
     "rezip_tool_root": (lambda tmp: _rezip_tool(tmp, root=True), "weights-salvage"),
@@ -494,6 +507,14 @@ def test_legacy_tar_is_scanned(tmp_path: Path) -> None:
     assert describe_unsafe_globals(path) == ["posix.system"]
 
 
+def _picked(word: str) -> bytes:
+    """``"".join(operator.itemgetter(*positions)(alphabet))``: a string no static scan can read."""
+    alphabet = "zyxwvutsrqponmlkjihgfedcba"
+    picker = op_call(op_global("operator", "itemgetter"), *(op_int(alphabet.index(c)) for c in word))
+    join = op_call(op_global("builtins", "getattr"), op_str(""), op_str("join"))
+    return op_call(join, op_call(picker, op_str(alphabet)))
+
+
 @pytest.mark.parametrize(
     "ops",
     [
@@ -502,8 +523,10 @@ def test_legacy_tar_is_scanned(tmp_path: Path) -> None:
         op_str("builtins") + op_call(op_global("builtins", "str"), op_str("eval")) + b"\x93",
         # strings juggled through the memo and the stack (the old last-two-pushes scan misread these)
         op_str("builtins") + _put(1) + b"0" + op_str("os") + _get(1) + op_str("eval") + b"\x93",
+        # fickling's dynamic-import CTF shape: "os" and "system" joined from itemgetter picks at load time
+        _picked("os") + _picked("system") + b"\x93",
     ],
-    ids=["computed_module", "computed_name", "memo_juggling"],
+    ids=["computed_module", "computed_name", "memo_juggling", "itemgetter_join"],
 )
 def test_stack_global_with_computed_operands_is_recorded(tmp_path: Path, ops: bytes) -> None:
     path = torch_zip_with_ops(tmp_path / "computed.pt", ops + op_tuple(op_str("1")) + b"R")
