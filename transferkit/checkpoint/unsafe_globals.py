@@ -178,7 +178,7 @@ def _scan_zip(path: Path, source: str) -> _FileScan:
             scans[name] = scan_pickle(io.BytesIO(data), what=f"{path} ({name})")
             found.update(dict.fromkeys(scans[name].globals))
         prefix = main[: -len("data.pkl")]
-        compressed = _check_storages(path, infos, prefix, scans[main])
+        compressed = _check_storages(path, infos, prefix, scans[main], os.path.getsize(source))
     return _FileScan(
         "zip-root" if root else "zip",
         tuple(found),
@@ -188,9 +188,10 @@ def _scan_zip(path: Path, source: str) -> _FileScan:
     )
 
 
-def _check_storages(path: Path, infos: dict[str, zipfile.ZipInfo], prefix: str, scan: PickleScan) -> int:
+def _check_storages(
+    path: Path, infos: dict[str, zipfile.ZipInfo], prefix: str, scan: PickleScan, size: int
+) -> int:
     """Check each storage the pickle names against its zip member; the number of compressed members."""
-    size = os.path.getsize(path) if Path(path).exists() else None
     for key, kind, numel in scan.storages:
         info = infos.get(f"{prefix}data/{key}")
         itemsize = _ITEMSIZE.get(kind)

@@ -162,6 +162,7 @@ _DANGEROUS_NAMES = {
 _DATA_NAMES = frozenset(
     {
         "argparse.Namespace",
+        "types.SimpleNamespace",
         "builtins.set",
         "builtins.frozenset",
         "builtins.slice",
@@ -246,6 +247,8 @@ def classify_global(name: str) -> GlobalVerdict:
         )
     if name in _DANGEROUS_NAMES:
         return GlobalVerdict(name, DANGEROUS, _DANGEROUS_NAMES[name])
+    if name in _DATA_NAMES:  # checked before the modules: types.SimpleNamespace is data, types.CodeType not
+        return GlobalVerdict(name, DATA)
     parts = name.split(".")
     for i in range(len(parts), 0, -1):
         category = _DANGEROUS_MODULES.get(".".join(parts[:i]))
@@ -286,4 +289,4 @@ def summarize_globals(names: Iterable[str], *, shown: int = 8) -> str:
         listed = ", ".join(f"{v.name} ({labels[v.kind]})" for v in rest[:shown])
         more = f" and {len(rest) - shown} more" if len(rest) > shown else ""
         text += f" Others: {listed}{more}"
-    return text.rstrip(".") if not rest else text
+    return text.rstrip(".")

@@ -125,7 +125,7 @@ def _load_zip(path: Path, map_location: MapLocation) -> Any:
 def _load_legacy(path: Path, map_location: MapLocation) -> Any:
     raw = path.read_bytes()
     stream = io.BytesIO(raw)
-    for _ in range(4):  # magic, protocol, sys info, the main pickle: within the budgets before unpickling
+    for _ in range(5):  # magic, protocol, sys info, the main pickle, the key list: all within the budgets
         scan_pickle(stream, what=str(path))
     stream.seek(0)
     if _plain_load(stream) != _LEGACY_MAGIC:
