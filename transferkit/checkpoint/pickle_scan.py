@@ -51,6 +51,14 @@ class Limits:
     expanded: int = 10_000_000  # objects a tree walk of the result visits, shared references expanded
     pickle_bytes: int = 256 << 20  # read into memory at most this much of one pickle
     globals: int = 100_000
+    # A zip member may inflate at most this much (plus the slack): torch writes storages uncompressed, real
+    # weights never shrink 200-fold, and deflate's own ceiling (about 1032:1) is what zip bombs use.
+    zip_ratio: int = 200
+    zip_slack: int = 16 << 20  # a small member (a zero buffer) may compress better
+
+    def inflates_too_much(self, compressed: int, size: int) -> bool:
+        """Whether a deflated zip member of ``compressed`` bytes declaring ``size`` bytes is a zip bomb."""
+        return size > self.zip_ratio * compressed + self.zip_slack
 
 
 LIMITS = Limits()

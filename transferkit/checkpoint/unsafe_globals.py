@@ -24,15 +24,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from transferkit.checkpoint._files import PathLike, _check_file, _detect_format, _pinned
-from transferkit.checkpoint.pickle_scan import PickleScan, read_capped, scan_pickle
+from transferkit.checkpoint.pickle_scan import LIMITS, PickleScan, read_capped, scan_pickle
 from transferkit.errors import CheckpointError, TransferkitError
 
 __all__ = ["describe_unsafe_globals"]
-
-# Torch writes storages uncompressed; a re-zipped file may deflate them, but real weights never shrink
-# this much (deflate's own ceiling is about 1032:1, which is what zip bombs use).
-_MAX_RATIO = 200
-_RATIO_SLACK = 16 << 20  # small members (a zero buffer) may compress better; only big ones are bombs
 
 _ITEMSIZE = {
     "DoubleStorage": 8,
@@ -146,9 +141,8 @@ def _safe_global_names() -> set[str]:
 
 
 def _check_ratio(path: Path, info: zipfile.ZipInfo) -> None:
-    if (
-        info.compress_type != zipfile.ZIP_STORED
-        and info.file_size > _MAX_RATIO * info.compress_size + _RATIO_SLACK
+    if info.compress_type != zipfile.ZIP_STORED and LIMITS.inflates_too_much(
+        info.compress_size, info.file_size
     ):
         raise CheckpointError(
             f"{path}: the zip member {info.filename} inflates {info.file_size // max(info.compress_size, 1):,}"

@@ -40,9 +40,6 @@ _LEGACY_PROTOCOL = 1001
 # Opcodes a protocol 0/1 pickle starts with: MARK, GLOBAL, the text forms of values, empty containers.
 _OLD_PICKLE_STARTS = {bytes([b]) for b in b"(cNIJKLFGSTUVX]})"}
 
-# Torch writes storages uncompressed; a re-zipped file may deflate them, but not by more than this.
-_MAX_RATIO = 1000
-
 
 def _read_member(archive: zipfile.ZipFile, name: str, nbytes: int) -> torch.Tensor:
     """The bytes of one storage member as a uint8 tensor, checked against the size the pickle declared."""
@@ -52,7 +49,7 @@ def _read_member(archive: zipfile.ZipFile, name: str, nbytes: int) -> torch.Tens
         raise _Refused(f"the pickle refers to storage {name}, which the archive does not contain") from None
     if member.file_size != nbytes:
         raise _Refused(f"storage {name} should hold {nbytes} bytes, the archive has {member.file_size}")
-    if member.compress_type != zipfile.ZIP_STORED and nbytes > _MAX_RATIO * member.compress_size + 2**20:
+    if member.compress_type != zipfile.ZIP_STORED and LIMITS.inflates_too_much(member.compress_size, nbytes):
         raise _Refused(f"storage {name} inflates {nbytes // max(member.compress_size, 1)}-fold: a zip bomb")
     buffer = bytearray(nbytes)
     with archive.open(member) as stream:  # zipfile checks the CRC once the member is read to its end
@@ -69,9 +66,8 @@ def _read_pickle(archive: zipfile.ZipFile, name: str, path: Path) -> io.BytesIO:
     opcodes, a huge memo) and shared-reference DAGs (6 KB describing 10^12 nodes) stop here.
     """
     member = archive.getinfo(name)
-    if (
-        member.compress_type != zipfile.ZIP_STORED
-        and member.file_size > _MAX_RATIO * member.compress_size + 2**20
+    if member.compress_type != zipfile.ZIP_STORED and LIMITS.inflates_too_much(
+        member.compress_size, member.file_size
     ):
         raise _Refused(f"{name} inflates {member.file_size // max(member.compress_size, 1)}-fold: a zip bomb")
     if member.file_size > LIMITS.pickle_bytes:
