@@ -386,7 +386,9 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, layout: str)
     assert system in caught.value.globals
     message = str(caught.value)
     assert str(path) in message and system in message
-    assert "safe_globals=" in message and "trusted=True" in message
+    # a dangerous global: the refusal says so and never offers trusted=True or an allow-list
+    assert "DANGEROUS" in message and "runs a process" in message and "salvage=True" in message
+    assert "pass trusted=True" not in message and "safe_globals=[" not in message
     assert system in describe_unsafe_globals(path)
     time.sleep(0.05)
     assert not marker.exists(), "the payload ran"

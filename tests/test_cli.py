@@ -264,9 +264,11 @@ FLAG_RUNS = {
         lambda a, rows: (
             a["pretrained_weights_used"]
             and a["weights_source"].endswith("tiny.pth")
-            and a["freeze"].startswith("head only, then thaw")
-            and _lr(rows, "block")[0] is None  # thawed at epoch 2 at x0.5 the head's rate (the default)
-            and _lr(rows, "block")[1] == pytest.approx(_lr(rows, "head")[1] * 0.5)
+            # the default recipe on pretrained weights: everything trains from the start, the new head at
+            # 10 x --lr, the groups below spread from --lr down to 0.1 x --lr (stem, block, head: x0.316)
+            and a["freeze"].startswith("nothing frozen: every layer trains (head at 10 x lr")
+            and _lr(rows, "block")[0] == pytest.approx(_lr(rows, "head")[0] * 0.1 * 0.1**0.5)
+            and _lr(rows, "stem")[0] == pytest.approx(_lr(rows, "head")[0] * 0.01)
         ),
     ),
     "weights-none": (

@@ -1,4 +1,4 @@
-"""The command line: ``transferkit finetune``, ``inspect`` and ``convert`` (entry point ``main``).
+"""The command line: ``transferkit finetune``, ``inspect``, ``convert`` and ``scan`` (entry point ``main``).
 
 ``transferkit finetune --backbone resnet50 --classes 10`` fine-tunes on the embedded digits (or
 ``--data DIR``) and writes a run folder (see :mod:`transferkit.report`). Every flag can also come from
@@ -33,11 +33,12 @@ from transferkit.commands.convert_cmd import run_convert
 from transferkit.commands.finetune import Interrupted, run_finetune
 from transferkit.commands.inspect_cmd import run_inspect
 from transferkit.commands.parser import DEFAULTS, build_parser
+from transferkit.commands.scan_cmd import run_scan
 from transferkit.errors import TransferkitError
 
 __all__ = ["main", "build_parser", "resolve_config", "DEFAULTS"]
 
-_COMMANDS = {"finetune": run_finetune, "inspect": run_inspect, "convert": run_convert}
+_COMMANDS = {"finetune": run_finetune, "inspect": run_inspect, "convert": run_convert, "scan": run_scan}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,7 @@ import os
 import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,14 @@ from transferkit.errors import CheckpointError, ConfigError, LoadError, UnsafeCh
 from transferkit.partial import LoadReport, compact_keys, load_partial
 from transferkit.rename import Rule, normalize_rules, strip_wrappers
 
-__all__ = ["inspect_checkpoint", "Inspection", "describe_object", "skeleton_from_state_dict"]
+__all__ = [
+    "inspect_checkpoint",
+    "Inspection",
+    "describe_object",
+    "skeleton_from_state_dict",
+    "scan_checkpoint",
+    "ScanResult",
+]
 
 
 class Inspection(str):
@@ -59,6 +67,7 @@ logger = logging.getLogger(__name__)
 _STAT_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 _OPTIMIZER_KEYS = ("optimizer", "optimizers", "optimizer_states", "optimizer_state_dict", "optim", "opt")
 _MAX_LINES = 40
+_MAX_GLOBALS = 20  # globals listed beyond the dangerous ones
 
 
 def inspect_checkpoint(
@@ -134,6 +143,79 @@ def inspect_checkpoint(
     return Inspection.of("\n".join(lines), load_fails=fails)
 
 
+# ---------------------------------------------------------------------------------------------- scanning
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """A scanner's verdict on one file (:func:`scan_checkpoint`).
+
+    Attributes:
+        path: the file.
+        verdict: ``"ok"`` (the default reader accepts it), ``"refused"`` (it would be refused: unknown
+            globals, damaged, or beyond a budget) or ``"dangerous"`` (it names globals that can run code,
+            import modules or touch files or the network).
+        reason: one line saying why (empty when ok).
+        globals: the globals it needs beyond ``weights_only`` (the full list, however long).
+    """
+
+    path: Path
+    verdict: str
+    reason: str = ""
+    globals: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Whether the file passes (what ``transferkit scan`` exits 0 for)."""
+        return self.verdict == "ok"
+
+    def line(self) -> str:
+        """``PATH: ok``, ``PATH: refused: why`` or ``PATH: DANGEROUS: which``: one line for CI logs."""
+        label = "DANGEROUS" if self.verdict == "dangerous" else self.verdict
+        return f"{self.path}: {label}" + (f": {self.reason}" if self.reason else "")
+
+
+def scan_checkpoint(path: str | os.PathLike[str]) -> ScanResult:
+    """Say whether a checkpoint would load safely, as a pickle scanner would, without running anything.
+
+    The file's pickles are scanned statically (every global classified, budgets checked, zip members
+    checked); a file with no unsafe global is then read with ``weights_only=True`` and mmap, as
+    :func:`~transferkit.checkpoint.load_checkpoint` would.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "w.pt"
+        >>> torch.save({"w": torch.ones(2)}, path)
+        >>> scan_checkpoint(path).verdict
+        'ok'
+    """
+    from transferkit.checkpoint import describe_unsafe_globals, load_checkpoint
+    from transferkit.checkpoint.verdicts import DANGEROUS, classify_global, summarize_globals
+
+    path = Path(path)
+    try:
+        names = describe_unsafe_globals(path)
+        if not names:
+            load_checkpoint(path, mmap=True)
+    except UnsafeCheckpointError as exc:
+        names = list(exc.globals)
+    except CheckpointError as exc:
+        return ScanResult(path, "refused", _without_path(str(exc), path))
+    if not names:
+        return ScanResult(path, "ok")
+    dangerous = any(classify_global(n).kind == DANGEROUS for n in names)
+    reason = summarize_globals(names)
+    if not dangerous:
+        reason = f"weights_only would refuse it: {reason}"
+    return ScanResult(path, "dangerous" if dangerous else "refused", reason, tuple(names))
+
+
+def _without_path(message: str, path: Path) -> str:
+    text = " ".join(message.split())
+    return text[len(str(path)) + 2 :] if text.startswith(f"{path}: ") else text
+
+
 # ----------------------------------------------------------------------------------------------- reading
 
 
@@ -172,24 +254,42 @@ def _format(path: Path) -> str:
         return "safetensors"
     if head[:1] == b"\x80":
         return "legacy torch pickle (pre-1.6)"
+    if head[:1] in (b"(", b"c", b"]", b"}", b"N", b"I", b"S", b"V"):
+        return "plain pickle (protocol 0/1)"
     return "unknown format"
 
 
 def _describe_unsafe(path: Path, exc: UnsafeCheckpointError) -> list[str]:
-    names = list(exc.globals)
-    if not names:
-        from transferkit.checkpoint import describe_unsafe_globals
+    from transferkit.checkpoint import describe_unsafe_globals
+    from transferkit.checkpoint.verdicts import DANGEROUS, classify_global
 
-        names = describe_unsafe_globals(path)
+    names = list(exc.globals) or describe_unsafe_globals(path)
+    verdicts = sorted((classify_global(n) for n in names), key=lambda v: v.kind != DANGEROUS)
+    dangerous = [v for v in verdicts if v.kind == DANGEROUS]
+    labels = {"data": "harmless data type", "unknown": "unknown class"}
+    shown = dangerous + [v for v in verdicts if v.kind != DANGEROUS][:_MAX_GLOBALS]
     lines = [
         "refused by weights_only=True: the file needs globals beyond plain tensors and containers "
         "(nothing from it was executed)",
-        f"globals it needs ({len(names)}):",
-        *(f"  {g}" for g in names),
-        "to get the tensors out without running code: inspect --salvage "
-        "(load_checkpoint(..., salvage=True)); "
-        "a full unpickle (trusted=True) runs code from the file: only for files you trust",
+        f"globals it needs ({len(names)}, {len(dangerous)} dangerous):",
+        *(
+            f"  {v.name}  [{('DANGEROUS: ' + v.category) if v.kind == DANGEROUS else labels[v.kind]}]"
+            for v in shown[:200]
+        ),
     ]
+    if len(names) > len(shown[:200]):
+        lines.append(f"  ... and {len(names) - len(shown[:200])} more")
+    if dangerous:
+        lines.append(
+            "DANGEROUS: do not load this file with trusted=True or allow-list these globals; to get the "
+            "tensors out without running anything: inspect --salvage (load_checkpoint(..., salvage=True))"
+        )
+    else:
+        lines.append(
+            "to get the tensors out without running code: inspect --salvage "
+            "(load_checkpoint(..., salvage=True)); "
+            "a full unpickle (trusted=True) runs code from the file: only for files you trust"
+        )
     return lines
 
 
@@ -258,6 +358,15 @@ def describe_object(
     return lines
 
 
+def _items(value: Mapping[Any, Any]) -> list[tuple[Any, Any]]:
+    """A loaded mapping's items; ``dict.items`` because a pickle can plant an ``items`` attribute."""
+    return list(dict.items(value) if isinstance(value, dict) else value.items())
+
+
+def _values(value: Mapping[Any, Any]) -> list[Any]:
+    return [v for _, v in _items(value)]
+
+
 def _bytes(tensors: Mapping[str, torch.Tensor]) -> str:
     n = sum(v.numel() * v.element_size() for v in tensors.values())
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
@@ -269,7 +378,7 @@ def _summary(value: Any) -> str:
             return f"tensor {value.item()!r} ({str(value.dtype).replace('torch.', '')})"
         return f"tensor {list(value.shape)} {str(value.dtype).replace('torch.', '')}"
     if isinstance(value, Mapping):
-        n_tensors = sum(isinstance(v, torch.Tensor) for v in value.values())
+        n_tensors = sum(isinstance(v, torch.Tensor) for v in _values(value))
         if value and n_tensors == len(value):
             return f"dict of {n_tensors} tensors"
         return f"dict ({len(value)} keys)"
@@ -305,23 +414,31 @@ def _is_weights(value: Any) -> bool:
     return (
         isinstance(value, Mapping)
         and bool(value)
-        and all(isinstance(v, torch.Tensor) for v in value.values())
+        and all(isinstance(v, torch.Tensor) for v in _values(value))
     )
 
 
-def _tree(obj: Any, depth: int, max_depth: int = 2, max_items: int = 12) -> list[str]:
+def _tree(
+    obj: Any, depth: int, max_depth: int = 2, max_items: int = 12, seen: set[int] | None = None
+) -> list[str]:
     indent = "  " * (depth + 1)
     if not isinstance(obj, Mapping):
         return [f"{indent}{_summary(obj)}"]
+    seen = set() if seen is None else seen
+    seen.add(id(obj))
     lines = []
-    items = list(obj.items())
+    items = _items(obj)
     for name, value in items[:max_items]:
         label = _label(name)
+        if isinstance(value, Mapping | list | tuple) and id(value) in seen:
+            # a container shown already (shared, or the dict itself): once is enough
+            lines.append(f"{indent}{label}: {_summary(value)} (shown above)")
+            continue
         lines.append(f"{indent}{label}: {_summary(value)}")
         # weights and optimizer state are summarised on their own lines below; do not list them here
         expand = isinstance(value, Mapping) and not _is_weights(value) and not _is_optimizer(value)
         if expand and depth < max_depth:
-            lines.extend(_tree(value, depth + 1, max_depth, max_items))
+            lines.extend(_tree(value, depth + 1, max_depth, max_items, seen))
     if len(items) > max_items:
         lines.append(f"{indent}... {len(items) - max_items} more")
     return lines
@@ -345,7 +462,7 @@ def _metadata(obj: Any, where: str | None, path: Path | None) -> list[str]:
     lines = []
     if isinstance(obj, Mapping) and not _is_weights(obj):
         skip = {(where or "").split(".", 1)[0], *_OPTIMIZER_KEYS}
-        for name, value in obj.items():
+        for name, value in _items(obj):
             if name in skip or isinstance(value, Mapping) and _is_optimizer(value):
                 continue
             if isinstance(value, (int, float, str, bool)) or (
@@ -359,7 +476,7 @@ def _metadata(obj: Any, where: str | None, path: Path | None) -> list[str]:
                 "config",
                 "args",
             ):
-                for sub, v in list(value.items())[:12]:
+                for sub, v in _items(value)[:12]:
                     lines.append(f"  {name}.{sub}: {_summary(v)}")
     if path is not None and _format(path) == "safetensors":
         from safetensors import safe_open
@@ -380,7 +497,7 @@ def _optimizer(obj: Any) -> str:
     if not isinstance(obj, Mapping):
         return "optimizer state: none"
     found = []
-    for name, value in obj.items():
+    for name, value in _items(obj):
         candidates: list[tuple[str, Any]] = []
         if isinstance(value, Mapping) and _is_optimizer(value):
             candidates = [(str(name), value)]
@@ -392,13 +509,13 @@ def _optimizer(obj: Any) -> str:
             ]
         elif name in _OPTIMIZER_KEYS and isinstance(value, Mapping):
             candidates = [
-                (f"{name}.{k}", v) for k, v in value.items() if isinstance(v, Mapping) and _is_optimizer(v)
+                (f"{name}.{k}", v) for k, v in _items(value) if isinstance(v, Mapping) and _is_optimizer(v)
             ]
         for where, opt in candidates:
-            state = opt.get("state", {})
-            slots = sorted({s for per in state.values() if isinstance(per, Mapping) for s in per})
-            groups = opt.get("param_groups", [])
-            lr = groups[0].get("lr") if groups and isinstance(groups[0], Mapping) else None
+            state = opt["state"] if isinstance(opt["state"], Mapping) else {}
+            slots = sorted({str(s) for per in _values(state) if isinstance(per, Mapping) for s in per})
+            groups = opt["param_groups"] if isinstance(opt["param_groups"], list | tuple) else []
+            lr = groups[0]["lr"] if groups and isinstance(groups[0], Mapping) and "lr" in groups[0] else None
             found.append(
                 f"{where!r} ({len(groups)} param group(s), state for {len(state)} parameter(s)"
                 f"{', slots ' + ', '.join(slots) if slots else ''}{f', lr {lr}' if lr is not None else ''})"

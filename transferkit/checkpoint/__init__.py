@@ -24,7 +24,10 @@ Where things live (everything public is re-exported here, so ``from transferkit.
 is all a caller needs):
 
 * :mod:`.reading`: :func:`load_checkpoint`, the torch and safetensors readers, refusal messages.
-* :mod:`.unsafe_globals`: :func:`describe_unsafe_globals`, the static pickle scan.
+* :mod:`.unsafe_globals`: :func:`describe_unsafe_globals`, the static scan of a whole file (zip members'
+  compression and sizes, legacy, tar, plain pickles) that :func:`load_checkpoint` runs first.
+* :mod:`.pickle_scan`: the bounded, symbolic scan of one pickle (budgets, shared references, globals).
+* :mod:`.verdicts`: :func:`~.verdicts.classify_global`, harmless / unknown / dangerous.
 * :mod:`.state_dicts`: :func:`extract_state_dict`, :func:`snapshot_state`.
 * :mod:`.atomic`: :func:`atomic_write` and the temp-file/fsync/replace machinery.
 * :mod:`.rng`: :func:`capture_rng_state`, :func:`restore_rng_state`.

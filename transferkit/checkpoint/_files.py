@@ -14,6 +14,7 @@ Everything here is private to :mod:`transferkit.checkpoint`; the siblings import
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import stat
 import struct
@@ -126,7 +127,33 @@ def _detect_format(path: Path, source: str | Path | None = None) -> str:
         return "safetensors"
     if head[:1] == b"\x80" or head[257:262] == b"ustar":
         return "legacy"  # a pickle stream (torch.save before 1.6) or the even older tar layout
+    if _is_old_pickle(source):
+        return "pickle"  # protocol 0 or 1: not a torch file, but it can be scanned and described
     raise CheckpointError(f"{path}: not a PyTorch or safetensors checkpoint: {_describe_head(head)}")
+
+
+# Opcodes a protocol 0/1 pickle may start with (text and binary forms of values, MARK, GLOBAL, ...).
+_PICKLE_STARTS = frozenset(b"(cN\x88\x89IJKLMFGSTUVXBC]})eh" + b"abdlpgqrst0123456789.")
+
+
+def _is_old_pickle(source: str | Path) -> bool:
+    """Whether the file parses as one protocol 0/1 pickle within small budgets (nothing is executed)."""
+    from transferkit.checkpoint.pickle_scan import Limits, PickleBudgetError, scan_pickle
+
+    with open(source, "rb") as handle:
+        if handle.read(1)[:1] not in {bytes([b]) for b in _PICKLE_STARTS}:
+            return False
+        # an mmap, not the file: a declared length of 4 GiB then reads what is there, allocating nothing
+        stream = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            scan_pickle(stream, limits=Limits(opcodes=200_000, pickle_bytes=64 << 20))
+        except PickleBudgetError:
+            return True  # a pickle, but a large or hostile one: the full scan says which
+        except CheckpointError:
+            return False
+        finally:
+            stream.close()
+    return True
 
 
 def _describe_head(head: bytes) -> str:
@@ -184,9 +211,9 @@ def _remember_source(obj: Any, path: Path) -> None:
 def _key_signature(obj: Any) -> frozenset | None:
     if not isinstance(obj, Mapping):
         return None
-    try:
-        return frozenset(obj.keys())
-    except TypeError:
+    try:  # dict.keys: a loaded OrderedDict may carry an attribute that shadows the method
+        return frozenset(dict.keys(obj) if isinstance(obj, dict) else obj.keys())
+    except Exception:
         return None
 
 

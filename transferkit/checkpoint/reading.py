@@ -28,7 +28,8 @@ from transferkit.checkpoint._files import (
     _pinned,
     _remember_source,
 )
-from transferkit.checkpoint.unsafe_globals import _unsafe_globals
+from transferkit.checkpoint.unsafe_globals import _compressed_storages, _FileScan, _scan_file, _unsafe_globals
+from transferkit.checkpoint.verdicts import DANGEROUS, classify_global, summarize_globals
 from transferkit.errors import CheckpointError, ConfigError, TransferkitError, UnsafeCheckpointError
 
 __all__ = ["load_checkpoint"]
@@ -98,15 +99,36 @@ def load_checkpoint(
             return _load_safetensors(path, map_location, source)
         if kind == "zip":
             _check_torch_zip(path, source)
+        allowed = _resolve_safe_globals(safe_globals)
+        # the static scan first: budgets, storage sizes and compression, before torch reads anything
+        scan = _scan_file(path, source) if not trusted else None
+        if scan is not None and scan.kind in ("pickle", "zip-root"):
+            raise _not_torch_file(path, source, scan, allowed)
         use_mmap = kind == "zip" and (_maps_to_cpu(map_location) if mmap is None else bool(mmap))
-        obj = _torch_load(path, source, map_location, trusted, _resolve_safe_globals(safe_globals), use_mmap)
+        compressed = scan.compressed if scan is not None else _compressed_storages(source) if use_mmap else 0
+        if use_mmap and compressed:
+            # torch.load(mmap=True) maps the member's bytes as they lie in the file: deflated bytes would
+            # come back as garbage weights, silently
+            logger.info(
+                "%s: %d storage member(s) are compressed (the file was re-zipped); reading without mmap",
+                path,
+                compressed,
+            )
+            use_mmap = False
+        obj = _torch_load(path, source, map_location, trusted, allowed, use_mmap, scan)
     _remember_source(obj, path)
     logger.debug("loaded %s (%s%s)", path, kind, ", mmap" if use_mmap else "")
     return obj
 
 
 def _torch_load(
-    path: Path, source: str, map_location: MapLocation, trusted: bool, allowed: list[Any], use_mmap: bool
+    path: Path,
+    source: str,
+    map_location: MapLocation,
+    trusted: bool,
+    allowed: list[Any],
+    use_mmap: bool,
+    scan: _FileScan | None = None,
 ) -> Any:
     try:
         with warnings.catch_warnings():
@@ -119,7 +141,7 @@ def _torch_load(
                 return torch.load(source, map_location=map_location, weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as err:
         if "weights only load failed" in str(err).lower():
-            raise _refusal(path, source, err, allowed) from err
+            raise _refusal(path, source, err, allowed, scan) from err
         raise CheckpointError(_read_failure(path, err).replace(source, str(path))) from err
     except (ImportError, AttributeError) as err:
         missing = _missing_class(err) if trusted else None
@@ -191,32 +213,71 @@ def _resolve_safe_globals(items: Iterable[Any]) -> list[Any]:
     return resolved
 
 
-def _refusal(path: Path, source: str, err: Exception, allowed: list[Any]) -> CheckpointError:
+def _refusal(
+    path: Path, source: str, err: Exception, allowed: list[Any], scan: _FileScan | None = None
+) -> CheckpointError:
     """UnsafeCheckpointError naming the globals, or CheckpointError when the pickle is just damaged."""
     try:
-        names = _unsafe_globals(path, source, allowed)
+        names = _unsafe_globals(path, source, allowed, scan)
     except CheckpointError:
         names = []
     if not names:
         reason = str(err).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0][:300]
         return CheckpointError(f"{path}: the file is damaged or not a checkpoint ({reason})")
+    return _unsafe(
+        path,
+        names,
+        "refused by weights_only=True: the file needs globals beyond tensors and plain containers",
+    )
+
+
+def _unsafe(path: Path, names: list[str], what: str) -> UnsafeCheckpointError:
+    """The refusal for a file naming ``names``: a bounded summary, dangerous ones first, and the ways
+    forward, which never include trusted=True when a global is dangerous."""
+    dangerous = [n for n in names if classify_global(n).kind == DANGEROUS]
     whole_model = any(n.startswith("torch.nn.modules.") for n in names)
     hint = (
         " It holds pickled nn.Module objects (a whole model saved with torch.save(model), or modules "
         "among its extras): those load only with trusted=True and their classes importable; prefer "
         "re-saving model.state_dict()."
-        if whole_model
+        if whole_model and not dangerous
         else ""
     )
+    salvage = (
+        "salvage=True reads the tensors without running anything (CLI: --salvage with --init-checkpoint, "
+        "or transferkit inspect PATH --salvage)."
+    )
+    if dangerous:
+        forward = (
+            f"DANGEROUS: it names {len(dangerous)} global(s) that can run code or touch the system; do not "
+            f"load it with trusted=True or allow-list them. If you need its tensors, {salvage}"
+        )
+    else:
+        forward = (
+            "Ways forward: allow-list the ones you trust with load_checkpoint(path, safe_globals=[...]) (the "
+            "classes, or 'module.Name' strings), or pass trusted=True for a file you trust (runs its code); "
+            + salvage
+        )
     message = (
-        f"{path}: refused by weights_only=True: the file needs {len(names)} global(s) beyond tensors and "
-        f"plain containers: {', '.join(names)}. Nothing from the file was executed.{hint} Ways forward: "
-        f"allow-list the ones you trust with load_checkpoint(path, safe_globals=[...]) (the classes, or "
-        f"'module.Name' strings), or pass trusted=True for a file you trust (runs its code); "
-        f"salvage=True reads the tensors without running anything (CLI: --salvage with --init-checkpoint, "
-        f"or transferkit inspect PATH --salvage)."
+        f"{path}: {what}: {summarize_globals(names)}. Nothing from the file was executed.{hint} {forward}"
     )
     return UnsafeCheckpointError(message, globals=names)
+
+
+def _not_torch_file(path: Path, source: str, scan: _FileScan, allowed: list[Any]) -> CheckpointError:
+    """A plain pickle, or a zip with data.pkl at its root: torch.load cannot read either."""
+    what = (
+        f"a plain pickle (protocol {scan.protocol}), not a checkpoint torch.save wrote"
+        if scan.kind == "pickle"
+        else "a zip archive with data.pkl at its root, not inside a folder as torch.save writes it"
+    )
+    names = _unsafe_globals(path, source, allowed, scan)
+    if names:
+        return _unsafe(path, names, f"{what}; torch.load cannot read it, and it names globals")
+    return CheckpointError(
+        f"{path}: {what}; torch.load cannot read it. It names no globals beyond tensors and containers: "
+        "load_checkpoint(path, salvage=True) reads it without running anything"
+    )
 
 
 def _read_failure(path: Path, err: BaseException) -> str:

@@ -366,6 +366,16 @@ def _add_convert(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
+def _add_scan(sub: Any) -> None:
+    p = sub.add_parser(
+        "scan",
+        help="check checkpoints for CI: one line per file, exit 1 if any is refused or dangerous",
+        description="Scan checkpoint files statically (nothing is executed): exit 0 when every file loads "
+        "with the safe default reader, 1 when any would be refused or names dangerous globals.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint files or folders")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``transferkit`` argument parser (subcommands ``finetune``, ``inspect`` and ``convert``)."""
     from transferkit import __version__
@@ -376,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune(sub)
     _add_inspect(sub)
     _add_convert(sub)
+    _add_scan(sub)
     return parser
 
 

@@ -203,9 +203,9 @@ def find_placeholders(obj: Any) -> list[str]:
         elif isinstance(item, Placeholder):
             found.add(item.target)
             stack.extend((item.args, item.kwargs, item.states, item.items, item.listitems, item.called_on))
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+        elif isinstance(item, dict):  # dict.keys: a loaded OrderedDict's attributes may shadow the methods
+            stack.extend(dict.keys(item))
+            stack.extend(dict.values(item))
             stack.extend(getattr(item, "__dict__", {}).values())  # e.g. a state dict's ``_metadata``
         elif isinstance(item, list | tuple | set | frozenset):
             stack.extend(item)

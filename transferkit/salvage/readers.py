@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from transferkit.checkpoint.pickle_scan import LIMITS, read_capped, scan_pickle
 from transferkit.errors import CheckpointError, TransferkitError
 from transferkit.salvage.allowlist import _int, _Refused, _StorageType, _typed
 from transferkit.salvage.devices import MapLocation, _swap_bytes, _to_device
@@ -36,8 +37,8 @@ logger = logging.getLogger("transferkit.salvage")
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
-# Torch writes storages uncompressed; a re-zipped file may deflate them, but not by more than this.
-_MAX_RATIO = 1000
+# Opcodes a protocol 0/1 pickle starts with: MARK, GLOBAL, the text forms of values, empty containers.
+_OLD_PICKLE_STARTS = {bytes([b]) for b in b"(cNIJKLFGSTUVX]})"}
 
 
 def _read_member(archive: zipfile.ZipFile, name: str, nbytes: int) -> torch.Tensor:
@@ -48,7 +49,7 @@ def _read_member(archive: zipfile.ZipFile, name: str, nbytes: int) -> torch.Tens
         raise _Refused(f"the pickle refers to storage {name}, which the archive does not contain") from None
     if member.file_size != nbytes:
         raise _Refused(f"storage {name} should hold {nbytes} bytes, the archive has {member.file_size}")
-    if member.compress_type != zipfile.ZIP_STORED and nbytes > _MAX_RATIO * member.compress_size + 2**20:
+    if member.compress_type != zipfile.ZIP_STORED and LIMITS.inflates_too_much(member.compress_size, nbytes):
         raise _Refused(f"storage {name} inflates {nbytes // max(member.compress_size, 1)}-fold: a zip bomb")
     buffer = bytearray(nbytes)
     with archive.open(member) as stream:  # zipfile checks the CRC once the member is read to its end
@@ -58,10 +59,36 @@ def _read_member(archive: zipfile.ZipFile, name: str, nbytes: int) -> torch.Tens
     return torch.frombuffer(buffer, dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
 
 
+def _read_pickle(archive: zipfile.ZipFile, name: str, path: Path) -> io.BytesIO:
+    """``data.pkl``, streamed with a size cap and scanned within the budgets before anything unpickles it.
+
+    Zip bombs (a member that inflates a thousand-fold), resource-exhaustion pickles (millions of
+    opcodes, a huge memo) and shared-reference DAGs (6 KB describing 10^12 nodes) stop here.
+    """
+    member = archive.getinfo(name)
+    if member.compress_type != zipfile.ZIP_STORED and LIMITS.inflates_too_much(
+        member.compress_size, member.file_size
+    ):
+        raise _Refused(f"{name} inflates {member.file_size // max(member.compress_size, 1)}-fold: a zip bomb")
+    if member.file_size > LIMITS.pickle_bytes:
+        raise _Refused(f"{name} declares {member.file_size:,} bytes, more than a pickle may hold here")
+    with archive.open(member) as stream:  # zipfile stops at the declared size and checks the CRC
+        data = read_capped(stream, f"{path} ({name})")
+    _budgets(data, f"{path} ({name})")
+    return io.BytesIO(data)
+
+
+def _budgets(data: bytes, what: str) -> None:
+    """Run the static scan over one pickle's bytes; over a budget -> CheckpointError saying which."""
+    scan_pickle(io.BytesIO(data), what=what)
+
+
 def _load_zip(path: Path, map_location: MapLocation) -> Any:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        if not pickles and "data.pkl" in names:
+            pickles = ["data.pkl"]  # re-zipped without the folder: storages then sit under data/
         if not pickles:
             raise _Refused(
                 f"it is a zip file without a torch data.pkl (members: {names[:5]}); not a torch checkpoint"
@@ -88,12 +115,15 @@ def _load_zip(path: Path, map_location: MapLocation) -> Any:
                 )
             return _typed(storages[key], storage_type.dtype)
 
-        return _SalvageUnpickler(io.BytesIO(archive.read(pickles[0])), persistent).load()
+        return _SalvageUnpickler(_read_pickle(archive, pickles[0], path), persistent).load()
 
 
 def _load_legacy(path: Path, map_location: MapLocation) -> Any:
     raw = path.read_bytes()
     stream = io.BytesIO(raw)
+    for _ in range(5):  # magic, protocol, sys info, the main pickle, the key list: all within the budgets
+        scan_pickle(stream, what=str(path))
+    stream.seek(0)
     if _plain_load(stream) != _LEGACY_MAGIC:
         raise _Refused("not a legacy torch file (bad magic number)")
     if (version := _plain_load(stream)) != _LEGACY_PROTOCOL:
@@ -199,8 +229,8 @@ def _detect(path: Path) -> str:
                 f"a safetensors file whose header says {header_len} bytes but only {path.stat().st_size - 8} "
                 "follow its 8-byte length; it is truncated or damaged"
             )
-    if head.startswith(b"\x80"):
-        return "pickle"
+    if head.startswith(b"\x80") or head[:1] in _OLD_PICKLE_STARTS:
+        return "pickle"  # protocol 2+ (PROTO first), or a protocol 0/1 pickle; the scan checks the rest
     raise _Refused(
         f"unrecognised format (starts with {head[:8]!r}); salvage reads torch zip files, legacy torch "
         "pickles, plain pickles and safetensors"
@@ -261,7 +291,9 @@ def salvage_load(path: str | os.PathLike[str], *, map_location: MapLocation = "c
     try:
         kind = _detect(path)
         if kind == "pickle":
-            result = _SalvageUnpickler(io.BytesIO(path.read_bytes()), None).load()
+            data = path.read_bytes()
+            _budgets(data, str(path))
+            result = _SalvageUnpickler(io.BytesIO(data), None).load()
         else:
             result = readers[kind](path, map_location)
     except TransferkitError:

@@ -108,7 +108,13 @@ class _SalvageUnpickler(pickle._Unpickler):
             # A state_dict carries ``_metadata`` this way; only plain string attribute names.
             if not all(type(k) is str and not k.startswith("__") for k in state):
                 raise _Refused("BUILD on an OrderedDict with non-attribute keys")
-            inst.__dict__.update(state)
+            # names of OrderedDict's own methods (items, keys, get ...) would shadow them on the instance
+            shadowing = sorted(k for k in state if hasattr(collections.OrderedDict, k))
+            if shadowing:
+                logger.warning(
+                    "salvage dropped attributes that would shadow OrderedDict methods: %s", shadowing
+                )
+            inst.__dict__.update((k, v) for k, v in state.items() if k not in shadowing)
         elif isinstance(inst, torch.Tensor) and isinstance(state, tuple) and len(state) == 4:
             inst.set_(_view(*state))  # legacy tensor state: (storage, offset, size, stride)
         elif isinstance(inst, torch.Tensor):
