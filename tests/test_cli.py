@@ -265,10 +265,12 @@ FLAG_RUNS = {
             a["pretrained_weights_used"]
             and a["weights_source"].endswith("tiny.pth")
             # the default recipe on pretrained weights: everything trains from the start, the new head at
-            # 10 x --lr, the groups below spread from --lr down to 0.1 x --lr (stem, block, head: x0.316)
-            and a["freeze"].startswith("nothing frozen: every layer trains (head at 10 x lr")
-            and _lr(rows, "block")[0] == pytest.approx(_lr(rows, "head")[0] * 0.1 * 0.1**0.5)
-            and _lr(rows, "stem")[0] == pytest.approx(_lr(rows, "head")[0] * 0.01)
+            # 3 x --lr (1e-2 on pretrained weights), the groups below spread from --lr down to 0.1 x --lr
+            # (stem, block, head: x0.316 a level)
+            and a["freeze"].startswith("nothing frozen: every layer trains (head at 3 x lr")
+            and _lr(rows, "head")[0] == pytest.approx(3e-2)
+            and _lr(rows, "block")[0] == pytest.approx(1e-2 * 0.1**0.5)
+            and _lr(rows, "stem")[0] == pytest.approx(1e-3)
         ),
     ),
     "weights-none": (

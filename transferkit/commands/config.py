@@ -158,7 +158,9 @@ def validate(cfg: dict[str, Any]) -> None:
     positive("unfreeze_every")
     positive("workers", minimum=0)
     positive("warmup_epochs", minimum=0, allow_none=False)
-    if not (isinstance(cfg["lr"], int | float) and math.isfinite(cfg["lr"]) and cfg["lr"] > 0):
+    if cfg["lr"] is not None and not (
+        isinstance(cfg["lr"], int | float) and math.isfinite(cfg["lr"]) and cfg["lr"] > 0
+    ):
         raise ConfigError(f"--lr must be a positive finite number, e.g. 1e-3, got {cfg['lr']!r}")
     wd = cfg["weight_decay"]
     if not (isinstance(wd, int | float) and math.isfinite(wd) and wd >= 0):

@@ -29,6 +29,7 @@ from transferkit.commands.plan import (
     load_resume,
     loader_workers,
     make_lr_schedule,
+    resolve_lr,
     resume_source,
     scan_data,
     scan_eval_data,
@@ -239,6 +240,8 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
     elif rules or cfg["salvage"]:
         flag = "--rule" if rules else "--salvage"
         raise ConfigError(f"{flag} applies to --init-checkpoint; give --init-checkpoint PATH or drop {flag}")
+    # resolved here, once the weights are known; args.yaml records the value, so a resume keeps it
+    cfg["lr"] = resolve_lr(cfg, pretrained)
     aug = resolve_aug(cfg["aug"], linear_probe=cfg["linear_probe"])
     freeze_sched, freeze_desc, opt_lr_decay = setup_freeze(cfg, model, pretrained)
     freeze_sched, freeze_desc, freeze_warnings = _check_freeze_plan(

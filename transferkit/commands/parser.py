@@ -40,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "align": "auto",
     "epochs": 10,
     "batch_size": 64,
-    "lr": 1e-3,
+    "lr": None,
     "optimizer": "adamw",
     "weight_decay": 0.05,
     "lr_decay": None,
@@ -194,8 +194,8 @@ def _add_finetune(sub: Any) -> None:
         g,
         "--lr",
         type=float,
-        help="base learning rate: layer groups below the head train at --lr times --lr-decay per level, the "
-        "head at --lr times --head-lr-scale",
+        help="base learning rate (default: 1e-2 on pretrained weights, 1e-3 on random ones): layer groups "
+        "below the head train at --lr times --lr-decay per level, the head at --lr times --head-lr-scale",
     )
     add(g, "--optimizer", help="adamw, adam, sgd, rmsprop, ...")
     add(g, "--weight-decay", type=float, help="weight decay (not on biases and norm weights)")
@@ -211,7 +211,7 @@ def _add_finetune(sub: Any) -> None:
         "--head-lr-scale",
         type=float,
         metavar="X",
-        help="the head trains at X times --lr (default: 10 with pretrained weights, 1 otherwise)",
+        help="the head trains at X times --lr (default: 3 with pretrained weights, 1 otherwise)",
     )
     add(g, "--scheduler", choices=["cosine", "step", "onecycle", "none"], help="LR schedule over all steps")
     add(g, "--warmup-epochs", type=int, help="linear LR warmup")
