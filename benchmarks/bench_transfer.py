@@ -63,7 +63,7 @@ PAIRS = {
 CLI_RECIPES = ("transferkit", "transferkit-random")
 
 
-def _cli_args(pair: str, lite0: Path, data: Path | None) -> list[str]:
+def _cli_args(pair: str, lite0: Path, data: Path | None, epochs: int) -> list[str]:
     if pair == "P1":
         args = ["--backbone", "benchmarks.transfer_data:cifar_resnet20", "--weights", str(RESNET20)]
     else:
@@ -79,13 +79,15 @@ def _cli_args(pair: str, lite0: Path, data: Path | None) -> list[str]:
         ]
     if PAIRS[pair]["data"] == "fashion":
         args += ["--data", str(data)]
-    return args + ["--img-size", str(PAIRS[pair]["img"]), "--epochs", str(EPOCHS)]
+    return args + ["--img-size", str(PAIRS[pair]["img"]), "--epochs", str(epochs)]
 
 
-def run_cli(recipe: str, pair: str, seed: int, lite0: Path, data: Path | None, work: Path) -> dict:
+def run_cli(
+    recipe: str, pair: str, seed: int, lite0: Path, data: Path | None, work: Path, epochs: int
+) -> dict:
     """One ``transferkit finetune`` run in a subprocess; best and final accuracy from its metrics.csv."""
     out = work / f"{pair}-{recipe}-{seed}"
-    cmd = [sys.executable, str(ROOT / "scripts" / "finetune.py"), *_cli_args(pair, lite0, data)]
+    cmd = [sys.executable, str(ROOT / "scripts" / "finetune.py"), *_cli_args(pair, lite0, data, epochs)]
     cmd += ["--seed", str(seed), "--output", str(out), "--quiet"]
     if recipe == "transferkit-random":
         cmd += ["--weights", "none"]
@@ -120,14 +122,14 @@ def _make_model(pair: str, lite0: Path, num_classes: int):  # noqa: ANN202 - a c
     return make, ("linear" if pair == "P1" else "classifier")
 
 
-def run_peer(recipe: str, pair: str, seed: int, lite0: Path, folder: Path) -> dict:
+def run_peer(recipe: str, pair: str, seed: int, lite0: Path, folder: Path, epochs: int) -> dict:
     from benchmarks.peer_recipes import run_recipe
 
     make, head = _make_model(pair, lite0, 10)
     mean, std = IMAGENET if pair == "P1" else (HALF, HALF)
     return run_recipe(
         recipe, make, head, items(folder / "train"), items(folder / "val"), img_size=PAIRS[pair]["img"],
-        mean=mean, std=std, epochs=EPOCHS, seed=seed, num_classes=10,
+        mean=mean, std=std, epochs=epochs, seed=seed, num_classes=10,
     )  # fmt: skip
 
 
@@ -161,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--subset-seed", type=int, default=0, help="which Fashion-MNIST images (held-out check)"
     )
+    parser.add_argument(
+        "--epochs", type=int, default=EPOCHS, help="10 in every figure reported; fewer to try it"
+    )
     parser.add_argument("--out", type=Path, help="write the markdown section here")
     parser.add_argument("--json", type=Path, help="write every run's figures here")
     args = parser.parse_args(argv)
@@ -180,16 +185,16 @@ def main(argv: list[str] | None = None) -> int:
                     t0 = time.perf_counter()
                     if recipe in CLI_RECIPES:
                         data = folder if PAIRS[pair]["data"] == "fashion" else None
-                        res = run_cli(recipe, pair, seed, lite0, data, work)
+                        res = run_cli(recipe, pair, seed, lite0, data, work, args.epochs)
                     else:
-                        res = run_peer(recipe, pair, seed, lite0, folder)
+                        res = run_peer(recipe, pair, seed, lite0, folder, args.epochs)
                     res["seconds"] = round(time.perf_counter() - t0, 1)
                     results.setdefault(pair, {}).setdefault(recipe, []).append(res)
                     print(f"{pair} {recipe} seed {seed}: best {res['best']:.3f} final {res['final']:.3f} "
                           f"({res['seconds']:.0f} s)", flush=True)  # fmt: skip
     minutes = (time.perf_counter() - started) / 60
     lines = [
-        f"Fashion-MNIST subset seed {args.subset_seed}; seeds {args.seeds}; {EPOCHS} epochs; {minutes:.0f} min.",
+        f"Fashion-MNIST subset seed {args.subset_seed}; seeds {args.seeds}; {args.epochs} epochs; {minutes:.0f} min.",
         "",
         *(f"- {p}: {PAIRS[p]['what']}" for p in pairs),
         "",

@@ -475,7 +475,7 @@ def _build_optimizer(job: _Job, lr_decay: float | None) -> None:
         lr=cfg["lr"],
         weight_decay=cfg["weight_decay"],
         lr_decay=lr_decay,
-        head_lr_scale=head_lr_scale(cfg, job.pretrained),
+        head_lr_scale=head_lr_scale(cfg, job.model, job.pretrained),
         layer_decay=cfg["layer_decay"],
     )
     job.lr_schedule = make_lr_schedule(cfg, job.optimizer, len(probe))

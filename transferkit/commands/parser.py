@@ -211,7 +211,8 @@ def _add_finetune(sub: Any) -> None:
         "--head-lr-scale",
         type=float,
         metavar="X",
-        help="the head trains at X times --lr (default: 3 with pretrained weights, 1 otherwise)",
+        help="the head trains at X times --lr (default with pretrained weights: 256 / the head's input "
+        "features, between 1 and 3; 1 otherwise)",
     )
     add(g, "--scheduler", choices=["cosine", "step", "onecycle", "none"], help="LR schedule over all steps")
     add(g, "--warmup-epochs", type=int, help="linear LR warmup")
