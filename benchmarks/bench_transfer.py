@@ -166,12 +166,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--epochs", type=int, default=EPOCHS, help="10 in every figure reported; fewer to try it"
     )
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="print the table of earlier runs' --json files",
+    )
     parser.add_argument("--out", type=Path, help="write the markdown section here")
     parser.add_argument("--json", type=Path, help="write every run's figures here")
     args = parser.parse_args(argv)
     pairs, recipes = args.pairs.split(","), args.recipes.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict = {}
+    if args.combine:
+        for path in args.combine:
+            for pair, by_recipe in json.loads(path.read_text()).items():
+                for recipe, runs in by_recipe.items():
+                    results.setdefault(pair, {}).setdefault(recipe, []).extend(runs)
+        pairs = [p for p in pairs if p in results]
+        print("\n".join(table(results, pairs, recipes)))
+        return 0
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_transfer_") as tmp:
         work = Path(tmp)
@@ -189,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         res = run_peer(recipe, pair, seed, lite0, folder, args.epochs)
                     res["seconds"] = round(time.perf_counter() - t0, 1)
+                    res["seed"], res["subset_seed"] = seed, args.subset_seed
                     results.setdefault(pair, {}).setdefault(recipe, []).append(res)
                     print(f"{pair} {recipe} seed {seed}: best {res['best']:.3f} final {res['final']:.3f} "
                           f"({res['seconds']:.0f} s)", flush=True)  # fmt: skip
