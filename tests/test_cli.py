@@ -1358,3 +1358,34 @@ def test_batch_size_one_trains_where_batchnorm_sees_several_values(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     argv = ["finetune", *FAST, "--batch-size", "1", "--limit-train", "4", "--limit-val", "4", "--epochs", "1"]
     assert main([*argv, "--output", "out"]) == 0, capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the head policy of the default recipe (issue 11)
+
+
+def test_a_fitting_head_with_other_class_names_is_fresh_and_a_runs_own_head_is_kept(tmp_path, monkeypatch):
+    """A 10-class checkpoint whose labels are unknown (CIFAR's, say) gets a new head on the digits; a run's
+    own best.pt, which records its class names, keeps its head when the data's classes are the same."""
+    from transferkit import create_model
+    from transferkit.checkpoint import load_checkpoint
+    from transferkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _weights_file(tmp_path)  # tiny.pth: a 10-class tinynet state dict with no class names
+    args = ["finetune", *FAST, "--limit-train", "32", "--limit-val", "16", "--epochs", "1"]
+    assert main([*args, "--weights", "tiny.pth", "--output", "a"]) == 0
+    resolved = yaml.safe_load((tmp_path / "a" / "args.yaml").read_text(encoding="utf-8"))["resolved"]
+    assert resolved["pretrained_weights_used"]
+    source = torch.load(tmp_path / "tiny.pth", weights_only=True)
+    fresh = create_model(TINY, 10, weights=tmp_path / "tiny.pth", class_names=[str(i) for i in range(10)])
+    assert any("class names are unknown" in n for n in fresh.load_report.notes)
+    assert not torch.equal(fresh.head.weight.detach(), source["fc.weight"])
+
+    best = load_checkpoint(tmp_path / "a" / "best.pt")
+    assert best["meta"]["class_names"] == [str(i) for i in range(10)]
+    kept = create_model(TINY, 10, weights=tmp_path / "a" / "best.pt", class_names=[str(i) for i in range(10)])
+    assert any("class names match" in n for n in kept.load_report.notes)
+    trained = best["models"]["model"]
+    head_key = next(k for k in trained if k.endswith("fc.weight"))
+    assert torch.equal(kept.head.weight.detach(), trained[head_key])
