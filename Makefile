@@ -33,7 +33,7 @@ bench: $(STAMP)
 # on 2 cores); needs ../shared/fixtures and Debian's dataset-fashion-mnist
 bench-transfer: $(STAMP)
 	@test -d /usr/share/datasets/fashion-mnist || apt-get install -y dataset-fashion-mnist
-	$(PY) benchmarks/bench_transfer.py --out benchmarks/transfer_table.md --json benchmarks/transfer_runs.json
+	$(PY) benchmarks/bench_transfer.py --out benchmarks/RESULTS_transfer.md --json benchmarks/transfer_runs.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check transferkit tests scripts benchmarks

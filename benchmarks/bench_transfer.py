@@ -153,6 +153,39 @@ def table(results: dict, pairs: list[str], recipes: list[str]) -> list[str]:
     return lines
 
 
+def checks(results: dict, pairs: list[str]) -> list[str]:
+    """Issue 11's targets, per pair: the default is the best recipe or within 1 point of it (mean best
+    accuracy over seeds), at least 5 points above random weights (P1, P2), final within 3 points of best."""
+    lines = []
+    for pair in pairs:
+        runs = results.get(pair, {})
+        if "transferkit" not in runs:
+            continue
+
+        def mean(recipe: str, runs: dict = runs) -> float:
+            return statistics.fmean(r["best"] for r in runs[recipe])
+
+        ours = mean("transferkit")
+        best_other, best_name = (
+            max((mean(r), r) for r in runs if r not in CLI_RECIPES) if len(runs) > 1 else (0, "-")
+        )
+        gap = [min(r["final"] - r["best"] for r in runs["transferkit"])]
+        parts = [
+            f"{pair}: default {ours:.3f}, best other recipe {best_name} {best_other:.3f} "
+            f"({'OK' if ours >= best_other - 0.01 else 'MISSED'}: within 1 point or better)",
+        ]
+        if "transferkit-random" in runs:
+            margin = ours - mean("transferkit-random")
+            parts.append(
+                f"{margin * 100:+.1f} points over random weights ({'OK' if margin >= 0.05 else 'MISSED'})"
+            )
+        parts.append(
+            f"final - best at worst {gap[0] * 100:+.1f} points ({'OK' if gap[0] >= -0.03 else 'MISSED'})"
+        )
+        lines.append("- " + "; ".join(parts))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.peer_recipes import RECIPES
 
@@ -185,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 for recipe, runs in by_recipe.items():
                     results.setdefault(pair, {}).setdefault(recipe, []).extend(runs)
         pairs = [p for p in pairs if p in results]
-        print("\n".join(table(results, pairs, recipes)))
+        print("\n".join([*table(results, pairs, recipes), "", *checks(results, pairs)]))
         return 0
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_transfer_") as tmp:
@@ -215,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         *(f"- {p}: {PAIRS[p]['what']}" for p in pairs),
         "",
         *table(results, pairs, recipes),
+        "",
+        *checks(results, pairs),
     ]
     print("\n".join(lines))
     if args.out:

@@ -24,6 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BENCHMARKS = ("bench_load", "bench_finetune")
+TRANSFER = HERE / "RESULTS_transfer.md"  # written by `make bench-transfer` (bench_transfer.py)
 
 
 def _cpu_model() -> str:
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for _, section, _ in results:
         lines += [section, ""]
+    if TRANSFER.is_file():  # 40 minutes, so `make bench-transfer` runs it on its own; its section is kept
+        lines += [TRANSFER.read_text().strip(), ""]
     text = "\n".join(lines)
     tmp_out = args.out.with_name(f".{args.out.name}.tmp")
     tmp_out.write_text(text)

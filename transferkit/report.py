@@ -327,6 +327,8 @@ def export_model(
     run_dir = Path(run_dir)
     labels = {"class_names": list(class_names), "num_classes": len(class_names), **_plain(dict(info or {}))}
     meta = {k: str(v) for k, v in labels.items() if k != "class_names"}
+    # the class names travel with the weights, so create_model(weights=...) keeps the head on the same classes
+    meta["class_names"] = json.dumps(list(class_names), ensure_ascii=False)
     meta["class_names"] = json.dumps(list(class_names))
     weights_path = save_weights(run_dir / "model.safetensors", weights, metadata=meta)
     labels_path = write_text(run_dir / "labels.json", json.dumps(labels, indent=2) + "\n")

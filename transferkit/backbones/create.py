@@ -340,10 +340,27 @@ def _read_state(plan: WeightsPlan, key: str | None) -> tuple[dict[str, Tensor], 
 
     obj = load_checkpoint(plan.path, map_location="cpu")
     meta = obj.get("meta", {}) if isinstance(obj, Mapping) else {}
+    if not meta:
+        meta = _safetensors_meta(plan.path)
     state = extract_state_dict(obj, key)
     plain = OrderedDict(state)
     plain._metadata = getattr(state, "_metadata", None)  # type: ignore[attr-defined]  # module versions
     return plain, dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def _safetensors_meta(path: Any) -> dict[str, Any]:
+    """The class names a safetensors export records in its metadata (``class_names``, JSON); else ``{}``."""
+    import json
+
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            names = json.loads((f.metadata() or {}).get("class_names", "null"))
+    except Exception:  # noqa: BLE001 - not a safetensors file, or no readable names: nothing to add
+        return {}
+    ok = isinstance(names, list) and all(isinstance(n, str) for n in names)
+    return {"class_names": names} if ok else {}
 
 
 def decide_head(
