@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from transferkit.errors import CheckpointError, ConfigError, LoadError, UnsafeCheckpointError
-from transferkit.partial import LoadReport, load_partial, suggest_prefix_rule
+from transferkit.load_report import LoadReport
+from transferkit.partial import load_partial, suggest_prefix_rule
 from transferkit.rename import Prefix, Regex, RenameOnLoadMixin
 
 # ------------------------------------------------------------------------------------- test models

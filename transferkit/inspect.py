@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from transferkit.errors import CheckpointError, ConfigError, LoadError, UnsafeCheckpointError
-from transferkit.partial import LoadReport, compact_keys, load_partial
+from transferkit.load_report import LoadReport, compact_keys
+from transferkit.partial import load_partial
 from transferkit.rename import Rule, normalize_rules, strip_wrappers
 
 __all__ = [
@@ -242,21 +243,26 @@ def _header(path: Path) -> str:
     return f"checkpoint: {path.name} ({_size(path)}, {_format(path)})"
 
 
+_FORMAT_LABELS = {
+    "safetensors": "safetensors",
+    "legacy": "legacy torch pickle (pre-1.6)",
+    "tar": "legacy torch pickle (pre-1.6)",
+}
+
+
 def _format(path: Path) -> str:
+    from transferkit.checkpoint.formats import read_head, sniff_format
+
     try:
         if zipfile.is_zipfile(path):
             return "zip torch file"
-        with open(path, "rb") as f:
-            head = f.read(16)
+        head, size = read_head(path)
     except (OSError, zipfile.BadZipFile, ValueError):
         return "unknown format"
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
-    if head[:1] == b"\x80":
-        return "legacy torch pickle (pre-1.6)"
-    if head[:1] in (b"(", b"c", b"]", b"}", b"N", b"I", b"S", b"V"):
-        return "plain pickle (protocol 0/1)"
-    return "unknown format"
+    kind = sniff_format(head, size)
+    if kind == "pickle":
+        return "legacy torch pickle (pre-1.6)" if head[:1] == b"\x80" else "plain pickle (protocol 0/1)"
+    return _FORMAT_LABELS.get(kind, "unknown format")
 
 
 def _describe_unsafe(path: Path, exc: UnsafeCheckpointError) -> list[str]:

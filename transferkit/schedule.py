@@ -62,7 +62,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from transferkit.errors import CheckpointError, ConfigError
-from transferkit.freeze import _lock_bn, _unlock_bn, freeze, is_bn_locked, select_parameters, unfreeze
+from transferkit.freeze import freeze, is_bn_locked, lock_bn, select_parameters, unfreeze, unlock_bn
 from transferkit.optim import add_param_group, layer_decay_scales
 
 __all__ = ["GradualUnfreeze", "LRSchedule"]
@@ -377,9 +377,9 @@ class GradualUnfreeze:
         locked = set(state["bn_locked"])
         for n, m in self.model.named_modules():
             if n in locked:
-                _lock_bn(m)
+                lock_bn(m)
             elif isinstance(m, _BatchNorm) and is_bn_locked(m):
-                _unlock_bn(m, self.model.training)
+                unlock_bn(m, self.model.training)
         if optimizer is not None:
             self.optimizer = optimizer
             if state.get("optimizer_groups") is not None:

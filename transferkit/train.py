@@ -613,13 +613,12 @@ class Trainer:
             CheckpointError: the file is not a transferkit training checkpoint of this model.
         """
         from transferkit.checkpoint import load_checkpoint, restore_checkpoint
+        from transferkit.checkpoint.training import require_training_checkpoint
 
         ckpt = load_checkpoint(source) if not isinstance(source, Mapping) else source
-        if not isinstance(ckpt, Mapping) or "models" not in ckpt or ckpt.get("epoch") is None:
-            raise CheckpointError(
-                f"{source} is not a transferkit training checkpoint (expected last.pt/best.pt of a run, "
-                "with models, optimizers and epoch); to start from its weights use --init-checkpoint"
-            )
+        label = "checkpoint" if isinstance(source, Mapping) else str(source)
+        hint = "to start a new run from its weights, load them with load_partial"
+        ckpt = require_training_checkpoint(ckpt, label, epoch=True, hint=hint)
         extra = ckpt.get("extra") or {}
         if self.ema is not None and ("ema" not in ckpt["models"] or "ema" not in extra):
             raise CheckpointError(

@@ -1,7 +1,7 @@
 """Atomic writes: a temporary file in the target folder, flushed, fsynced and ``os.replace``-d.
 
-:func:`atomic_write` yields a file object; :func:`_atomic_path` yields a path for writers that need one
-(safetensors); :func:`_torch_save` is ``torch.save`` through :func:`atomic_write`. A failure at any step
+:func:`atomic_write` yields a file object; :func:`atomic_path` yields a path for writers that need one
+(safetensors); :func:`atomic_torch_save` is ``torch.save`` through :func:`atomic_write`. A failure at any step
 leaves the previous file at the path intact and no temporary file behind (only a SIGKILL can leave a
 ``.<name>.tmp-*`` file); ``OSError`` s become :class:`CheckpointError`.
 """
@@ -19,7 +19,8 @@ from typing import Any, BinaryIO
 
 import torch
 
-from transferkit.checkpoint._files import PathLike, _as_path
+from transferkit.checkpoint._files import as_path
+from transferkit.checkpoint.formats import PathLike
 from transferkit.errors import CheckpointError
 
 __all__ = ["atomic_write"]
@@ -111,7 +112,7 @@ def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
         >>> path.read_bytes()
         b'hello'
     """
-    path = _resolve_link(_as_path(path))
+    path = _resolve_link(as_path(path))
     mode = _file_mode(path)
     fd, tmp = _make_temp(path)
     with _discarded_on_failure(tmp, path):
@@ -131,7 +132,7 @@ def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[str]:
+def atomic_path(path: Path) -> Iterator[str]:
     """Like :func:`atomic_write`, for writers that insist on a path (safetensors' ``save_file``)."""
     path = _resolve_link(path)
     mode = _file_mode(path)
@@ -182,7 +183,7 @@ class _RecordingWriter:
         return getattr(self._f, name)
 
 
-def _torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path) -> None:
     with atomic_write(path) as f:
         writer = _RecordingWriter(f)
         try:

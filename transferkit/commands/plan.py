@@ -182,6 +182,7 @@ def _check_creatable(run_dir: Path) -> None:
 def load_resume(path: Path) -> Any:
     """Read a ``--resume`` checkpoint, refusing one that is not a run's ``last.pt``/``best.pt``."""
     from transferkit.checkpoint import load_checkpoint
+    from transferkit.checkpoint.training import require_training_checkpoint
     from transferkit.errors import CheckpointError
 
     try:
@@ -195,11 +196,8 @@ def load_resume(path: Path) -> Any:
         )
         detail = str(exc).removeprefix(f"{path}: ")
         raise CheckpointError(f"--resume {path}: {detail}{other}") from None
-    if not isinstance(ckpt, dict) or "models" not in ckpt or ckpt.get("epoch") is None:
-        raise CheckpointError(
-            f"--resume {path}: not a transferkit training checkpoint (last.pt/best.pt of a run)"
-        )
-    return ckpt
+    hint = f"to start a new run from its weights use --init-checkpoint {path}"
+    return require_training_checkpoint(ckpt, f"--resume {path}", epoch=True, hint=hint)
 
 
 def scan_data(cfg: dict[str, Any]) -> tuple[Any, list[str]]:
