@@ -816,7 +816,7 @@ BAD = [
     (["--workers", "-1"], "--workers must be an integer >= 0", None),
     (["--device", "tpu"], "expected auto, cpu, cuda or cuda:N", None),
     # the CLI's own spelling, not the Python API's (weights=PATH, at={...}, rules=[...], list_backbones)
-    (["--weights", "imagenet"], "pass weights=PATH (CLI: --weights PATH)", None),
+    (["--weights", "imagenet"], "pass --weights PATH", None),
     (["--unfreeze-at", "1:blok"], "--unfreeze-at 1:blok: 'blok' is not a layer group", None),
     (["--unfreeze-at", "1:block,2:block"], "--unfreeze-at: layer group 'block' is given twice", None),
     (["--backbone", "resnet5O"], "print(transferkit.list_backbones('res*'))", None),

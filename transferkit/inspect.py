@@ -107,9 +107,11 @@ def inspect_checkpoint(
 
     path = Path(path)
     if model is not None and against is not None:
-        raise ConfigError("inspect takes either a model or --against another checkpoint, not both")
+        raise ConfigError(
+            "inspect takes either a `model` or `against` another checkpoint, not both", param="against"
+        )
     if isinstance(model, str) and num_classes is None:
-        raise ConfigError(f"inspecting against backbone {model!r} needs num_classes (CLI: --classes N)")
+        raise ConfigError(f"inspecting against backbone {model!r} needs `num_classes`", param="num_classes")
     rules_t = normalize_rules(rules)
     devices: Counter[str] = Counter()
     try:
@@ -288,11 +290,11 @@ def _describe_unsafe(path: Path, exc: UnsafeCheckpointError) -> list[str]:
     if dangerous:
         lines.append(
             "DANGEROUS: do not load this file with trusted=True or allow-list these globals; to get the "
-            "tensors out without running anything: inspect --salvage (load_checkpoint(..., salvage=True))"
+            "tensors out without running anything: `salvage`=True (load_checkpoint(..., salvage=True))"
         )
     else:
         lines.append(
-            "to get the tensors out without running code: inspect --salvage "
+            "to get the tensors out without running code: `salvage`=True "
             "(load_checkpoint(..., salvage=True)); "
             "a full unpickle (trusted=True) runs code from the file: only for files you trust"
         )

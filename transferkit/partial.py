@@ -444,7 +444,7 @@ def _add_hint(
     shapes = _shapes(state, passed, model_state)
     hint = suggest_prefix_rule(unexpected, significant_missing(report.missing), **shapes)
     if hint is not None and hint[1] * 2 >= len(report.unexpected):
-        report.notes.append(f"the rule {hint[0]!r} (CLI --rule '{hint[0]}') would load {hint[1]} more key(s)")
+        report.notes.append(f"the rule {hint[0]!r} would load {hint[1]} more key(s): `rules`='{hint[0]}'")
 
 
 def _rename_chain(
@@ -749,13 +749,10 @@ def _zero_message(
         suggestion = None  # a swap that fits a few keys by coincidence of shape is not a fix
     if suggestion is not None:
         rule, hits = suggestion
-        message += (
-            f" The rule {rule!r} would load {hits} of {len(own_keys)} keys: pass rules=[{rule!r}] "
-            f"(CLI: --rule '{rule}')."
-        )
+        message += f" The rule {rule!r} would load {hits} of {len(own_keys)} keys: pass `rules`='{rule}'."
     elif not report.mismatched:
         message += (
-            " No prefix swap aligns them; write Regex rules or a callable (CLI: --rule 're:PATTERN=>REPL')."
+            " No prefix swap aligns them; write Regex rules (`rules`='re:PATTERN=>REPL') or a callable."
         )
     return message
 

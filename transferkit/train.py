@@ -110,21 +110,23 @@ def select_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"--device {spec}: CUDA is not available on this machine (torch {torch.__version__}, "
-                f"built for CUDA {torch.version.cuda or 'none'}); use --device cpu or --device auto"
+                f"`device` {spec}: CUDA is not available on this machine (torch {torch.__version__}, "
+                f"built for CUDA {torch.version.cuda or 'none'}); use `device` cpu or `device` auto",
+                param="device",
             )
         index = local_rank if spec == "cuda" else spec.partition(":")[2]
         try:
             index = int(index)
         except ValueError:
-            raise ConfigError(f"--device {spec}: expected cuda:N with an integer N") from None
+            raise ConfigError(f"`device` {spec}: expected cuda:N with an integer N", param="device") from None
         count = torch.cuda.device_count()
         if not 0 <= index < count:
             raise ConfigError(
-                f"--device {spec}: GPU index {index} out of range; this machine has {count} GPU(s)"
+                f"`device` {spec}: GPU index {index} out of range; this machine has {count} GPU(s)",
+                param="device",
             )
         return torch.device("cuda", index)
-    raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+    raise ConfigError(f"`device` {spec!r}: expected auto, cpu, cuda or cuda:N", param="device")
 
 
 @dataclass(frozen=True)
@@ -623,7 +625,8 @@ class Trainer:
         if self.ema is not None and ("ema" not in ckpt["models"] or "ema" not in extra):
             raise CheckpointError(
                 f"{source} holds no model EMA, so this run's EMA cannot continue from it; resume without "
-                "ema_decay (--model-ema), or start a new run from its weights"
+                "`ema_decay`, or start a new run from its weights",
+                param="ema_decay",
             )
         if self.freeze_schedule is not None and "freeze_schedule" in extra:
             # groups first: the optimizer state is then loaded into the same groups, in the same order

@@ -243,8 +243,8 @@ def _unsafe(path: Path, names: list[str], what: str) -> UnsafeCheckpointError:
         else ""
     )
     salvage = (
-        "salvage=True reads the tensors without running anything (CLI: --salvage with --init-checkpoint, "
-        "or transferkit inspect PATH --salvage)."
+        "load_checkpoint(..., salvage=True) reads the tensors without running anything (`salvage` with "
+        "`init_checkpoint`, or transferkit inspect PATH `salvage`)."
     )
     if dangerous:
         forward = (

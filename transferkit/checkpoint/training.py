@@ -26,7 +26,7 @@ from transferkit.checkpoint.formats import MapLocation, PathLike
 from transferkit.checkpoint.reading import load_checkpoint
 from transferkit.checkpoint.rng import capture_rng_state, restore_rng_state
 from transferkit.checkpoint.state_dicts import short_list, unwrap_model
-from transferkit.errors import CheckpointError, ConfigError
+from transferkit.errors import CheckpointError, CheckpointMismatchError, ConfigError
 
 __all__ = ["FORMAT", "save_checkpoint", "restore_checkpoint", "require_training_checkpoint"]
 
@@ -257,11 +257,8 @@ def _precheck(target: Any, state: Any, what: str, label: str) -> None:
                     f"{len(have)} of sizes {have}"
                 )
     if problems:
-        raise CheckpointError(
-            f"{label}: cannot restore {what}: {'; '.join(problems[:6])}. Nothing was restored. Was the "
-            f"checkpoint written for this {what.split()[0]}? (to warm-start from other weights use "
-            "load_partial; a GradualUnfreeze schedule's load_state_dict must run before the optimizer's)"
-        )
+        order = "; a GradualUnfreeze schedule's load_state_dict must run before the optimizer's"
+        raise _mismatch(label, what, problems[:6], order)
 
 
 def _load_into(target: Any, state: Any, what: str, label: str) -> None:
@@ -271,11 +268,17 @@ def _load_into(target: Any, state: Any, what: str, label: str) -> None:
         else:
             target.load_state_dict(state)
     except Exception as err:  # size mismatch, missing keys, wrong group count ...
-        text = " ".join(str(err).split())[:600]
-        raise CheckpointError(
-            f"{label}: cannot restore {what}: {text}. Was the checkpoint written for this {what.split()[0]}? "
-            "(to warm-start from other weights use load_partial)"
-        ) from err
+        raise _mismatch(label, what, [" ".join(str(err).split())[:600]]) from err
+
+
+def _mismatch(label: str, what: str, problems: list[str], more: str = "") -> CheckpointMismatchError:
+    return CheckpointMismatchError(
+        f"{label}: cannot restore {what}: {'; '.join(problems)}. Nothing was restored.",
+        what=what,
+        problems=problems,
+        hint=f"Was the checkpoint written for this {what.split()[0]}? (to warm-start from other weights use "
+        f"load_partial{more})",
+    )
 
 
 def require_training_checkpoint(

@@ -34,7 +34,7 @@ from transferkit.commands.plan import (
     scan_eval_data,
     setup_freeze,
 )
-from transferkit.errors import ConfigError
+from transferkit.errors import CheckpointError, CheckpointMismatchError, ConfigError
 
 __all__ = ["run_finetune", "Interrupted"]
 
@@ -267,12 +267,11 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
     if cfg["eval_only"]:
         if resume_path is not None:
             from transferkit.checkpoint import restore_checkpoint
-            from transferkit.errors import CheckpointError
 
             try:
                 ckpt = restore_checkpoint(eval_ckpt, model=model, restore_rng=False)
-            except CheckpointError as exc:
-                raise CheckpointError(_does_not_fit(job, exc)) from None
+            except CheckpointMismatchError as exc:
+                raise _does_not_fit(job, exc) from None
             job.eval_ema = (ckpt.get("models") or {}).get("ema")
         return job
     job.resume_ckpt = load_resume(resume_path) if resume_path is not None else None
@@ -420,8 +419,6 @@ def _scan_eval(cfg: dict[str, Any], ckpt: Any, resume_path: Path | None) -> tupl
     meta = (ckpt or {}).get("meta") or {}
     run_classes = meta.get("class_names")
     if ckpt is not None and not run_classes:
-        from transferkit.errors import CheckpointError
-
         raise CheckpointError(
             f"--resume {resume_path}: the checkpoint does not record its class names, so the labels of "
             f"--data {cfg['data']} cannot be checked against them; evaluate with the run's own data"
@@ -611,26 +608,20 @@ def _interrupted_message(job: _Job, trainer: Any) -> str:
 
 def _resume(job: _Job, trainer: Any) -> int:
     """Restore the resumed checkpoint into the trainer; a checkpoint of another model is a one-line error."""
-    from transferkit.errors import CheckpointError
-
     try:
         return int(trainer.resume(job.resume_ckpt))
-    except CheckpointError as exc:
-        raise CheckpointError(_does_not_fit(job, exc)) from None
+    except CheckpointMismatchError as exc:
+        raise _does_not_fit(job, exc) from None
 
 
-def _does_not_fit(job: _Job, exc: Exception) -> str:
-    """A restore error in the CLI's words: the library's hints speak of its API (load_partial, the order of
-    load_state_dict calls); a file that is no training checkpoint keeps its own message."""
-    detail = str(exc).removeprefix(f"{job.resume_path}: ")
-    if "cannot restore" not in detail:
-        return str(exc)
-    for api_hint in (" Was the checkpoint written", " (to warm-start"):
-        detail = detail.split(api_hint, 1)[0]
-    return (
+def _does_not_fit(job: _Job, exc: CheckpointMismatchError) -> CheckpointError:
+    """A restore error in the CLI's words, from its data: the library's hint speaks of its API."""
+    return CheckpointError(
         f"--resume {job.resume_path}: the checkpoint does not fit this run ({job.cfg['backbone']}, "
-        f"{len(job.class_names)} classes): {detail} Was it written by a run of another backbone, class count "
-        f"or freeze plan? To start from its weights instead: --init-checkpoint {job.resume_path}"
+        f"{len(job.class_names)} classes): cannot restore {exc.what}: {'; '.join(exc.problems)}. "
+        "Nothing was restored.",
+        hint="Was it written by a run of another backbone, class count or freeze plan? To start from its "
+        f"weights instead: --init-checkpoint {job.resume_path}",
     )
 
 

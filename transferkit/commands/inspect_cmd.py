@@ -7,6 +7,7 @@ from pathlib import Path
 
 from transferkit.checkpoint.formats import is_checkpoint_name
 from transferkit.commands.console import setup_logging
+from transferkit.commands.flags import render_text
 from transferkit.errors import ConfigError
 
 __all__ = ["run_inspect"]
@@ -44,7 +45,7 @@ def run_inspect(ns: argparse.Namespace) -> int:
         )
     finally:
         undo_logging()
-    print(text)
+    print(render_text(text))
     # a dry run that would fail is a failed command: scripts (`inspect ... && finetune ...`) must see it
     return 1 if getattr(text, "load_fails", False) else 0
 
