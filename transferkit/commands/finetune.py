@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transferkit.commands.config import check_resume_unchanged, resolve_config, saved_args, validate
+from transferkit.commands.config import check_resume_unchanged, resolve_config, saved_args
 from transferkit.commands.console import Console, setup_logging
 from transferkit.commands.plan import (
     decide_run_dir,
@@ -35,8 +35,9 @@ from transferkit.commands.plan import (
     setup_freeze,
 )
 from transferkit.errors import CheckpointError, CheckpointMismatchError, ConfigError
+from transferkit.run.spec import FinetuneSpec
 
-__all__ = ["run_finetune", "Interrupted"]
+__all__ = ["execute", "run_finetune", "Interrupted"]
 
 
 logger = logging.getLogger("transferkit.cli")
@@ -45,6 +46,14 @@ logger = logging.getLogger("transferkit.cli")
 def run_finetune(ns: argparse.Namespace) -> int:
     """``transferkit finetune``: layer and validate the configuration, join torchrun's group, run the job."""
     explicit = {k: v for k, v in vars(ns).items() if k not in ("func", "command", "argv")}
+    return execute(explicit, list(ns.argv))[0]
+
+
+def execute(explicit: dict[str, Any], argv: list[str]) -> tuple[int, Path | None]:
+    """Run the job of the options given (``explicit``, over DEFAULTS / a resumed run's / ``config``'s).
+
+    Returns the exit code and the run folder (``None`` when the job stopped before deciding it).
+    """
     cfg = resolve_config(explicit)
     resume_path = None
     if cfg["resume"]:
@@ -60,7 +69,7 @@ def run_finetune(ns: argparse.Namespace) -> int:
         cfg = resolve_config(explicit, saved)
         if not cfg["eval_only"]:
             check_resume_unchanged(cfg, saved, resume_path)
-    validate(cfg)
+    cfg = FinetuneSpec.from_dict(cfg).to_dict()  # checks every value that needs no model or data
 
     from transferkit.train import cleanup_distributed, init_distributed
 
@@ -69,7 +78,7 @@ def run_finetune(ns: argparse.Namespace) -> int:
     bars = dist_ctx.is_main and not cfg["quiet"] and sys.stderr.isatty()
     console = Console(dist_ctx.rank, bars, log_handler)
     try:
-        return _run(cfg, dist_ctx, device, console, resume_path, list(ns.argv))
+        return _run(cfg, dist_ctx, device, console, resume_path, argv)
     finally:
         undo_logging()
         cleanup_distributed()
@@ -118,13 +127,18 @@ def _run(
     console: Console,
     resume_path: Path | None,
     argv: list[str],
-) -> int:
+) -> tuple[int, Path | None]:
     job = _prepare(cfg, dist_ctx, device, resume_path)
     job.argv = argv
+    return _run_job(job, console), job.run_dir
+
+
+def _run_job(job: _Job, console: Console) -> int:
+    cfg = job.cfg
     if _already_finished(job):
         console.validated()
         return _report_finished(job, console)
-    job.model.to(device)
+    job.model.to(job.device)
     trainer = None
     if not cfg["eval_only"]:
         # a resumed checkpoint is restored here: one that does not fit this model fails before any output
