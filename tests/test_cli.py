@@ -613,15 +613,15 @@ def test_killed_between_last_pt_and_best_pt_exports_the_best_epoch(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     argv = ["finetune", *FAST, "--limit-train", "64", "--limit-val", "32", "--epochs", "3"]
     assert main([*argv, "--output", "ref"]) == 0
-    link = train_module._link_or_copy
+    link = train_module.atomic_copy
 
     def killed(src, dst):
         raise KeyboardInterrupt  # the process dies between the two writes
 
-    monkeypatch.setattr(train_module, "_link_or_copy", killed)
+    monkeypatch.setattr(train_module, "atomic_copy", killed)
     assert main([*argv, "--output", "out"]) != 0
     assert not (tmp_path / "out" / "best.pt").exists() and _ckpt_epoch(tmp_path / "out" / "last.pt") == 0
-    monkeypatch.setattr(train_module, "_link_or_copy", link)
+    monkeypatch.setattr(train_module, "atomic_copy", link)
     assert main(["finetune", "--resume", "out"]) == 0
     capsys.readouterr()
     ref, out = (

@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from transferkit.checkpoint.atomic import atomic_copy
 from transferkit.data import set_loader_epoch
 from transferkit.errors import CheckpointError, ConfigError
 from transferkit.recipes import MixupCutmix, ModelEma
@@ -507,7 +508,7 @@ class Trainer:
         if self._best_is_resumed and self.run_dir is not None and self.dist.is_main:
             last = self.run_dir / "last.pt"
             if last.is_file():  # best.pt may be older than the best epoch this last.pt holds
-                _link_or_copy(last, self.run_dir / "best.pt")
+                atomic_copy(last, self.run_dir / "best.pt")
             self._best_is_resumed = False
         for epoch in range(self.start_epoch, self.epochs):
             start = time.perf_counter()
@@ -541,7 +542,7 @@ class Trainer:
                 self.save(self.run_dir / "last.pt", epoch, row)
                 self.saved_epoch = epoch
                 if improved:
-                    _link_or_copy(self.run_dir / "last.pt", self.run_dir / "best.pt")
+                    atomic_copy(self.run_dir / "last.pt", self.run_dir / "best.pt")
             if self.on_epoch_end is not None:
                 self.on_epoch_end(self, row, result)
         if result is None:  # resumed a finished run: nothing left to train
@@ -663,23 +664,3 @@ class Trainer:
             self.best_epoch + 1,
         )
         return self.start_epoch
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` a copy of ``src`` atomically, by hard link where the file system allows.
-
-    ``last.pt`` is later replaced (``os.replace``), which leaves a hard-linked ``best.pt`` pointing at the
-    old data: a full copy of a large checkpoint for the price of a directory entry.
-    """
-    import shutil
-
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)

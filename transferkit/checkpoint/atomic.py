@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from transferkit.checkpoint._files import as_path
 from transferkit.checkpoint.formats import PathLike
 from transferkit.errors import CheckpointError
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "atomic_copy"]
 
 # one logger for the whole package: the CLI quiets "transferkit.checkpoint" by name and prints the name
 logger = logging.getLogger("transferkit.checkpoint")
@@ -148,6 +149,28 @@ def atomic_path(path: Path) -> Iterator[str]:
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of ``src`` with :func:`atomic_write`'s guarantee, by hard link where possible.
+
+    A replaced ``src`` (``os.replace`` of the next ``last.pt``) leaves a hard-linked ``dst`` pointing at the
+    old data: a full copy of a large checkpoint for the price of a directory entry. Where links are not
+    allowed the bytes are copied through a fsynced temporary file.
+    """
+    dst = _resolve_link(Path(dst))
+    fd, tmp = _make_temp(dst)
+    os.close(fd)
+    with _discarded_on_failure(tmp, dst):
+        os.unlink(tmp)  # the unique name stays ours: mkstemp made it in a folder we write alone
+        try:
+            os.link(src, tmp)
+        except OSError:
+            with atomic_path(dst) as target:
+                shutil.copyfile(src, target)
+            return
+        os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
 
 
 @contextlib.contextmanager
