@@ -32,6 +32,7 @@ __all__ = [
     "CheckpointMismatchError",
     "LoadError",
     "ConfigError",
+    "LayerGroupError",
     "ClassNamesError",
 ]
 
@@ -114,6 +115,24 @@ class LoadError(TransferkitError):
 
 class ConfigError(TransferkitError, ValueError):
     """A user-supplied option or argument is invalid."""
+
+
+class LayerGroupError(ConfigError):
+    """A thaw plan names a layer group the model does not have below its head, or names one twice.
+
+    Attributes:
+        group: the group named.
+        epoch: the epoch it was named for.
+        expected: the model's groups below the head, input to output.
+        repeated: whether the group is known but named twice.
+    """
+
+    def __init__(
+        self, message: str, group: str = "", epoch: int = 0, expected: list[str] | None = None,
+        repeated: bool = False, **kwargs: str | None,
+    ) -> None:  # fmt: skip
+        super().__init__(message, **kwargs)
+        self.group, self.epoch, self.expected, self.repeated = group, epoch, list(expected or []), repeated
 
 
 class ClassNamesError(ConfigError):
