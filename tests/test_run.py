@@ -12,7 +12,7 @@ from transferkit.cli import main
 from transferkit.commands.flags import render_error
 from transferkit.commands.parser import DEFAULTS, finetune_actions
 from transferkit.errors import ConfigError
-from transferkit.run import FinetuneSpec
+from transferkit.run import FinetuneSpec, RunFolder
 
 TINY = "tests.tiny_models:tinynet"
 QUICK = {"img_size": 16, "batch_size": 16, "workers": 0, "quiet": True, "epochs": 2, "limit_train": 64}
@@ -71,6 +71,8 @@ def test_finetune_from_python_writes_the_cli_run_folder(tmp_path, monkeypatch, c
     assert FinetuneSpec.from_dict(args["py"]) == FinetuneSpec(backbone=TINY, output="py", **QUICK)
     assert result.best["epoch"] in (1, 2) and 0.0 <= result.best["val_acc"] <= 1.0
     assert result.final["epoch"] == 2 and "val_acc" in result.final
+    folder = RunFolder(result.run_dir)
+    assert folder.exported() and folder.read_args() == args["py"] and folder.last in result.paths
 
 
 def test_finetune_reports_bad_input_with_its_parameter(tmp_path, monkeypatch) -> None:

@@ -35,6 +35,7 @@ from transferkit.commands.plan import (
     setup_freeze,
 )
 from transferkit.errors import CheckpointError, CheckpointMismatchError, ConfigError
+from transferkit.run.folder import RunFolder
 from transferkit.run.spec import FinetuneSpec
 
 __all__ = ["execute", "run_finetune", "Interrupted"]
@@ -173,7 +174,7 @@ def _already_finished(job: _Job) -> bool:
     if job.resume_ckpt is None or int(job.resume_ckpt["epoch"]) + 1 < job.cfg["epochs"]:
         return False
     # killed between the last epoch's checkpoint and the export: resuming finishes the export
-    return all((job.run_dir / name).is_file() for name in ("model.safetensors", "labels.json"))
+    return RunFolder(job.run_dir).exported()
 
 
 def _report_finished(job: _Job, console: Console) -> int:
@@ -493,7 +494,7 @@ def _build_trainer(job: _Job, console: Console) -> Any:
     """Feature cache, loaders, the Trainer, and a resumed checkpoint restored into it. Writes nothing."""
     from transferkit.data import cache_features, make_loaders
     from transferkit.recipes import MixupCutmix
-    from transferkit.report import format_epoch, plot_curves, write_metrics_csv
+    from transferkit.report import format_epoch
     from transferkit.train import Trainer, amp_dtype_for
 
     cfg, model, device, dist_ctx, run_dir = job.cfg, job.model, job.device, job.dist, job.run_dir
@@ -521,8 +522,7 @@ def _build_trainer(job: _Job, console: Console) -> Any:
         if job.run_start is not None:  # last.pt holds this run's first epoch: the replaced run can go
             job.run_start.commit()
         if dist_ctx.is_main:
-            write_metrics_csv(run_dir / "metrics.csv", trainer.history)
-            plot_curves(trainer.history, run_dir)
+            RunFolder(run_dir).write_history(trainer.history)
 
     trainer = Trainer(
         model, job.optimizer, train_loader, val_loader, epochs=cfg["epochs"], num_classes=len(job.class_names),
@@ -590,10 +590,8 @@ def _start_epochs(job: _Job, trainer: Any, console: Console, start: int) -> None
 
 def _write_args(job: _Job) -> None:
     """``args.yaml``: the flags as resolved, and what the run really used."""
-    from transferkit.report import write_yaml
-
     args_out = {k: v for k, v in job.cfg.items() if k != "config"}
-    write_yaml(job.run_dir / "args.yaml", {"args": args_out, "resolved": job.facts})
+    RunFolder(job.run_dir).write_args(args_out, job.facts)
 
 
 def _mixing(cfg: dict[str, Any]) -> bool:
@@ -651,9 +649,9 @@ def _create_run_dir(run_dir: Path) -> None:
 def _finish(job: _Job, trainer: Any, console: Console) -> int:
     """Best weights -> confusion matrix, model.safetensors + labels.json; the last line."""
     from transferkit.data import eval_transform_spec
-    from transferkit.report import export_model, plot_confusion_matrix, plot_curves, write_metrics_csv
 
     cfg, model, run_dir = job.cfg, job.model, job.run_dir
+    folder = RunFolder(run_dir)
     if not job.best_state:  # resumed, and no epoch since beat the best: read it back
         from transferkit.checkpoint import load_checkpoint
 
@@ -665,9 +663,8 @@ def _finish(job: _Job, trainer: Any, console: Console) -> int:
     model.load_state_dict(job.best_state)
     final = trainer.evaluate()
     if job.dist.is_main:
-        write_metrics_csv(run_dir / "metrics.csv", trainer.history)
-        plot_curves(trainer.history, run_dir)
-        plot_confusion_matrix(final.confusion, job.class_names, run_dir / "confusion_matrix.png")
+        folder.write_history(trainer.history)
+        folder.write_confusion(final.confusion, job.class_names)
         info = {
             "backbone": cfg["backbone"],
             "img_size": job.bundle.img_size,
@@ -692,7 +689,7 @@ def _finish(job: _Job, trainer: Any, console: Console) -> int:
         info["layout"] = (
             "native: load into the plain network, or create_model(backbone, num_classes, weights=file)"
         )
-        export_model(run_dir, native, job.class_names, info)
+        folder.export(native, job.class_names, info)
         if trainer.ema is not None:  # which weights best.pt's export took is known only now
             job.facts["best_weights"] = _best_weights_fact(trainer)
             _write_args(job)

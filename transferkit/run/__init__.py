@@ -7,6 +7,7 @@ resnet18 --classes 10`` runs, writes the same run folder, and returns a :class:`
 from __future__ import annotations
 
 from transferkit.run.api import RunResult, finetune
+from transferkit.run.folder import RunFolder
 from transferkit.run.spec import FinetuneSpec
 
-__all__ = ["FinetuneSpec", "RunResult", "finetune"]
+__all__ = ["FinetuneSpec", "RunFolder", "RunResult", "finetune"]

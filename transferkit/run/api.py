@@ -8,13 +8,12 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transferkit.errors import TransferkitError
+from transferkit.run.folder import RunFolder
 from transferkit.run.spec import FinetuneSpec
 
 __all__ = ["RunResult", "finetune"]
@@ -28,7 +27,8 @@ class RunResult:
         run_dir: the run folder.
         best: the exported (best) weights' facts from ``labels.json``: ``epoch`` (1-based), ``val_acc``,
             ``best_weights`` (``"model"`` or ``"ema"``); empty for an evaluation-only run.
-        final: the last epoch's row of ``metrics.csv`` (numbers as floats); empty when none was written.
+        final: the last epoch's row of ``metrics.csv`` (``epoch`` 1-based, numbers as floats); empty when
+            none was written.
         paths: every file in the run folder, sorted.
     """
 
@@ -39,26 +39,11 @@ class RunResult:
 
     @classmethod
     def of(cls, run_dir: Path) -> RunResult:
-        """Read the result of the run in ``run_dir``."""
-        labels = run_dir / "labels.json"
-        info = json.loads(labels.read_text()) if labels.is_file() else {}
+        """Read the result of the run in ``run_dir`` (through :class:`RunFolder`)."""
+        folder = RunFolder(run_dir)
+        info, history = folder.read_labels(), folder.read_history()
         best = {k: info[k] for k in ("epoch", "val_acc", "best_weights") if k in info}
-        return cls(run_dir, best, _last_row(run_dir / "metrics.csv"), tuple(sorted(run_dir.iterdir())))
-
-
-def _last_row(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {k: _number(v) for k, v in rows[-1].items()} if rows else {}
-
-
-def _number(text: str) -> Any:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return text
+        return cls(folder.path, best, dict(history[-1]) if history else {}, folder.files())
 
 
 def finetune(spec: FinetuneSpec | None = None, /, **options: Any) -> RunResult:
