@@ -131,7 +131,7 @@ def test_names_win_when_any_name_matches_and_structure_can_be_forced() -> None:
     assert forced.method == "structure" and forced.total_coverage == 1.0
     with pytest.raises(LoadError, match="no tensor loaded"):
         load_partial(tinynet(), state, align="names")
-    with pytest.raises(ConfigError, match="align must be one of 'auto', 'names', 'structure'"):
+    with pytest.raises(ConfigError, match="`align` must be one of 'auto', 'names', 'structure'"):
         load_partial(tinynet(), state, align="order")
 
 
@@ -279,7 +279,7 @@ def test_it_materialises_a_meta_build_with_assign_and_dry_runs_write_nothing() -
 
 
 def test_create_model_takes_align() -> None:
-    with pytest.raises(ConfigError, match="align must be one of"):
+    with pytest.raises(ConfigError, match="`align` must be one of"):
         create_model("tests.tiny_models:tinynet", 10, weights=None, align="shape")
 
 

@@ -237,7 +237,7 @@ def test_user_factory_errors(user_module: str) -> None:
         with pytest.raises(ConfigError, match="both parts non-empty"):
             create_model(empty, num_classes=3, weights=None)
     with pytest.raises(
-        ConfigError, match=r"no known pretrained weights; pass weights=PATH .* or weights=None"
+        ConfigError, match=r"no known pretrained weights; pass `weights`=PATH .* or `weights`=None"
     ):
         create_model(f"{user_module}:lenet", num_classes=3, weights="imagenet")
     # "auto" falls back to the factory's own initialisation and says so

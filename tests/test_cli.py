@@ -615,15 +615,15 @@ def test_killed_between_last_pt_and_best_pt_exports_the_best_epoch(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     argv = ["finetune", *FAST, "--limit-train", "64", "--limit-val", "32", "--epochs", "3"]
     assert main([*argv, "--output", "ref"]) == 0
-    link = train_module._link_or_copy
+    link = train_module.atomic_copy
 
     def killed(src, dst):
         raise KeyboardInterrupt  # the process dies between the two writes
 
-    monkeypatch.setattr(train_module, "_link_or_copy", killed)
+    monkeypatch.setattr(train_module, "atomic_copy", killed)
     assert main([*argv, "--output", "out"]) != 0
     assert not (tmp_path / "out" / "best.pt").exists() and _ckpt_epoch(tmp_path / "out" / "last.pt") == 0
-    monkeypatch.setattr(train_module, "_link_or_copy", link)
+    monkeypatch.setattr(train_module, "atomic_copy", link)
     assert main(["finetune", "--resume", "out"]) == 0
     capsys.readouterr()
     ref, out = (
@@ -818,7 +818,7 @@ BAD = [
     (["--workers", "-1"], "--workers must be an integer >= 0", None),
     (["--device", "tpu"], "expected auto, cpu, cuda or cuda:N", None),
     # the CLI's own spelling, not the Python API's (weights=PATH, at={...}, rules=[...], list_backbones)
-    (["--weights", "imagenet"], "pass weights=PATH (CLI: --weights PATH)", None),
+    (["--weights", "imagenet"], "pass --weights PATH", None),
     (["--unfreeze-at", "1:blok"], "--unfreeze-at 1:blok: 'blok' is not a layer group", None),
     (["--unfreeze-at", "1:block,2:block"], "--unfreeze-at: layer group 'block' is given twice", None),
     (["--backbone", "resnet5O"], "print(transferkit.list_backbones('res*'))", None),

@@ -67,7 +67,7 @@ def test_digits_augmentation_shifts_training_images_only():
 
 
 def test_digits_reject_tiny_images():
-    with pytest.raises(ConfigError, match="img-size"):
+    with pytest.raises(ConfigError, match="`img_size`"):
         load_digits_data(img_size=4)
 
 
@@ -270,7 +270,7 @@ def test_file_broken_after_the_check_is_skipped_in_the_loader(tmp_path, workers)
     assert len(labels) == len(split.train)
     assert labels[0] == split.train[1][1]  # the next sample stood in for the broken one
     strict = ImageFileDataset(split.train, bundle.train.transform, strict=True)
-    with pytest.raises(TransferkitError, match=f"cannot read image {victim}.*--strict-data"):
+    with pytest.raises(TransferkitError, match=f"cannot read image {victim}.*`strict_data`"):
         strict[0]
 
 

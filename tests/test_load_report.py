@@ -29,15 +29,11 @@ def test_report_table_shows_coverage_and_serialises() -> None:
     assert json.loads(json.dumps(report.to_dict()))["total_coverage"] == 1.0
 
 
-def test_old_import_paths_give_the_same_objects() -> None:
-    """LoadReport and its helpers moved out of transferkit.partial; the old names must keep working."""
+def test_load_report_is_exported_from_the_package_root() -> None:
     import transferkit
     import transferkit.load_report as load_report
-    import transferkit.partial as partial
 
-    assert transferkit.LoadReport is partial.LoadReport is load_report.LoadReport
-    assert partial.build_report is load_report.build_report
-    assert partial.compact_keys is load_report.compact_keys
+    assert transferkit.LoadReport is load_report.LoadReport
 
 
 def test_tied_parameters_count_once_and_load_through_an_alias() -> None:

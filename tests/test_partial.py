@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from transferkit.errors import CheckpointError, ConfigError, LoadError, UnsafeCheckpointError
-from transferkit.partial import LoadReport, load_partial, suggest_prefix_rule
+from transferkit.load_report import LoadReport
+from transferkit.partial import load_partial, suggest_prefix_rule
 from transferkit.rename import Prefix, Regex, RenameOnLoadMixin
 
 # ------------------------------------------------------------------------------------- test models
@@ -170,7 +171,7 @@ def test_zero_tensors_is_an_error_with_a_suggested_rule_and_nothing_written() ->
     with pytest.raises(LoadError) as info:
         load_partial(dst, src)
     message = str(info.value)
-    assert "Prefix('encoder.', 'backbone.')" in message and "--rule 'encoder.=>backbone.'" in message
+    assert "Prefix('encoder.', 'backbone.')" in message and "`rules`='encoder.=>backbone.'" in message
     assert info.value.report.loaded == []
     assert_identical(dst, before)
 
@@ -188,7 +189,7 @@ def test_zero_tensors_into_a_renaming_model_quotes_the_files_keys_and_a_rule_tha
     message = str(info.value)
     assert "Checkpoint keys start with 'enc.' (14), e.g. 'enc.stem.conv.weight'" in message
     assert "'backbone.enc." not in message
-    assert "--rule 'enc.=>backbone.'" in message
+    assert "`rules`='enc.=>backbone.'" in message
     report = load_partial(model, src, rules=[Prefix("enc.", "backbone.")])
     assert len(report.loaded) == 14 and report.ok
 
@@ -196,13 +197,13 @@ def test_zero_tensors_into_a_renaming_model_quotes_the_files_keys_and_a_rule_tha
     half = {k: v for k, v in src.items() if not k.startswith("enc.fc.")}
     half.update({k: v for k, v in tinynet(num_classes=10).state_dict().items() if k.startswith("fc.")})
     notes = load_partial(model, half).notes
-    assert any("--rule 'enc.=>backbone.'" in n for n in notes), notes
+    assert any("`rules`='enc.=>backbone.'" in n for n in notes), notes
 
 
 def test_zero_tensors_without_a_prefix_swap_names_both_spellings_of_a_regex_rule() -> None:
     with pytest.raises(LoadError) as info:
         load_partial(nn.Linear(3, 2), {"unrelated.weight": torch.zeros(3, 3)})
-    assert "write Regex rules or a callable (CLI: --rule 're:PATTERN=>REPL')" in str(info.value)
+    assert "write Regex rules (`rules`='re:PATTERN=>REPL') or a callable" in str(info.value)
 
 
 def test_suggest_prefix_rule_handles_removal_and_addition() -> None:

@@ -104,7 +104,7 @@ def test_explicit_imagenet_not_cached_names_path_and_alternative(torch_home: Pat
     for weights in ("imagenet", "DEFAULT", "SqueezeNet1_1_Weights.IMAGENET1K_V1"):
         with pytest.raises(LoadError) as info:
             create_model("squeezenet1_1", num_classes=3, weights=weights)
-        assert str(expected) in str(info.value) and "weights=PATH (CLI: --weights PATH)" in str(info.value)
+        assert str(expected) in str(info.value) and "`weights`=PATH" in str(info.value)
         assert ALLOW_DOWNLOAD_ENV in str(info.value)
 
 
@@ -118,9 +118,7 @@ def test_auto_not_cached_warns_and_builds_random(torch_home: Path, caplog: pytes
     )
     assert any("RANDOM" in n for n in adapter.notes)
     # the CLI passes --weights through: the hint names its spelling too
-    assert any(
-        "pass weights=None (CLI: --weights none) to silence this" in r.getMessage() for r in caplog.records
-    )
+    assert any("pass `weights`=None to silence this" in r.getMessage() for r in caplog.records)
 
 
 def test_download_only_when_allowed(torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,8 +205,8 @@ def test_user_factory_has_no_pretrained_weights() -> None:
     assert resolve_weights(spec, "auto").kind == "none"
     with pytest.raises(ConfigError) as info:
         resolve_weights(spec, "imagenet")
-    assert "pass weights=PATH (CLI: --weights PATH)" in str(info.value)
-    assert "weights=None (CLI: --weights none)" in str(info.value)
+    assert "pass `weights`=PATH" in str(info.value)
+    assert "`weights`=None" in str(info.value)
 
 
 # ---- fast (meta-device) construction gives the same weights as the normal build ---------------------------

@@ -75,6 +75,11 @@ _EXPORTS: dict[str, str] = {
     # schedule
     "GradualUnfreeze": "schedule",
     "LRSchedule": "schedule",
+    # run
+    "finetune": "run",
+    "FinetuneSpec": "run",
+    "RunResult": "run",
+    "RunFolder": "run",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -127,5 +132,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from transferkit.optim import add_param_group, build_optimizer
     from transferkit.partial import load_partial
     from transferkit.rename import Prefix, Regex, RenameOnLoadMixin, parse_rule
+    from transferkit.run import FinetuneSpec, RunFolder, RunResult, finetune
     from transferkit.salvage import Placeholder, find_placeholders, salvage_load
     from transferkit.schedule import GradualUnfreeze, LRSchedule

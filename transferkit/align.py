@@ -69,8 +69,9 @@ def check_align_mode(align: Any) -> str:
 
     if align not in ALIGN_MODES:
         raise ConfigError(
-            f"align must be one of {', '.join(map(repr, ALIGN_MODES))} (CLI: --align); got {align!r}. "
-            "'auto' pairs by name and falls back to structure when no name matches"
+            f"`align` must be one of {', '.join(map(repr, ALIGN_MODES))}; got {align!r}. "
+            "'auto' pairs by name and falls back to structure when no name matches",
+            param="align",
         )
     return str(align)
 
@@ -343,7 +344,7 @@ def align_by_structure(checkpoint: Mapping[str, Any], model_state: Mapping[str, 
             f"cannot align the checkpoint with the model by structure: the sequences diverge at {div}; "
             f"{_why_not(ckpt, model, div)}. Nothing was written.{_sorted_hint(checkpoint)} Structural "
             "alignment only pairs a whole sequence (or all but a reshaped head at the end); for anything "
-            "else write rename rules (rules=[...], CLI --rule)"
+            "else write rename rules (`rules`)"
         )
         exc.divergence = div  # type: ignore[attr-defined]  # structured, for callers that act on it
         raise exc

@@ -31,6 +31,7 @@ from transferkit.commands.config import resolve_config
 from transferkit.commands.console import one_line
 from transferkit.commands.convert_cmd import run_convert
 from transferkit.commands.finetune import Interrupted, run_finetune
+from transferkit.commands.flags import render_error
 from transferkit.commands.inspect_cmd import run_inspect
 from transferkit.commands.parser import DEFAULTS, build_parser
 from transferkit.commands.scan_cmd import run_scan
@@ -60,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(_COMMANDS[ns.command](ns) or 0)
     except TransferkitError as exc:
         if rank == 0:
-            print(f"error: {one_line(str(exc))}", file=sys.stderr, flush=True)
+            print(f"error: {one_line(render_error(exc))}", file=sys.stderr, flush=True)
         return 2
     except SystemExit as exc:  # --help / --version
         return exc.code if isinstance(exc.code, int) else 0

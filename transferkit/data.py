@@ -191,7 +191,9 @@ def load_digits_data(
     from sklearn.model_selection import train_test_split
 
     if not (isinstance(img_size, int) and img_size >= 8):
-        raise ConfigError(f"--img-size must be an integer >= 8 for the digits, got {img_size!r}")
+        raise ConfigError(
+            f"`img_size` must be an integer >= 8 for the digits, got {img_size!r}", param="img_size"
+        )
     digits = load_digits()
     images = torch.from_numpy(digits.images).float().div_(16.0).unsqueeze(1)  # (N, 1, 8, 8) in [0, 1]
     images = torch.nn.functional.interpolate(
@@ -360,7 +362,8 @@ class ImageFileDataset(Dataset):
                 if self.strict:
                     raise TransferkitError(
                         f"cannot read image {path} ({type(exc).__name__}: {exc}); it was readable when the run "
-                        "started. Restore it, or drop --strict-data to skip unreadable files"
+                        "started. Restore it, or drop `strict_data` to skip unreadable files",
+                        param="strict_data",
                     ) from None
                 if path not in self.unreadable:
                     self.unreadable.append(path)
@@ -374,7 +377,7 @@ class ImageFileDataset(Dataset):
             return self.transform(img), label
         raise TransferkitError(
             f"{tries} image files in a row became unreadable during the run (e.g. {self.samples[index][0]}); "
-            "the data folder changed or vanished -- restore it and resume the run with --resume"
+            "the data folder changed or vanished -- restore it and resume the run with `resume`"
         )
 
 
@@ -509,7 +512,9 @@ def _stratified_split(
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < val_split < 1.0:
-        raise ConfigError(f"--val-split must be between 0 and 1 (exclusive), got {val_split!r}")
+        raise ConfigError(
+            f"`val_split` must be between 0 and 1 (exclusive), got {val_split!r}", param="val_split"
+        )
     counts = Counter(label for _, label in samples)
     small = [class_names[c] for c, n in sorted(counts.items()) if n < 2]
     if small:
@@ -520,8 +525,9 @@ def _stratified_split(
     n_val = math.ceil(val_split * len(samples))
     if n_val < len(counts) or len(samples) - n_val < len(counts):
         raise ConfigError(
-            f"--val-split {val_split} of {len(samples)} images leaves a split with fewer images than the "
-            f"{len(counts)} classes; change --val-split or add images"
+            f"`val_split` {val_split} of {len(samples)} images leaves a split with fewer images than the "
+            f"{len(counts)} classes; change `val_split` or add images",
+            param="val_split",
         )
     train, val = train_test_split(
         samples, test_size=n_val, stratify=[label for _, label in samples], random_state=seed
@@ -621,7 +627,8 @@ def split_image_folder(
             )
             raise ConfigError(
                 f"{len(bad)} unreadable image file(s) under {root}: {shown}; remove them or drop "
-                "--strict-data to skip them"
+                "`strict_data` to skip them",
+                param="strict_data",
             )
         logger.warning("skipping %d unreadable image file(s) under %s, e.g. %s", len(bad), root, bad[0])
     if split_dirs:
@@ -654,7 +661,7 @@ def split_image_folder(
     return FolderSplit(train_s, val_s, names, str(root), bad)
 
 
-_MAX_NAMED = 20  # unreadable files named in a --strict-data error (a line, not a listing of thousands)
+_MAX_NAMED = 20  # unreadable files named in a strict_data error (a line, not a listing of thousands)
 
 
 def _refuse_shared_files(train: list[tuple[str, int]], val: list[tuple[str, int]]) -> None:
@@ -760,8 +767,12 @@ def scan_eval_folder(
     check_class_names(class_names, found, source=str(folder))
     samples, names, bad = scan_image_folder(folder, class_names)
     if bad and strict:
-        raise ConfigError(f"{len(bad)} unreadable image file(s) under {folder}: {', '.join(bad[:_MAX_NAMED])}; "
-                          "remove them or drop --strict-data to skip them")  # fmt: skip
+        shown = ", ".join(bad[:_MAX_NAMED])
+        raise ConfigError(
+            f"{len(bad)} unreadable image file(s) under {folder}: {shown}; remove them or drop `strict_data` "
+            "to skip them",
+            param="strict_data",
+        )
     if bad:
         logger.warning("skipping %d unreadable image file(s) under %s, e.g. %s", len(bad), folder, bad[0])
     if not samples:

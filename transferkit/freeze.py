@@ -54,6 +54,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from transferkit.errors import ConfigError
+from transferkit.rename import is_under
 
 __all__ = [
     "Selector",
@@ -105,10 +106,6 @@ def _layer_groups(model: nn.Module) -> dict[str, list[str]] | None:
     return fn() if callable(fn) else None
 
 
-def _under(name: str, prefix: str) -> bool:
-    return prefix == "" or name == prefix or name.startswith(prefix + ".")
-
-
 def _glob_hits(
     pattern: str,
     alias: dict[str, str],
@@ -129,7 +126,9 @@ def _glob_hits(
 
     matched_modules = [m for m in modules if m and match(m)]
     hits = [
-        canon for name, canon in alias.items() if match(name) or any(_under(name, m) for m in matched_modules)
+        canon
+        for name, canon in alias.items()
+        if match(name) or any(is_under(name, m) for m in matched_modules)
     ]
     for gname, names in (groups or {}).items():
         if fnmatch.fnmatchcase(gname, pattern):
@@ -183,7 +182,7 @@ def _resolve_one(model: nn.Module, selector: Any, alias: dict[str, str], canonic
         # a name relative to the wrapped network ("layer1.0" for "backbone.layer1.0") is accepted too
         for name in (selector, prefix + selector) if prefix and selector else (selector,):
             if name in modules:
-                return [canon for a, canon in alias.items() if _under(a, name)]
+                return [canon for a, canon in alias.items() if is_under(a, name)]
             if name in alias:
                 return [alias[name]]
         if _GLOB_CHARS & set(selector):
@@ -259,7 +258,7 @@ def is_bn_locked(module: nn.Module) -> bool:
     return any(h is _keep_bn_eval for h in module._forward_pre_hooks.values())
 
 
-def _lock_bn(module: nn.Module) -> None:
+def lock_bn(module: nn.Module) -> None:
     # Two guards: the instance-level train() keeps ``module.training`` False through model.train(), so
     # what the flag says is what the layer does; the pre-hook also covers ``bn.training = True`` set by
     # hand. A partial (not a bound method) survives deepcopy and pickle, pointing at the copy.
@@ -269,7 +268,7 @@ def _lock_bn(module: nn.Module) -> None:
     module.training = False
 
 
-def _unlock_bn(module: nn.Module, training: bool) -> None:
+def unlock_bn(module: nn.Module, training: bool) -> None:
     # Hooks are removed by identity of the function, not through a stored handle: a handle holds a weakref
     # to the original module's hook dict, which deepcopy would not follow.
     hooks = module._forward_pre_hooks
@@ -390,12 +389,12 @@ def freeze(model: nn.Module, *selectors: Selector, train_bn: bool = False, bn: s
     if train_bn:
         for _, module, owned in _bn_owners(model):
             if any(n in chosen for n in owned):
-                _unlock_bn(module, model.training)
+                unlock_bn(module, model.training)
     elif bn == "frozen":
         convert_frozen_bn(model, *selectors)
     else:
         for _, module in _frozen_bn_layers(model, chosen):
-            _lock_bn(module)
+            lock_bn(module)
     logger.debug("froze %d parameters (%d changed)", len(names), len(changed))
     return changed
 
@@ -425,7 +424,7 @@ def unfreeze(model: nn.Module, *selectors: Selector) -> list[str]:
     chosen = set(names)
     for _, module, owned in _bn_owners(model):
         if any(n in chosen for n in owned):
-            _unlock_bn(module, model.training)
+            unlock_bn(module, model.training)
     logger.debug("unfroze %d parameters (%d changed)", len(names), len(changed))
     return changed
 
@@ -557,7 +556,7 @@ def summary(model: nn.Module, by: str = "auto") -> str:
             row = param_row.get(owned[0], "(root)")
         else:  # no parameters (affine-free or FrozenBN): the row of the first parameter under its parent
             parent = mname.rpartition(".")[0]
-            row = next((param_row[n] for n in param_row if _under(n, parent)), mname.split(".")[0])
+            row = next((param_row[n] for n in param_row if is_under(n, parent)), mname.split(".")[0])
         counts = bn_modes.setdefault(row, {})
         counts[mode] = counts.get(mode, 0) + 1
     params = dict(model.named_parameters())

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from transferkit.errors import CheckpointError, ConfigError, LoadError, UnsafeCheckpointError
-from transferkit.partial import LoadReport, compact_keys, load_partial
+from transferkit.load_report import LoadReport, compact_keys
+from transferkit.partial import load_partial
 from transferkit.rename import Rule, normalize_rules, strip_wrappers
 
 __all__ = [
@@ -106,9 +107,11 @@ def inspect_checkpoint(
 
     path = Path(path)
     if model is not None and against is not None:
-        raise ConfigError("inspect takes either a model or --against another checkpoint, not both")
+        raise ConfigError(
+            "inspect takes either a `model` or `against` another checkpoint, not both", param="against"
+        )
     if isinstance(model, str) and num_classes is None:
-        raise ConfigError(f"inspecting against backbone {model!r} needs num_classes (CLI: --classes N)")
+        raise ConfigError(f"inspecting against backbone {model!r} needs `num_classes`", param="num_classes")
     rules_t = normalize_rules(rules)
     devices: Counter[str] = Counter()
     try:
@@ -242,21 +245,26 @@ def _header(path: Path) -> str:
     return f"checkpoint: {path.name} ({_size(path)}, {_format(path)})"
 
 
+_FORMAT_LABELS = {
+    "safetensors": "safetensors",
+    "legacy": "legacy torch pickle (pre-1.6)",
+    "tar": "legacy torch pickle (pre-1.6)",
+}
+
+
 def _format(path: Path) -> str:
+    from transferkit.checkpoint.formats import read_head, sniff_format
+
     try:
         if zipfile.is_zipfile(path):
             return "zip torch file"
-        with open(path, "rb") as f:
-            head = f.read(16)
+        head, size = read_head(path)
     except (OSError, zipfile.BadZipFile, ValueError):
         return "unknown format"
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
-    if head[:1] == b"\x80":
-        return "legacy torch pickle (pre-1.6)"
-    if head[:1] in (b"(", b"c", b"]", b"}", b"N", b"I", b"S", b"V"):
-        return "plain pickle (protocol 0/1)"
-    return "unknown format"
+    kind = sniff_format(head, size)
+    if kind == "pickle":
+        return "legacy torch pickle (pre-1.6)" if head[:1] == b"\x80" else "plain pickle (protocol 0/1)"
+    return _FORMAT_LABELS.get(kind, "unknown format")
 
 
 def _describe_unsafe(path: Path, exc: UnsafeCheckpointError) -> list[str]:
@@ -282,11 +290,11 @@ def _describe_unsafe(path: Path, exc: UnsafeCheckpointError) -> list[str]:
     if dangerous:
         lines.append(
             "DANGEROUS: do not load this file with trusted=True or allow-list these globals; to get the "
-            "tensors out without running anything: inspect --salvage (load_checkpoint(..., salvage=True))"
+            "tensors out without running anything: `salvage`=True (load_checkpoint(..., salvage=True))"
         )
     else:
         lines.append(
-            "to get the tensors out without running code: inspect --salvage "
+            "to get the tensors out without running code: `salvage`=True "
             "(load_checkpoint(..., salvage=True)); "
             "a full unpickle (trusted=True) runs code from the file: only for files you trust"
         )

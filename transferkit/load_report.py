@@ -86,7 +86,7 @@ class LoadReport:
     @property
     def ok(self) -> bool:
         """True when nothing is missing (beyond ``num_batches_tracked``), unexpected or mismatched."""
-        return not (self.mismatched or self.unexpected or _significant_missing(self.missing))
+        return not (self.mismatched or self.unexpected or significant_missing(self.missing))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (shapes as lists).
@@ -358,7 +358,7 @@ def _compact_renames(renamed: Mapping[str, str]) -> list[str]:
 # --------------------------------------------------------------------------------------- building a report
 
 
-def _significant_missing(missing: Iterable[str]) -> list[str]:
+def significant_missing(missing: Iterable[str]) -> list[str]:
     # Old checkpoints predate BatchNorm's num_batches_tracked; torch itself fills it in, so it never counts.
     return [k for k in missing if not k.endswith("num_batches_tracked")]
 

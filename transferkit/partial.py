@@ -38,8 +38,9 @@ from torch.nn.parameter import is_lazy
 
 from transferkit.align import Alignment, align_by_structure, check_align_mode
 from transferkit.checkpoint import extract_state_dict, load_checkpoint
+from transferkit.checkpoint.state_dicts import unwrap_model
 from transferkit.errors import ConfigError, LoadError, TransferkitError
-from transferkit.load_report import LoadReport, Shape, _significant_missing, build_report, compact_keys
+from transferkit.load_report import LoadReport, Shape, build_report, compact_keys, significant_missing
 from transferkit.rename import (
     Prefix,
     RenameOnLoadMixin,
@@ -51,9 +52,7 @@ from transferkit.rename import (
     normalize_rules,
 )
 
-# LoadReport, build_report and compact_keys live in transferkit.load_report; they are re-exported here
-# because callers have always imported them from this module.
-__all__ = ["LoadReport", "load_partial", "build_report", "compact_keys", "suggest_prefix_rule"]
+__all__ = ["load_partial", "suggest_prefix_rule"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,22 +127,6 @@ def _first_segments(keys: Iterable[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------- load_partial
-
-
-def _unwrap(model: nn.Module, notes: list[str]) -> nn.Module:
-    """Load into the wrapped module of DataParallel/DDP and torch.compile wrappers."""
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            notes.append(f"loaded into the module inside {type(model).__name__}")
-            model = model.module
-        elif (
-            isinstance(getattr(model, "_orig_mod", None), nn.Module)
-            and type(model).__name__ == "OptimizedModule"
-        ):
-            notes.append("loaded into the original module inside torch.compile's wrapper")
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _describe(source: Any) -> str:
@@ -296,7 +279,7 @@ def load_partial(
             f"{type(model).__name__}. The call is load_partial(model, source)"
         )
     notes: list[str] = []
-    target = _unwrap(model, notes)
+    target = unwrap_model(model, notes)
     rules_t = normalize_rules(rules)
     model_state = target.state_dict(keep_vars=True)
     _check_no_lazy(model_state)
@@ -459,9 +442,9 @@ def _add_hint(
     before_mixins = {name: passed[raw] for raw, name in final.items() if name is not None}
     unexpected = [before_mixins.get(k, k) for k in report.unexpected]
     shapes = _shapes(state, passed, model_state)
-    hint = suggest_prefix_rule(unexpected, _significant_missing(report.missing), **shapes)
+    hint = suggest_prefix_rule(unexpected, significant_missing(report.missing), **shapes)
     if hint is not None and hint[1] * 2 >= len(report.unexpected):
-        report.notes.append(f"the rule {hint[0]!r} (CLI --rule '{hint[0]}') would load {hint[1]} more key(s)")
+        report.notes.append(f"the rule {hint[0]!r} would load {hint[1]} more key(s): `rules`='{hint[0]}'")
 
 
 def _rename_chain(
@@ -766,13 +749,10 @@ def _zero_message(
         suggestion = None  # a swap that fits a few keys by coincidence of shape is not a fix
     if suggestion is not None:
         rule, hits = suggestion
-        message += (
-            f" The rule {rule!r} would load {hits} of {len(own_keys)} keys: pass rules=[{rule!r}] "
-            f"(CLI: --rule '{rule}')."
-        )
+        message += f" The rule {rule!r} would load {hits} of {len(own_keys)} keys: pass `rules`='{rule}'."
     elif not report.mismatched:
         message += (
-            " No prefix swap aligns them; write Regex rules or a callable (CLI: --rule 're:PATTERN=>REPL')."
+            " No prefix swap aligns them; write Regex rules (`rules`='re:PATTERN=>REPL') or a callable."
         )
     return message
 

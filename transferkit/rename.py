@@ -45,9 +45,20 @@ __all__ = [
     "module_rule_renames",
     "check_no_collisions",
     "RenameOnLoadMixin",
+    "is_under",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def is_under(name: str, prefix: str) -> bool:
+    """Whether the dotted ``name`` is ``prefix`` or inside it (``""`` is the root: everything is under it).
+
+    >>> is_under("layer1.0.conv1.weight", "layer1"), is_under("layer10.weight", "layer1")
+    (True, False)
+    """
+    return prefix == "" or name == prefix or name.startswith(prefix + ".")
+
 
 # Attribute names that wrappers insert into keys: DataParallel/DDP (`module`) and torch.compile (`_orig_mod`).
 WRAPPER_SEGMENTS = ("module", "_orig_mod")

@@ -81,14 +81,14 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def _plain(value: Any) -> Any:
+def _yaml_plain(value: Any) -> Any:
     """Values YAML can write without Python tags (tuples -> lists, paths -> strings)."""
     if isinstance(value, str):
         return str(value)  # str subclasses (torch.__version__) would get a Python tag
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _yaml_plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
-        return [_plain(v) for v in value]
+        return [_yaml_plain(v) for v in value]
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if hasattr(value, "item") and callable(value.item):  # 0-d tensors / numpy scalars
@@ -101,7 +101,7 @@ def write_yaml(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
     import yaml
 
     # allow_unicode: class names such as "café" or "猫" stay readable instead of "caf\xE9" escapes
-    text = yaml.safe_dump(_plain(data), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    text = yaml.safe_dump(_yaml_plain(data), sort_keys=False, default_flow_style=False, allow_unicode=True)
     return write_text(path, text)
 
 
@@ -325,7 +325,11 @@ def export_model(
         info: extra JSON-able facts (backbone, img_size, mean, std, val_acc, epoch).
     """
     run_dir = Path(run_dir)
-    labels = {"class_names": list(class_names), "num_classes": len(class_names), **_plain(dict(info or {}))}
+    labels = {
+        "class_names": list(class_names),
+        "num_classes": len(class_names),
+        **_yaml_plain(dict(info or {})),
+    }
     meta = {k: str(v) for k, v in labels.items() if k != "class_names"}
     # the class names travel with the weights, so create_model(weights=...) keeps the head on the same classes
     meta["class_names"] = json.dumps(list(class_names), ensure_ascii=False)

@@ -61,8 +61,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from transferkit.errors import CheckpointError, ConfigError
-from transferkit.freeze import _lock_bn, _unlock_bn, freeze, is_bn_locked, select_parameters, unfreeze
+from transferkit.errors import CheckpointError, ConfigError, LayerGroupError
+from transferkit.freeze import freeze, is_bn_locked, lock_bn, select_parameters, unfreeze, unlock_bn
 from transferkit.optim import add_param_group, layer_decay_scales
 
 __all__ = ["GradualUnfreeze", "LRSchedule"]
@@ -89,6 +89,25 @@ def _group_layout(model: nn.Module, groups: Mapping[str, Any] | None) -> dict[st
     if len(layout) < 2:
         raise ConfigError(f"gradual unfreezing needs at least two layer groups, got {list(layout)}")
     return layout
+
+
+def _check_group(group: str, epoch: int, below: list[str], seen: set[str]) -> None:
+    """LayerGroupError (with the data a caller needs to say it in its words) for a group ``at=`` cannot use."""
+    if group not in below:
+        close = difflib.get_close_matches(str(group), below, n=3)
+        raise LayerGroupError(
+            f"at={{{epoch}: {group!r}}}: not a layer group below the head; expected one of {', '.join(below)}.",
+            group=group,
+            epoch=epoch,
+            expected=below,
+            param="at",
+            hint=f"Did you mean {', '.join(close)}?" if close else None,
+        )
+    if group in seen:
+        raise LayerGroupError(
+            f"layer group {group!r} appears twice in at=", group=group, epoch=epoch, expected=below,
+            repeated=True, param="at",
+        )  # fmt: skip
 
 
 class GradualUnfreeze:
@@ -203,15 +222,7 @@ class GradualUnfreeze:
             if not (isinstance(epoch, int) and epoch >= 0):
                 raise ConfigError(f"epochs in at= must be integers >= 0, got {epoch!r}")
             for g in names:
-                if g not in below:
-                    close = difflib.get_close_matches(str(g), below, n=3)
-                    hint = f" Did you mean {', '.join(close)}?" if close else ""
-                    raise ConfigError(
-                        f"at={{{epoch}: {g!r}}}: not a layer group below the head; expected one of "
-                        f"{', '.join(below)}.{hint}"
-                    )
-                if g in seen:
-                    raise ConfigError(f"layer group {g!r} appears twice in at=")
+                _check_group(g, epoch, below, seen)
                 seen.add(g)
             plan[epoch] = names
         return plan
@@ -377,9 +388,9 @@ class GradualUnfreeze:
         locked = set(state["bn_locked"])
         for n, m in self.model.named_modules():
             if n in locked:
-                _lock_bn(m)
+                lock_bn(m)
             elif isinstance(m, _BatchNorm) and is_bn_locked(m):
-                _unlock_bn(m, self.model.training)
+                unlock_bn(m, self.model.training)
         if optimizer is not None:
             self.optimizer = optimizer
             if state.get("optimizer_groups") is not None:

@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from transferkit.checkpoint.atomic import atomic_copy
 from transferkit.data import set_loader_epoch
 from transferkit.errors import CheckpointError, ConfigError
 from transferkit.recipes import MixupCutmix, ModelEma
@@ -110,21 +111,23 @@ def select_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"--device {spec}: CUDA is not available on this machine (torch {torch.__version__}, "
-                f"built for CUDA {torch.version.cuda or 'none'}); use --device cpu or --device auto"
+                f"`device` {spec}: CUDA is not available on this machine (torch {torch.__version__}, "
+                f"built for CUDA {torch.version.cuda or 'none'}); use `device` cpu or `device` auto",
+                param="device",
             )
         index = local_rank if spec == "cuda" else spec.partition(":")[2]
         try:
             index = int(index)
         except ValueError:
-            raise ConfigError(f"--device {spec}: expected cuda:N with an integer N") from None
+            raise ConfigError(f"`device` {spec}: expected cuda:N with an integer N", param="device") from None
         count = torch.cuda.device_count()
         if not 0 <= index < count:
             raise ConfigError(
-                f"--device {spec}: GPU index {index} out of range; this machine has {count} GPU(s)"
+                f"`device` {spec}: GPU index {index} out of range; this machine has {count} GPU(s)",
+                param="device",
             )
         return torch.device("cuda", index)
-    raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+    raise ConfigError(f"`device` {spec!r}: expected auto, cpu, cuda or cuda:N", param="device")
 
 
 @dataclass(frozen=True)
@@ -505,7 +508,7 @@ class Trainer:
         if self._best_is_resumed and self.run_dir is not None and self.dist.is_main:
             last = self.run_dir / "last.pt"
             if last.is_file():  # best.pt may be older than the best epoch this last.pt holds
-                _link_or_copy(last, self.run_dir / "best.pt")
+                atomic_copy(last, self.run_dir / "best.pt")
             self._best_is_resumed = False
         for epoch in range(self.start_epoch, self.epochs):
             start = time.perf_counter()
@@ -539,7 +542,7 @@ class Trainer:
                 self.save(self.run_dir / "last.pt", epoch, row)
                 self.saved_epoch = epoch
                 if improved:
-                    _link_or_copy(self.run_dir / "last.pt", self.run_dir / "best.pt")
+                    atomic_copy(self.run_dir / "last.pt", self.run_dir / "best.pt")
             if self.on_epoch_end is not None:
                 self.on_epoch_end(self, row, result)
         if result is None:  # resumed a finished run: nothing left to train
@@ -613,18 +616,18 @@ class Trainer:
             CheckpointError: the file is not a transferkit training checkpoint of this model.
         """
         from transferkit.checkpoint import load_checkpoint, restore_checkpoint
+        from transferkit.checkpoint.training import require_training_checkpoint
 
         ckpt = load_checkpoint(source) if not isinstance(source, Mapping) else source
-        if not isinstance(ckpt, Mapping) or "models" not in ckpt or ckpt.get("epoch") is None:
-            raise CheckpointError(
-                f"{source} is not a transferkit training checkpoint (expected last.pt/best.pt of a run, "
-                "with models, optimizers and epoch); to start from its weights use --init-checkpoint"
-            )
+        label = "checkpoint" if isinstance(source, Mapping) else str(source)
+        hint = "to start a new run from its weights, load them with load_partial"
+        ckpt = require_training_checkpoint(ckpt, label, epoch=True, hint=hint)
         extra = ckpt.get("extra") or {}
         if self.ema is not None and ("ema" not in ckpt["models"] or "ema" not in extra):
             raise CheckpointError(
                 f"{source} holds no model EMA, so this run's EMA cannot continue from it; resume without "
-                "ema_decay (--model-ema), or start a new run from its weights"
+                "`ema_decay`, or start a new run from its weights",
+                param="ema_decay",
             )
         if self.freeze_schedule is not None and "freeze_schedule" in extra:
             # groups first: the optimizer state is then loaded into the same groups, in the same order
@@ -661,23 +664,3 @@ class Trainer:
             self.best_epoch + 1,
         )
         return self.start_epoch
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` a copy of ``src`` atomically, by hard link where the file system allows.
-
-    ``last.pt`` is later replaced (``os.replace``), which leaves a hard-linked ``best.pt`` pointing at the
-    old data: a full copy of a large checkpoint for the price of a directory entry.
-    """
-    import shutil
-
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)

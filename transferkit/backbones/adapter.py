@@ -37,7 +37,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from transferkit.backbones.groups import network_groups
-from transferkit.backbones.heads import HeadInfo, _is_timm, find_heads, get_module, replace_with_info
+from transferkit.backbones.heads import HeadInfo, find_heads, get_module, is_timm, replace_with_info
 from transferkit.backbones.preprocess import build_transforms, default_data_config
 from transferkit.errors import ConfigError
 from transferkit.rename import RenameOnLoadMixin
@@ -172,7 +172,7 @@ class Adapter(RenameOnLoadMixin, nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """The features the head consumes (pooled ``(batch, dim)`` for all but squeezenet's conv head,
         whose input is the ``(batch, 512, h, w)`` map)."""
-        if self._head_info.timm and _is_timm(self.backbone):
+        if self._head_info.timm and is_timm(self.backbone):
             return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
         captured: list[Tensor] = []
 

@@ -31,13 +31,11 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from transferkit.rename import is_under
+
 __all__ = ["network_groups", "GROUPERS"]
 
 Grouper = Callable[[nn.Module, list[str]], list[tuple[str, str]]]
-
-
-def _under(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
 
 
 def _resnet(net: nn.Module, names: list[str]) -> list[tuple[str, str]]:
@@ -57,7 +55,7 @@ def _vit(net: nn.Module, names: list[str]) -> list[tuple[str, str]]:
 def _by_prefix(names: list[str], rules: list[tuple[str, str]]) -> list[tuple[str, str]]:
     out = []
     for name in names:
-        group = next((g for g, prefix in rules if _under(name, prefix)), None)
+        group = next((g for g, prefix in rules if is_under(name, prefix)), None)
         if group is not None:
             out.append((name, group))
     return out
@@ -78,7 +76,7 @@ def _default(net: nn.Module, names: list[str]) -> list[tuple[str, str]]:
     if len(stages) < 2:  # no downsampling to cut at: each unit is its own group
         return embed + _by_prefix(names, [(u, u) for _, u, _ in units])
     # a stage is named after the units whose parameters it holds (not the head's, not a parameter-free pool)
-    held = [(c, u, m) for c, u, m in units if any(_under(n, u) for n in names)]
+    held = [(c, u, m) for c, u, m in units if any(is_under(n, u) for n in names)]
     rules = [
         (_stage_name([x for x in stage if x in held], held), unit) for stage in stages for _, unit, _ in stage
     ]
@@ -181,7 +179,7 @@ def network_groups(net: nn.Module, head_modules: Sequence[str]) -> dict[str, lis
         head_modules: qualified names of its classifier modules (main and auxiliary).
     """
     all_names = [n for n, _ in net.named_parameters()]
-    head = [n for n in all_names if any(_under(n, h) for h in head_modules)]
+    head = [n for n in all_names if any(is_under(n, h) for h in head_modules)]
     rest = [n for n in all_names if n not in set(head)]
     grouper = GROUPERS.get(type(net).__name__) if type(net).__module__.startswith("torchvision.") else None
     if grouper is None:

@@ -206,7 +206,7 @@ def is_torchvision(model: nn.Module) -> bool:
     return type(model).__module__.startswith("torchvision.")
 
 
-def _is_timm(model: nn.Module) -> bool:
+def is_timm(model: nn.Module) -> bool:
     return callable(getattr(model, "get_classifier", None)) and callable(
         getattr(model, "reset_classifier", None)
     )
@@ -236,7 +236,7 @@ def find_heads(model: nn.Module, head_name: str | None = None) -> HeadInfo:
             )
         return HeadInfo(canonical_path(model, head_name))
     info = HEADS.get(type(model).__name__) if is_torchvision(model) else None
-    if info is None and _is_timm(model):
+    if info is None and is_timm(model):
         return HeadInfo(canonical_path_of(model, model.get_classifier()), timm=True)
     if info is None:
         return HeadInfo(find_user_head(model))

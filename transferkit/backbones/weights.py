@@ -56,9 +56,9 @@ logger = logging.getLogger(__name__)
 
 ALLOW_DOWNLOAD_ENV = "TRANSFERKIT_ALLOW_DOWNLOAD"
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's HASH_REGEX
-# the same errors reach Python callers and the CLI (which passes --weights through): name both spellings
-_PATH = "weights=PATH (CLI: --weights PATH)"
-_NONE = "weights=None (CLI: --weights none)"
+# marked parameters (transferkit.errors): the CLI shows them as --weights=PATH and --weights=None
+_PATH = "`weights`=PATH"
+_NONE = "`weights`=None"
 _KEYWORDS = {"auto", "imagenet", "default", "pretrained"}
 _verified: dict[tuple[str, int, int], bool] = {}
 

@@ -23,7 +23,10 @@ A training checkpoint is a plain dict that ``weights_only=True`` reads back::
 Where things live (everything public is re-exported here, so ``from transferkit.checkpoint import ...``
 is all a caller needs):
 
-* :mod:`.reading`: :func:`load_checkpoint`, the torch and safetensors readers, refusal messages.
+* :mod:`.formats`: :func:`~.formats.sniff_format` (the one format sniffer: reading, salvage and inspect
+  use it), the ``PathLike`` / ``MapLocation`` types, the checkpoint file suffixes.
+* :mod:`.reading`: :func:`load_checkpoint`, the torch reader, refusal messages.
+* :mod:`.safetensors_file`: :func:`~.safetensors_file.read_safetensors`.
 * :mod:`.unsafe_globals`: :func:`describe_unsafe_globals`, the static scan of a whole file (zip members'
   compression and sizes, legacy, tar, plain pickles) that :func:`load_checkpoint` runs first.
 * :mod:`.pickle_scan`: the bounded, symbolic scan of one pickle (budgets, shared references, globals).
@@ -33,7 +36,7 @@ is all a caller needs):
 * :mod:`.rng`: :func:`capture_rng_state`, :func:`restore_rng_state`.
 * :mod:`.training`: :func:`save_checkpoint`, :func:`restore_checkpoint`, ``FORMAT``.
 * :mod:`.weights`: :func:`save_weights`.
-* :mod:`._files`: path checks, format detection, which file a loaded object came from.
+* :mod:`._files` (private to the package): path checks, which file a loaded object came from.
 
 All of it logs to the one logger ``"transferkit.checkpoint"``.
 
@@ -50,12 +53,7 @@ Example:
 
 from __future__ import annotations
 
-# also importable from here as before the split (not in __all__): the type aliases, and the safetensors
-# reader transferkit.salvage reuses; "X as X" marks them as re-exports
-from transferkit.checkpoint._files import MapLocation as MapLocation
-from transferkit.checkpoint._files import PathLike as PathLike
 from transferkit.checkpoint.atomic import atomic_write
-from transferkit.checkpoint.reading import _load_safetensors as _load_safetensors
 from transferkit.checkpoint.reading import load_checkpoint
 from transferkit.checkpoint.rng import capture_rng_state, restore_rng_state
 from transferkit.checkpoint.state_dicts import extract_state_dict, snapshot_state

@@ -1,14 +1,14 @@
 """The file side of reading a checkpoint: path checks, format detection and where a loaded object came from.
 
-* :func:`_check_file` turns a path into a ``Path`` or a :class:`CheckpointError` saying why nothing
+* :func:`check_file` turns a path into a ``Path`` or a :class:`CheckpointError` saying why nothing
   readable is there (missing, a folder, empty).
-* :func:`_pinned` gives a name that stays bound to one inode while the file is read.
-* :func:`_detect_format` tells ``"zip"``, ``"legacy"`` and ``"safetensors"`` apart by their first bytes;
-  :func:`_check_torch_zip` refuses zips that are not torch checkpoints (TorchScript, other archives).
-* :func:`_remember_source` / :func:`_source_label` recall which file a loaded object was read from, so
+* :func:`pinned` gives a name that stays bound to one inode while the file is read.
+* :func:`detect_format` tells ``"zip"``, ``"legacy"`` and ``"safetensors"`` apart by their first bytes;
+  :func:`check_torch_zip` refuses zips that are not torch checkpoints (TorchScript, other archives).
+* :func:`remember_source` / :func:`source_label` recall which file a loaded object was read from, so
   later errors about it can name the file.
 
-Everything here is private to :mod:`transferkit.checkpoint`; the siblings import it.
+The module is private to :mod:`transferkit.checkpoint` (its siblings import it); its names are not re-exported.
 """
 
 from __future__ import annotations
@@ -25,39 +25,34 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from transferkit.checkpoint.formats import (
+    is_checkpoint_name,
+    read_head,
+    safetensors_header_fits,
+    sniff_format,
+)
 from transferkit.errors import CheckpointError, ConfigError
 
 __all__ = [
-    "PathLike",
-    "MapLocation",
-    "_as_path",
-    "_check_file",
-    "_pinned",
-    "_detect_format",
-    "_check_torch_zip",
-    "_remember_source",
-    "_source_label",
+    "as_path",
+    "check_file",
+    "pinned",
+    "detect_format",
+    "check_torch_zip",
+    "remember_source",
+    "source_label",
 ]
 
 
-PathLike = str | os.PathLike
-
-MapLocation = str | torch.device | Mapping[str, Any] | Callable[..., Any] | None
-
-_CKPT_SUFFIXES = frozenset({".pt", ".pth", ".tar", ".th", ".bin", ".ckpt", ".safetensors", ".pkl"})
-
-
-def _as_path(path: Any, what: str = "path") -> Path:
+def as_path(path: Any, what: str = "path") -> Path:
     if not isinstance(path, str | os.PathLike):
         raise ConfigError(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
     return Path(path)
 
 
-def _check_file(path: Any) -> Path:
+def check_file(path: Any) -> Path:
     """The path as a Path, or CheckpointError saying why there is no readable file there."""
-    path = _as_path(path)
+    path = as_path(path)
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -66,7 +61,7 @@ def _check_file(path: Any) -> Path:
     except OSError as err:
         raise CheckpointError(f"{path}: cannot access it ({err.strerror or err})") from err
     if stat.S_ISDIR(info.st_mode):
-        found = sorted(p.name for p in path.iterdir() if p.suffix in _CKPT_SUFFIXES)[:5]
+        found = sorted(p.name for p in path.iterdir() if is_checkpoint_name(p.name))[:5]
         hint = f"; checkpoint files in it: {', '.join(found)}" if found else ""
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file{hint}")
     if info.st_size == 0:
@@ -77,7 +72,7 @@ def _check_file(path: Any) -> Path:
 
 
 @contextlib.contextmanager
-def _pinned(path: Path) -> Iterator[str]:
+def pinned(path: Path) -> Iterator[str]:
     """A name for the file that stays bound to the same inode while it is read.
 
     ``torch.load(mmap=True)`` opens its path twice (zip reader, then the storage mapping); a save
@@ -97,16 +92,15 @@ def _pinned(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
-def _detect_format(path: Path, source: str | Path | None = None) -> str:
-    """``"zip"``, ``"legacy"`` or ``"safetensors"``, from the file's first bytes (never its suffix)."""
+def detect_format(path: Path, source: str | Path | None = None) -> str:
+    """``"zip"``, ``"legacy"``, ``"safetensors"`` or ``"pickle"`` (:func:`.formats.sniff_format`, checked)."""
     source = path if source is None else source
     try:
-        with open(source, "rb") as f:
-            head = f.read(512)
-            size = os.fstat(f.fileno()).st_size
+        head, size = read_head(source)
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read it ({err.strerror or err})") from err
-    if head[:2] == b"PK":
+    kind = sniff_format(head, size)
+    if kind == "zip":
         try:
             complete = zipfile.is_zipfile(source)
         except Exception:  # is_zipfile itself raises BadZipFile on some damaged archives
@@ -117,23 +111,19 @@ def _detect_format(path: Path, source: str | Path | None = None) -> str:
                 "re-download or re-save it"
             )
         return "zip"
-    if len(head) >= 9 and head[8:9] == b"{":
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if header_len > size - 8:
+    if kind == "safetensors":
+        if not safetensors_header_fits(head, size):
+            (header_len,) = struct.unpack("<Q", head[:8])
             raise CheckpointError(
                 f"{path}: a safetensors file whose header says {header_len} bytes but only {size - 8} follow "
                 "its 8-byte length; it is truncated or damaged"
             )
         return "safetensors"
-    if head[:1] == b"\x80" or head[257:262] == b"ustar":
+    if kind in ("legacy", "tar") or head[:1] == b"\x80":
         return "legacy"  # a pickle stream (torch.save before 1.6) or the even older tar layout
-    if _is_old_pickle(source):
+    if kind == "pickle" and _is_old_pickle(source):
         return "pickle"  # protocol 0 or 1: not a torch file, but it can be scanned and described
     raise CheckpointError(f"{path}: not a PyTorch or safetensors checkpoint: {_describe_head(head)}")
-
-
-# Opcodes a protocol 0/1 pickle may start with (text and binary forms of values, MARK, GLOBAL, ...).
-_PICKLE_STARTS = frozenset(b"(cN\x88\x89IJKLMFGSTUVXBC]})eh" + b"abdlpgqrst0123456789.")
 
 
 def _is_old_pickle(source: str | Path) -> bool:
@@ -141,8 +131,6 @@ def _is_old_pickle(source: str | Path) -> bool:
     from transferkit.checkpoint.pickle_scan import Limits, PickleBudgetError, scan_pickle
 
     with open(source, "rb") as handle:
-        if handle.read(1)[:1] not in {bytes([b]) for b in _PICKLE_STARTS}:
-            return False
         # an mmap, not the file: a declared length of 4 GiB then reads what is there, allocating nothing
         stream = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         try:
@@ -168,7 +156,7 @@ def _describe_head(head: bytes) -> str:
     )
 
 
-def _check_torch_zip(path: Path, source: str | Path | None = None) -> list[str]:
+def check_torch_zip(path: Path, source: str | Path | None = None) -> list[str]:
     """The zip's member names; CheckpointError when it cannot be a torch checkpoint."""
     try:
         with zipfile.ZipFile(path if source is None else source) as archive:
@@ -196,7 +184,7 @@ def _check_torch_zip(path: Path, source: str | Path | None = None) -> list[str]:
 _SOURCES: OrderedDict[int, tuple[Callable[[Any], bool], Path]] = OrderedDict()
 
 
-def _remember_source(obj: Any, path: Path) -> None:
+def remember_source(obj: Any, path: Path) -> None:
     try:
         ref = weakref.ref(obj)
         same: Callable[[Any], bool] = lambda other: ref() is other  # noqa: E731
@@ -217,7 +205,7 @@ def _key_signature(obj: Any) -> frozenset | None:
         return None
 
 
-def _source_label(obj: Any) -> str:
+def source_label(obj: Any) -> str:
     entry = _SOURCES.get(id(obj))
     if entry is not None and entry[0](obj):
         return str(entry[1])

@@ -1,7 +1,7 @@
 """Atomic writes: a temporary file in the target folder, flushed, fsynced and ``os.replace``-d.
 
-:func:`atomic_write` yields a file object; :func:`_atomic_path` yields a path for writers that need one
-(safetensors); :func:`_torch_save` is ``torch.save`` through :func:`atomic_write`. A failure at any step
+:func:`atomic_write` yields a file object; :func:`atomic_path` yields a path for writers that need one
+(safetensors); :func:`atomic_torch_save` is ``torch.save`` through :func:`atomic_write`. A failure at any step
 leaves the previous file at the path intact and no temporary file behind (only a SIGKILL can leave a
 ``.<name>.tmp-*`` file); ``OSError`` s become :class:`CheckpointError`.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -19,10 +20,11 @@ from typing import Any, BinaryIO
 
 import torch
 
-from transferkit.checkpoint._files import PathLike, _as_path
+from transferkit.checkpoint._files import as_path
+from transferkit.checkpoint.formats import PathLike
 from transferkit.errors import CheckpointError
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "atomic_copy"]
 
 # one logger for the whole package: the CLI quiets "transferkit.checkpoint" by name and prints the name
 logger = logging.getLogger("transferkit.checkpoint")
@@ -111,7 +113,7 @@ def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
         >>> path.read_bytes()
         b'hello'
     """
-    path = _resolve_link(_as_path(path))
+    path = _resolve_link(as_path(path))
     mode = _file_mode(path)
     fd, tmp = _make_temp(path)
     with _discarded_on_failure(tmp, path):
@@ -131,7 +133,7 @@ def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[str]:
+def atomic_path(path: Path) -> Iterator[str]:
     """Like :func:`atomic_write`, for writers that insist on a path (safetensors' ``save_file``)."""
     path = _resolve_link(path)
     mode = _file_mode(path)
@@ -147,6 +149,28 @@ def _atomic_path(path: Path) -> Iterator[str]:
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of ``src`` with :func:`atomic_write`'s guarantee, by hard link where possible.
+
+    A replaced ``src`` (``os.replace`` of the next ``last.pt``) leaves a hard-linked ``dst`` pointing at the
+    old data: a full copy of a large checkpoint for the price of a directory entry. Where links are not
+    allowed the bytes are copied through a fsynced temporary file.
+    """
+    dst = _resolve_link(Path(dst))
+    fd, tmp = _make_temp(dst)
+    os.close(fd)
+    with _discarded_on_failure(tmp, dst):
+        os.unlink(tmp)  # the unique name stays ours: mkstemp made it in a folder we write alone
+        try:
+            os.link(src, tmp)
+        except OSError:
+            with atomic_path(dst) as target:
+                shutil.copyfile(src, target)
+            return
+        os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
 
 
 @contextlib.contextmanager
@@ -182,7 +206,7 @@ class _RecordingWriter:
         return getattr(self._f, name)
 
 
-def _torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path) -> None:
     with atomic_write(path) as f:
         writer = _RecordingWriter(f)
         try:

@@ -17,18 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from transferkit.checkpoint._files import (
-    MapLocation,
-    PathLike,
-    _check_file,
-    _check_torch_zip,
-    _detect_format,
-    _pinned,
-    _remember_source,
+    check_file,
+    check_torch_zip,
+    detect_format,
+    pinned,
+    remember_source,
 )
-from transferkit.checkpoint.unsafe_globals import _compressed_storages, _FileScan, _scan_file, _unsafe_globals
+from transferkit.checkpoint.formats import MapLocation, PathLike
+from transferkit.checkpoint.safetensors_file import read_safetensors
+from transferkit.checkpoint.unsafe_globals import FileScan, compressed_storages, scan_file, unsafe_globals_in
 from transferkit.checkpoint.verdicts import DANGEROUS, classify_global, summarize_globals
 from transferkit.errors import CheckpointError, ConfigError, TransferkitError, UnsafeCheckpointError
 
@@ -90,22 +89,22 @@ def load_checkpoint(
             "weights_only=False runs code stored in the file; pass trusted=True to say you trust it "
             "(or safe_globals=[...] to allow only specific classes)"
         )
-    path = _check_file(path)
+    path = check_file(path)
     if salvage:
         return _salvage(path, map_location)
-    with _pinned(path) as source:
-        kind = _detect_format(path, source)
+    with pinned(path) as source:
+        kind = detect_format(path, source)
         if kind == "safetensors":
-            return _load_safetensors(path, map_location, source)
+            return read_safetensors(path, map_location, source)
         if kind == "zip":
-            _check_torch_zip(path, source)
+            check_torch_zip(path, source)
         allowed = _resolve_safe_globals(safe_globals)
         # the static scan first: budgets, storage sizes and compression, before torch reads anything
-        scan = _scan_file(path, source) if not trusted else None
+        scan = scan_file(path, source) if not trusted else None
         if scan is not None and scan.kind in ("pickle", "zip-root"):
             raise _not_torch_file(path, source, scan, allowed)
         use_mmap = kind == "zip" and (_maps_to_cpu(map_location) if mmap is None else bool(mmap))
-        compressed = scan.compressed if scan is not None else _compressed_storages(source) if use_mmap else 0
+        compressed = scan.compressed if scan is not None else compressed_storages(source) if use_mmap else 0
         if use_mmap and compressed:
             # torch.load(mmap=True) maps the member's bytes as they lie in the file: deflated bytes would
             # come back as garbage weights, silently
@@ -116,7 +115,7 @@ def load_checkpoint(
             )
             use_mmap = False
         obj = _torch_load(path, source, map_location, trusted, allowed, use_mmap, scan)
-    _remember_source(obj, path)
+    remember_source(obj, path)
     logger.debug("loaded %s (%s%s)", path, kind, ", mmap" if use_mmap else "")
     return obj
 
@@ -128,7 +127,7 @@ def _torch_load(
     trusted: bool,
     allowed: list[Any],
     use_mmap: bool,
-    scan: _FileScan | None = None,
+    scan: FileScan | None = None,
 ) -> Any:
     try:
         with warnings.catch_warnings():
@@ -177,7 +176,7 @@ def _salvage(path: Path, map_location: MapLocation) -> Any:
         raise
     except Exception as err:
         raise CheckpointError(f"{path}: salvage failed ({type(err).__name__}: {err})") from err
-    _remember_source(obj, path)
+    remember_source(obj, path)
     return obj
 
 
@@ -214,11 +213,11 @@ def _resolve_safe_globals(items: Iterable[Any]) -> list[Any]:
 
 
 def _refusal(
-    path: Path, source: str, err: Exception, allowed: list[Any], scan: _FileScan | None = None
+    path: Path, source: str, err: Exception, allowed: list[Any], scan: FileScan | None = None
 ) -> CheckpointError:
     """UnsafeCheckpointError naming the globals, or CheckpointError when the pickle is just damaged."""
     try:
-        names = _unsafe_globals(path, source, allowed, scan)
+        names = unsafe_globals_in(path, source, allowed, scan)
     except CheckpointError:
         names = []
     if not names:
@@ -244,8 +243,8 @@ def _unsafe(path: Path, names: list[str], what: str) -> UnsafeCheckpointError:
         else ""
     )
     salvage = (
-        "salvage=True reads the tensors without running anything (CLI: --salvage with --init-checkpoint, "
-        "or transferkit inspect PATH --salvage)."
+        "load_checkpoint(..., salvage=True) reads the tensors without running anything (`salvage` with "
+        "`init_checkpoint`, or transferkit inspect PATH `salvage`)."
     )
     if dangerous:
         forward = (
@@ -264,14 +263,14 @@ def _unsafe(path: Path, names: list[str], what: str) -> UnsafeCheckpointError:
     return UnsafeCheckpointError(message, globals=names)
 
 
-def _not_torch_file(path: Path, source: str, scan: _FileScan, allowed: list[Any]) -> CheckpointError:
+def _not_torch_file(path: Path, source: str, scan: FileScan, allowed: list[Any]) -> CheckpointError:
     """A plain pickle, or a zip with data.pkl at its root: torch.load cannot read either."""
     what = (
         f"a plain pickle (protocol {scan.protocol}), not a checkpoint torch.save wrote"
         if scan.kind == "pickle"
         else "a zip archive with data.pkl at its root, not inside a folder as torch.save writes it"
     )
-    names = _unsafe_globals(path, source, allowed, scan)
+    names = unsafe_globals_in(path, source, allowed, scan)
     if names:
         return _unsafe(path, names, f"{what}; torch.load cannot read it, and it names globals")
     return CheckpointError(
@@ -291,26 +290,3 @@ def _read_failure(path: Path, err: BaseException) -> str:
     if isinstance(err, EOFError) or "eof" in text.lower():
         return f"{path}: the file ends early (truncated?) ({type(err).__name__}: {text})"
     return f"{path}: the file is damaged or not a checkpoint ({type(err).__name__}: {text})"
-
-
-def _load_safetensors(path: Path, map_location: MapLocation, source: str | None = None) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
-
-    device: Any = "cpu"
-    if isinstance(map_location, str | torch.device):
-        device = str(map_location)
-    elif isinstance(map_location, Mapping):
-        device = str(map_location.get("cpu", "cpu"))
-    try:
-        tensors = load_file(str(path if source is None else source), device=device)
-    except Exception as err:  # SafetensorError, OSError, ...: one clear error
-        raise CheckpointError(
-            f"{path}: not a readable safetensors file ({type(err).__name__}: {err})"
-        ) from err
-    if callable(map_location) and not isinstance(map_location, Mapping):
-        for name, tensor in tensors.items():
-            moved = map_location(tensor.untyped_storage(), "cpu")
-            if isinstance(moved, torch.UntypedStorage) and moved.device != tensor.device:
-                tensors[name] = tensor.to(moved.device)
-    _remember_source(tensors, path)
-    return tensors

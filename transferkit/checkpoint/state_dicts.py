@@ -2,7 +2,7 @@
 
 :func:`extract_state_dict` looks through whatever container the weights came in (conventional keys,
 EMA copies, a transferkit training checkpoint, nested dicts and lists, modules) and raises instead of
-guessing when there are several candidates. :func:`_unwrap` removes DataParallel / DDP /
+guessing when there are several candidates. :func:`unwrap_model` removes DataParallel / DDP /
 ``torch.compile`` wrappers for the savers too.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from transferkit.checkpoint._files import _source_label
+from transferkit.checkpoint._files import source_label
 from transferkit.errors import CheckpointError, ConfigError
 
 __all__ = ["extract_state_dict", "snapshot_state"]
@@ -64,12 +64,19 @@ _NON_MODEL_KEYS = frozenset(
 _SEARCH_DEPTH = 4
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    """The model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+def unwrap_model(module: nn.Module, notes: list[str] | None = None) -> nn.Module:
+    """The model inside DataParallel / DistributedDataParallel / torch.compile wrappers.
+
+    Each wrapper taken off is described in ``notes`` when given (``load_partial`` reports them).
+    """
     while True:
         if isinstance(module, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            if notes is not None:
+                notes.append(f"loaded into the module inside {type(module).__name__}")
             module = module.module
-        elif hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
+        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            if notes is not None:
+                notes.append("loaded into the original module inside torch.compile's wrapper")
             module = module._orig_mod
         else:
             return module
@@ -149,7 +156,7 @@ def _has_tensors(obj: Any, walk: _Walk, depth: int = 0) -> bool:
 
 
 def _key_text(key: Any) -> str:
-    return key if isinstance(key, str) and len(key) <= 200 else _short(key, 60)
+    return key if isinstance(key, str) and len(key) <= 200 else short_list(key, 60)
 
 
 def _join(where: str | None, key: Any) -> str:
@@ -188,7 +195,7 @@ def _find(
     """The model weights at or below ``obj`` (reached by the dotted path ``where``)."""
     walk = _Walk(label) if walk is None else walk
     if isinstance(obj, nn.Module):
-        return dict(_unwrap(obj).state_dict()), where
+        return dict(unwrap_model(obj).state_dict()), where
     if _is_state_dict(obj):
         return obj, where
     if isinstance(obj, Tensor):
@@ -231,7 +238,7 @@ def _find(
     keys = _keys(obj) if isinstance(obj, Mapping) else f"a {type(obj).__name__} of {len(obj)}"
     raise CheckpointError(
         f"{label}: no model weights (a dict of named tensors) found in {where or 'the file'}; it holds "
-        f"{_short(keys)}{_not_tensors(obj, walk)}"
+        f"{short_list(keys)}{_not_tensors(obj, walk)}"
     )
 
 
@@ -242,7 +249,7 @@ def _not_tensors(obj: Any, walk: _Walk) -> str:
     bad = [(k, v) for k, v in list(_items(obj)) if not isinstance(v, Tensor) and not _has_tensors(v, walk)]
     if not bad or len(bad) == len(obj) and not any(type(v).__module__ == "numpy" for _, v in bad):
         return ""
-    shown = ", ".join(f"{_short(k, 60)} ({type(v).__name__})" for k, v in bad[:4])
+    shown = ", ".join(f"{short_list(k, 60)} ({type(v).__name__})" for k, v in bad[:4])
     numpy = any(type(v).__module__ == "numpy" for _, v in bad)
     fix = "convert them with torch.from_numpy" if numpy else "drop them (or replace them with tensors)"
     return f". {len(bad)} of its {len(obj)} entries are not tensors: {shown}; {fix} to load the weights"
@@ -265,7 +272,7 @@ _REPR.maxstring = _REPR.maxother = 80
 _REPR.maxlevel = 3
 
 
-def _short(value: Any, limit: int = 200) -> str:
+def short_list(value: Any, limit: int = 200) -> str:
     # reprlib, not repr: a loaded object may be a DAG of shared lists that a full repr would expand
     text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -287,7 +294,7 @@ def _follow(obj: Any, key: str, label: str) -> tuple[Any, str]:
                     break
             else:
                 raise CheckpointError(
-                    f"{label}: key={key!r}: no {parts[i]!r} at {where}; keys there: {_short(list(node))}"
+                    f"{label}: key={key!r}: no {parts[i]!r} at {where}; keys there: {short_list(list(node))}"
                 )
         elif isinstance(node, list | tuple) and parts[i].isdigit() and int(parts[i]) < len(node):
             node = node[int(parts[i])]
@@ -328,7 +335,7 @@ def extract_state_dict(
         >>> extract_state_dict(ckpt, return_key=True)[1]
         'net'
     """
-    label = _source_label(obj)
+    label = source_label(obj)
     if key is not None:
         if not isinstance(key, str) or not key:
             raise ConfigError(f"key must be a non-empty dotted path such as 'state_dict', got {key!r}")
@@ -370,7 +377,7 @@ def _checked(state: Mapping[str, Any], where: str | None, label: str) -> Mapping
         "%s: the state dict at %s carries attributes %s; they were dropped",
         label,
         where or "the top level",
-        _short(sorted(map(str, extra)), 120),
+        short_list(sorted(map(str, extra)), 120),
     )
     clean: OrderedDict[str, Any] = OrderedDict(_items(state))
     if _plain_metadata(metadata):
@@ -385,10 +392,10 @@ def _plain_metadata(value: Any) -> bool:
     )
 
 
-def _module_or_state(obj: Any, caller: str) -> Mapping[str, Any]:
+def module_or_state(obj: Any, caller: str) -> Mapping[str, Any]:
     """The state dict of a module (wrappers removed), or ``obj`` itself when it already is one."""
     if isinstance(obj, nn.Module):
-        return _unwrap(obj).state_dict()
+        return unwrap_model(obj).state_dict()
     if isinstance(obj, Mapping):
         return obj
     raise ConfigError(f"{caller} takes an nn.Module or a state dict, got {type(obj).__name__}")
@@ -409,7 +416,7 @@ def snapshot_state(model_or_state_dict: nn.Module | Mapping[str, Any]) -> dict[s
         >>> bool(torch.equal(best["weight"], model.weight))
         False
     """
-    source = _module_or_state(model_or_state_dict, "snapshot_state")
+    source = module_or_state(model_or_state_dict, "snapshot_state")
     import copy
 
     return {k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in source.items()}

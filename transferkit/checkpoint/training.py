@@ -2,7 +2,7 @@
 loads it back into live objects.
 
 The file is a plain dict that ``weights_only=True`` reads back (layout in :mod:`transferkit.checkpoint`);
-:func:`_plain` converts what a caller gives into such data or says why it cannot be stored.
+:func:`to_weights_only` converts what a caller gives into such data or says why it cannot be stored.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from transferkit.checkpoint._files import MapLocation, PathLike, _as_path, _source_label
-from transferkit.checkpoint.atomic import _torch_save
+from transferkit.checkpoint._files import as_path, source_label
+from transferkit.checkpoint.atomic import atomic_torch_save
+from transferkit.checkpoint.formats import MapLocation, PathLike
 from transferkit.checkpoint.reading import load_checkpoint
 from transferkit.checkpoint.rng import capture_rng_state, restore_rng_state
-from transferkit.checkpoint.state_dicts import _short, _unwrap
-from transferkit.errors import CheckpointError, ConfigError
+from transferkit.checkpoint.state_dicts import short_list, unwrap_model
+from transferkit.errors import CheckpointError, CheckpointMismatchError, ConfigError
 
-__all__ = ["FORMAT", "save_checkpoint", "restore_checkpoint"]
+__all__ = ["FORMAT", "save_checkpoint", "restore_checkpoint", "require_training_checkpoint"]
 
 # one logger for the whole package: the CLI quiets "transferkit.checkpoint" by name and prints the name
 logger = logging.getLogger("transferkit.checkpoint")
@@ -36,10 +37,10 @@ logger = logging.getLogger("transferkit.checkpoint")
 FORMAT = "transferkit.checkpoint/1"
 
 
-def _save_path(path: Any) -> Path:
+def checked_save_path(path: Any) -> Path:
     """The target of a save as a Path; a path written as a folder (trailing separator) is refused, since
     ``Path`` would silently drop the separator and write a file of that name."""
-    out = _as_path(path)
+    out = as_path(path)
     text = os.fspath(path)
     if isinstance(text, str) and text.endswith((os.sep, "/")):
         raise ConfigError(
@@ -64,7 +65,7 @@ def _refuse_meta(states: Mapping[str, Any], where: str) -> None:
 
 def _state_of(obj: Any, what: str) -> Any:
     if isinstance(obj, nn.Module):
-        return _unwrap(obj).state_dict()
+        return unwrap_model(obj).state_dict()
     if callable(getattr(obj, "state_dict", None)):
         return obj.state_dict()
     if isinstance(obj, Mapping):
@@ -89,18 +90,20 @@ def _named(single: Any, several: Mapping[str, Any] | None, name: str) -> dict[st
 _PLAIN = (str, int, float, bool, complex, bytes, bytearray, type(None), torch.dtype, torch.device)
 
 
-def _plain(value: Any, where: str) -> Any:
+def to_weights_only(value: Any, where: str) -> Any:
     """``value`` with only types ``weights_only=True`` reads back; numpy values and paths are converted."""
     if isinstance(value, Tensor | torch.Size) or type(value) in _PLAIN:
         return value
     if isinstance(value, Mapping):
-        items = [(k, v, _plain(k, where), _plain(v, f"{where}[{k!r}]")) for k, v in value.items()]
+        items = [
+            (k, v, to_weights_only(k, where), to_weights_only(v, f"{where}[{k!r}]")) for k, v in value.items()
+        ]
         if type(value) in (dict, OrderedDict, Counter) and all(a is c and b is d for a, b, c, d in items):
             return value  # unchanged: keep the very object (a state dict's _metadata survives)
         kind = type(value) if type(value) in (dict, OrderedDict, Counter) else dict
         return kind((c, d) for _, _, c, d in items)
     if type(value) in (list, tuple, set):
-        items = [(v, _plain(v, f"{where}[{i}]")) for i, v in enumerate(value)]
+        items = [(v, to_weights_only(v, f"{where}[{i}]")) for i, v in enumerate(value)]
         if all(a is b for a, b in items):
             return value
         return type(value)(b for _, b in items)
@@ -169,7 +172,7 @@ def save_checkpoint(
         >>> sorted(load_checkpoint(path)["optimizers"])
         ['optimizer']
     """
-    path = _save_path(path)
+    path = checked_save_path(path)
     import transferkit
 
     for what, value in (("epoch", epoch), ("step", step)):
@@ -200,9 +203,9 @@ def save_checkpoint(
             **dict(meta or {}),
         },
     }
-    payload = _plain(payload, "checkpoint")
+    payload = to_weights_only(payload, "checkpoint")
     _refuse_meta(payload["models"], "checkpoint['models']")
-    _torch_save(payload, path)
+    atomic_torch_save(payload, path)
     logger.info(
         "saved checkpoint %s (models: %s, epoch %s, step %s)",
         path,
@@ -228,7 +231,7 @@ def _precheck(target: Any, state: Any, what: str, label: str) -> None:
     """Raise the error ``load_state_dict`` would raise, before anything is written."""
     problems: list[str] = []
     if isinstance(target, nn.Module) and isinstance(state, Mapping):
-        module = _unwrap(target)
+        module = unwrap_model(target)
         mine = module.state_dict()
         for k, v in state.items():
             own = mine.get(k)
@@ -240,9 +243,9 @@ def _precheck(target: Any, state: Any, what: str, label: str) -> None:
             missing = [k for k in mine if k not in state]
             unexpected = [k for k in state if k not in mine]
             if missing:
-                problems.append(f"missing {_short(missing, 160)}")
+                problems.append(f"missing {short_list(missing, 160)}")
             if unexpected:
-                problems.append(f"unexpected {_short(unexpected, 160)}")
+                problems.append(f"unexpected {short_list(unexpected, 160)}")
     elif isinstance(target, torch.optim.Optimizer) and isinstance(state, Mapping):
         saved = state.get("param_groups")
         if isinstance(saved, list):
@@ -254,25 +257,51 @@ def _precheck(target: Any, state: Any, what: str, label: str) -> None:
                     f"{len(have)} of sizes {have}"
                 )
     if problems:
-        raise CheckpointError(
-            f"{label}: cannot restore {what}: {'; '.join(problems[:6])}. Nothing was restored. Was the "
-            f"checkpoint written for this {what.split()[0]}? (to warm-start from other weights use "
-            "load_partial; a GradualUnfreeze schedule's load_state_dict must run before the optimizer's)"
-        )
+        order = "; a GradualUnfreeze schedule's load_state_dict must run before the optimizer's"
+        raise _mismatch(label, what, problems[:6], order)
 
 
 def _load_into(target: Any, state: Any, what: str, label: str) -> None:
     try:
         if isinstance(target, nn.Module):
-            _unwrap(target).load_state_dict(state)
+            unwrap_model(target).load_state_dict(state)
         else:
             target.load_state_dict(state)
     except Exception as err:  # size mismatch, missing keys, wrong group count ...
-        text = " ".join(str(err).split())[:600]
-        raise CheckpointError(
-            f"{label}: cannot restore {what}: {text}. Was the checkpoint written for this {what.split()[0]}? "
-            "(to warm-start from other weights use load_partial)"
-        ) from err
+        raise _mismatch(label, what, [" ".join(str(err).split())[:600]]) from err
+
+
+def _mismatch(label: str, what: str, problems: list[str], more: str = "") -> CheckpointMismatchError:
+    return CheckpointMismatchError(
+        f"{label}: cannot restore {what}: {'; '.join(problems)}. Nothing was restored.",
+        what=what,
+        problems=problems,
+        hint=f"Was the checkpoint written for this {what.split()[0]}? (to warm-start from other weights use "
+        f"load_partial{more})",
+    )
+
+
+def require_training_checkpoint(
+    ckpt: Any,
+    label: str,
+    *,
+    epoch: bool = False,
+    hint: str = "to load weights from another layout use load_partial",
+) -> Mapping[str, Any]:
+    """``ckpt`` when it is a training checkpoint (with an epoch when ``epoch``), else CheckpointError.
+
+    The one check of a training checkpoint's shape: :func:`restore_checkpoint`, ``Trainer.resume`` and the
+    CLI's ``--resume`` all use it, each with its own ``hint`` on what to do instead.
+    """
+    models = isinstance(ckpt, Mapping) and isinstance(ckpt.get("models"), Mapping)
+    if models and (not epoch or ckpt.get("epoch") is not None):
+        return ckpt
+    found = short_list(list(ckpt)) if isinstance(ckpt, Mapping) else type(ckpt).__name__
+    needs = "'models' and 'epoch'" if epoch else "'models'"
+    raise CheckpointError(
+        f"{label}: not a transferkit training checkpoint (last.pt/best.pt of a run: expected 'format': "
+        f"{FORMAT!r} with {needs}; found {found}); {hint}"
+    )
 
 
 def restore_checkpoint(
@@ -317,15 +346,10 @@ def restore_checkpoint(
         7
     """
     if isinstance(source, Mapping):
-        ckpt, label = source, _source_label(source)
+        ckpt, label = source, source_label(source)
     else:
         ckpt, label = load_checkpoint(source, map_location=map_location), str(source)
-    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("models"), Mapping):
-        found = _short(list(ckpt)) if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise CheckpointError(
-            f"{label}: not a transferkit training checkpoint (expected 'format': {FORMAT!r} with 'models'; "
-            f"found {found}); to load weights from another layout use load_partial"
-        )
+    require_training_checkpoint(ckpt, label)
     plan: list[tuple[Any, Any, str]] = []
     for section, objects, kind in (
         ("models", _named(model, models, "model"), "model"),

@@ -1,7 +1,7 @@
 """What a pickle-based checkpoint would import, and whether it is safe to hand to a reader, found
 statically (nothing is imported or executed).
 
-:func:`describe_unsafe_globals` is the public entry. :func:`_scan_file` is what :mod:`.reading` runs
+:func:`describe_unsafe_globals` is the public entry. :func:`scan_file` is what :mod:`.reading` runs
 before ``torch.load``: it scans every pickle in the file within :data:`~.pickle_scan.LIMITS` (opcodes,
 memo, bytes streamed with a cap, shared-reference expansion), and for zip files checks each storage
 member's compression and declared size against what the pickle says, so a deflated member is never
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from transferkit.checkpoint._files import PathLike, _check_file, _detect_format, _pinned
+from transferkit.checkpoint._files import check_file, detect_format, pinned
+from transferkit.checkpoint.formats import PathLike
 from transferkit.checkpoint.pickle_scan import LIMITS, PickleScan, read_capped, scan_pickle
 from transferkit.errors import CheckpointError, TransferkitError
 
@@ -52,7 +53,7 @@ _ITEMSIZE = {
 
 
 @dataclass(frozen=True)
-class _FileScan:
+class FileScan:
     """What the static scan learned about one file."""
 
     kind: str  # "zip", "zip-root" (data.pkl at the root), "legacy", "tar", "pickle", "safetensors"
@@ -91,15 +92,15 @@ def describe_unsafe_globals(path: PathLike, *, allowed: Iterable[Any] = ()) -> l
         >>> describe_unsafe_globals(path)  # doctest: +SKIP
         ['__main__.P']
     """
-    path = _check_file(path)
-    with _pinned(path) as source:
-        return _unsafe_globals(path, source, allowed)
+    path = check_file(path)
+    with pinned(path) as source:
+        return unsafe_globals_in(path, source, allowed)
 
 
-def _unsafe_globals(
-    path: Path, source: str, allowed: Iterable[Any], scan: _FileScan | None = None
+def unsafe_globals_in(
+    path: Path, source: str, allowed: Iterable[Any], scan: FileScan | None = None
 ) -> list[str]:
-    scan = _scan_file(path, source) if scan is None else scan
+    scan = scan_file(path, source) if scan is None else scan
     safe = _safe_global_names()
     for item in allowed:
         if isinstance(item, str):
@@ -111,12 +112,12 @@ def _unsafe_globals(
     return [name for name in scan.globals if name not in safe]
 
 
-def _scan_file(path: Path, source: str | None = None) -> _FileScan:
+def scan_file(path: Path, source: str | None = None) -> FileScan:
     """Scan every pickle of the file within the budgets; CheckpointError when it is damaged or hostile."""
     source = str(path) if source is None else source
-    kind = _detect_format(path, source)
+    kind = detect_format(path, source)
     if kind == "safetensors":
-        return _FileScan(kind)
+        return FileScan(kind)
     try:
         if kind == "zip":
             return _scan_zip(path, source)
@@ -151,7 +152,7 @@ def _check_ratio(path: Path, info: zipfile.ZipInfo) -> None:
         )
 
 
-def _scan_zip(path: Path, source: str) -> _FileScan:
+def _scan_zip(path: Path, source: str) -> FileScan:
     with zipfile.ZipFile(source) as archive:
         infos = {info.filename: info for info in archive.infolist()}
         pickles = [name for name in infos if name.endswith(".pkl")]
@@ -173,7 +174,7 @@ def _scan_zip(path: Path, source: str) -> _FileScan:
             found.update(dict.fromkeys(scans[name].globals))
         prefix = main[: -len("data.pkl")]
         compressed = _check_storages(path, infos, prefix, scans[main], os.path.getsize(source))
-    return _FileScan(
+    return FileScan(
         "zip-root" if root else "zip",
         tuple(found),
         mmap_safe=compressed == 0,
@@ -210,7 +211,7 @@ def _check_storages(
     return sum(i.compress_type != zipfile.ZIP_STORED for i in storage_members)
 
 
-def _compressed_storages(source: str) -> int:
+def compressed_storages(source: str) -> int:
     """How many storage members of a torch zip are compressed (what a full scan also counts)."""
     with zipfile.ZipFile(source) as archive:
         return sum(
@@ -218,7 +219,7 @@ def _compressed_storages(source: str) -> int:
         )
 
 
-def _scan_pickles(path: Path, source: str, kind: str) -> _FileScan:
+def _scan_pickles(path: Path, source: str, kind: str) -> FileScan:
     # A legacy torch file is five pickles (magic, protocol, sys info, the object, storage keys) followed
     # by raw storage bytes; a plain pickle is one. Scan pickles until the stream stops being one.
     found: dict[str, None] = {}
@@ -245,7 +246,7 @@ def _scan_pickles(path: Path, source: str, kind: str) -> _FileScan:
             f"{path}: its storages declare {declared:,} bytes but the whole file has {size:,}; it is damaged "
             "or crafted. Nothing was read"
         )
-    return _FileScan(
+    return FileScan(
         kind if kind == "pickle" or _starts_legacy(source) else "pickle", tuple(found), protocol=protocol
     )
 
@@ -255,7 +256,7 @@ def _starts_legacy(source: str) -> bool:
         return stream.read(4) == b"\x80\x02\x8a\x0a"  # PROTO 2, LONG1 of 10 bytes: the magic number
 
 
-def _scan_tar(path: Path, source: str) -> _FileScan:
+def _scan_tar(path: Path, source: str) -> FileScan:
     """The tar layout of torch before 0.4: members ``sys_info``, ``pickle``, ``storages``, ``tensors``."""
     found: dict[str, None] = {}
     with tarfile.open(source, mode="r:") as archive:
@@ -270,4 +271,4 @@ def _scan_tar(path: Path, source: str) -> _FileScan:
             found.update(dict.fromkeys(scan_pickle(io.BytesIO(data), what=f"{path} ({member.name})").globals))
     if not found and not any(m.name == "pickle" for m in members):
         raise CheckpointError(f"{path}: a tar archive but not a legacy torch checkpoint (no 'pickle' member)")
-    return _FileScan("tar", tuple(found))
+    return FileScan("tar", tuple(found))

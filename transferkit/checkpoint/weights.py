@@ -10,10 +10,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from transferkit.checkpoint._files import PathLike
-from transferkit.checkpoint.atomic import _atomic_path, _torch_save
-from transferkit.checkpoint.state_dicts import _module_or_state, _short
-from transferkit.checkpoint.training import _plain, _save_path
+from transferkit.checkpoint.atomic import atomic_path, atomic_torch_save
+from transferkit.checkpoint.formats import PathLike
+from transferkit.checkpoint.state_dicts import module_or_state, short_list
+from transferkit.checkpoint.training import checked_save_path, to_weights_only
 from transferkit.errors import CheckpointError, ConfigError
 
 __all__ = ["save_weights"]
@@ -23,10 +23,10 @@ logger = logging.getLogger("transferkit.checkpoint")
 
 
 def _tensor_dict(state_dict_or_module: Any) -> dict[str, Tensor]:
-    state = _module_or_state(state_dict_or_module, "save_weights")
+    state = module_or_state(state_dict_or_module, "save_weights")
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
-        raise ConfigError(f"save_weights needs a dict of named tensors; not tensors: {_short(bad)}")
+        raise ConfigError(f"save_weights needs a dict of named tensors; not tensors: {short_list(bad)}")
     meta = [k for k, v in state.items() if v.is_meta]
     if meta:
         raise ConfigError(
@@ -58,7 +58,7 @@ def save_weights(
         >>> sorted(load_checkpoint(path))
         ['bias', 'weight']
     """
-    path = _save_path(path)
+    path = checked_save_path(path)
     state = _tensor_dict(state_dict_or_module)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
@@ -77,7 +77,7 @@ def save_weights(
             str(k): v if isinstance(v, str) else json.dumps(_plain_json(v))
             for k, v in (metadata or {}).items()
         }
-        with _atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             try:
                 save_file(tensors, tmp, metadata=text_meta or None)
             except OSError:
@@ -86,9 +86,9 @@ def save_weights(
                 raise CheckpointError(f"cannot write {path}: {type(err).__name__}: {err}") from err
     else:
         payload: Any = (
-            state if not metadata else {"state_dict": state, "meta": _plain(dict(metadata), "meta")}
+            state if not metadata else {"state_dict": state, "meta": to_weights_only(dict(metadata), "meta")}
         )
-        _torch_save(payload, path)
+        atomic_torch_save(payload, path)
     logger.info("saved %d tensors to %s", len(state), path)
     return path
 

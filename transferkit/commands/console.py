@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from transferkit.commands.flags import render_text
+
 __all__ = ["Console", "DeferredHandler", "setup_logging", "one_line"]
 
 
@@ -31,11 +33,11 @@ class Console:
 
             tqdm.write(line, file=sys.stdout)
         else:
-            print(line, flush=True)
+            print(render_text(line), flush=True)
 
     def warn(self, line: str) -> None:
         if self.rank == 0:
-            print(line, file=sys.stderr, flush=True)
+            print(render_text(line), file=sys.stderr, flush=True)
 
     def progress(self, iterable: Any, total: int | None = None, desc: str = "") -> Any:
         if not self.bars:
@@ -45,12 +47,19 @@ class Console:
         return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
+class _FlagFormatter(logging.Formatter):
+    """Log lines in the CLI's words: a marked API parameter (`` `weights` ``) shows as its flag."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return render_text(super().format(record))
+
+
 class DeferredHandler(logging.StreamHandler):
     """Holds log records until :meth:`show_pending`: a run that fails validation prints only its error line."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
-        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.setFormatter(_FlagFormatter("%(levelname)s %(name)s: %(message)s"))
         self.pending: list[logging.LogRecord] | None = []
 
     def emit(self, record: logging.LogRecord) -> None:

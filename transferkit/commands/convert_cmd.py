@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from transferkit.commands.console import setup_logging
+from transferkit.commands.flags import render_text
 from transferkit.errors import ConfigError
 
 __all__ = ["run_convert"]
@@ -40,7 +41,7 @@ def run_convert(ns: argparse.Namespace) -> int:
         lines = _convert(ns, source, out)
     finally:
         undo_logging()
-    print("\n".join(lines))
+    print(render_text("\n".join(lines)))
     return 0
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transferkit.commands.config import check_resume_unchanged, resolve_config, saved_args, validate
+from transferkit.commands.config import check_resume_unchanged, resolve_config, saved_args
 from transferkit.commands.console import Console, setup_logging
 from transferkit.commands.plan import (
     decide_run_dir,
@@ -35,9 +35,11 @@ from transferkit.commands.plan import (
     scan_eval_data,
     setup_freeze,
 )
-from transferkit.errors import ConfigError
+from transferkit.errors import CheckpointError, CheckpointMismatchError, ConfigError
+from transferkit.run.folder import RunFolder
+from transferkit.run.spec import FinetuneSpec
 
-__all__ = ["run_finetune", "Interrupted"]
+__all__ = ["execute", "run_finetune", "Interrupted"]
 
 
 logger = logging.getLogger("transferkit.cli")
@@ -46,6 +48,14 @@ logger = logging.getLogger("transferkit.cli")
 def run_finetune(ns: argparse.Namespace) -> int:
     """``transferkit finetune``: layer and validate the configuration, join torchrun's group, run the job."""
     explicit = {k: v for k, v in vars(ns).items() if k not in ("func", "command", "argv")}
+    return execute(explicit, list(ns.argv))[0]
+
+
+def execute(explicit: dict[str, Any], argv: list[str]) -> tuple[int, Path | None]:
+    """Run the job of the options given (``explicit``, over DEFAULTS / a resumed run's / ``config``'s).
+
+    Returns the exit code and the run folder (``None`` when the job stopped before deciding it).
+    """
     cfg = resolve_config(explicit)
     resume_path = None
     if cfg["resume"]:
@@ -61,7 +71,7 @@ def run_finetune(ns: argparse.Namespace) -> int:
         cfg = resolve_config(explicit, saved)
         if not cfg["eval_only"]:
             check_resume_unchanged(cfg, saved, resume_path)
-    validate(cfg)
+    cfg = FinetuneSpec.from_dict(cfg).to_dict()  # checks every value that needs no model or data
 
     from transferkit.train import cleanup_distributed, init_distributed
 
@@ -70,7 +80,7 @@ def run_finetune(ns: argparse.Namespace) -> int:
     bars = dist_ctx.is_main and not cfg["quiet"] and sys.stderr.isatty()
     console = Console(dist_ctx.rank, bars, log_handler)
     try:
-        return _run(cfg, dist_ctx, device, console, resume_path, list(ns.argv))
+        return _run(cfg, dist_ctx, device, console, resume_path, argv)
     finally:
         undo_logging()
         cleanup_distributed()
@@ -119,13 +129,18 @@ def _run(
     console: Console,
     resume_path: Path | None,
     argv: list[str],
-) -> int:
+) -> tuple[int, Path | None]:
     job = _prepare(cfg, dist_ctx, device, resume_path)
     job.argv = argv
+    return _run_job(job, console), job.run_dir
+
+
+def _run_job(job: _Job, console: Console) -> int:
+    cfg = job.cfg
     if _already_finished(job):
         console.validated()
         return _report_finished(job, console)
-    job.model.to(device)
+    job.model.to(job.device)
     trainer = None
     if not cfg["eval_only"]:
         # a resumed checkpoint is restored here: one that does not fit this model fails before any output
@@ -160,7 +175,7 @@ def _already_finished(job: _Job) -> bool:
     if job.resume_ckpt is None or int(job.resume_ckpt["epoch"]) + 1 < job.cfg["epochs"]:
         return False
     # killed between the last epoch's checkpoint and the export: resuming finishes the export
-    return all((job.run_dir / name).is_file() for name in ("model.safetensors", "labels.json"))
+    return RunFolder(job.run_dir).exported()
 
 
 def _report_finished(job: _Job, console: Console) -> int:
@@ -270,12 +285,11 @@ def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path 
     if cfg["eval_only"]:
         if resume_path is not None:
             from transferkit.checkpoint import restore_checkpoint
-            from transferkit.errors import CheckpointError
 
             try:
                 ckpt = restore_checkpoint(eval_ckpt, model=model, restore_rng=False)
-            except CheckpointError as exc:
-                raise CheckpointError(_does_not_fit(job, exc)) from None
+            except CheckpointMismatchError as exc:
+                raise _does_not_fit(job, exc) from None
             job.eval_ema = (ckpt.get("models") or {}).get("ema")
         return job
     job.resume_ckpt = load_resume(resume_path) if resume_path is not None else None
@@ -423,8 +437,6 @@ def _scan_eval(cfg: dict[str, Any], ckpt: Any, resume_path: Path | None) -> tupl
     meta = (ckpt or {}).get("meta") or {}
     run_classes = meta.get("class_names")
     if ckpt is not None and not run_classes:
-        from transferkit.errors import CheckpointError
-
         raise CheckpointError(
             f"--resume {resume_path}: the checkpoint does not record its class names, so the labels of "
             f"--data {cfg['data']} cannot be checked against them; evaluate with the run's own data"
@@ -485,7 +497,7 @@ def _build_trainer(job: _Job, console: Console) -> Any:
     """Feature cache, loaders, the Trainer, and a resumed checkpoint restored into it. Writes nothing."""
     from transferkit.data import cache_features, make_loaders
     from transferkit.recipes import MixupCutmix
-    from transferkit.report import format_epoch, plot_curves, write_metrics_csv
+    from transferkit.report import format_epoch
     from transferkit.train import Trainer, amp_dtype_for
 
     cfg, model, device, dist_ctx, run_dir = job.cfg, job.model, job.device, job.dist, job.run_dir
@@ -513,8 +525,7 @@ def _build_trainer(job: _Job, console: Console) -> Any:
         if job.run_start is not None:  # last.pt holds this run's first epoch: the replaced run can go
             job.run_start.commit()
         if dist_ctx.is_main:
-            write_metrics_csv(run_dir / "metrics.csv", trainer.history)
-            plot_curves(trainer.history, run_dir)
+            RunFolder(run_dir).write_history(trainer.history)
 
     trainer = Trainer(
         model, job.optimizer, train_loader, val_loader, epochs=cfg["epochs"], num_classes=len(job.class_names),
@@ -582,10 +593,8 @@ def _start_epochs(job: _Job, trainer: Any, console: Console, start: int) -> None
 
 def _write_args(job: _Job) -> None:
     """``args.yaml``: the flags as resolved, and what the run really used."""
-    from transferkit.report import write_yaml
-
     args_out = {k: v for k, v in job.cfg.items() if k != "config"}
-    write_yaml(job.run_dir / "args.yaml", {"args": args_out, "resolved": job.facts})
+    RunFolder(job.run_dir).write_args(args_out, job.facts)
 
 
 def _mixing(cfg: dict[str, Any]) -> bool:
@@ -614,26 +623,20 @@ def _interrupted_message(job: _Job, trainer: Any) -> str:
 
 def _resume(job: _Job, trainer: Any) -> int:
     """Restore the resumed checkpoint into the trainer; a checkpoint of another model is a one-line error."""
-    from transferkit.errors import CheckpointError
-
     try:
         return int(trainer.resume(job.resume_ckpt))
-    except CheckpointError as exc:
-        raise CheckpointError(_does_not_fit(job, exc)) from None
+    except CheckpointMismatchError as exc:
+        raise _does_not_fit(job, exc) from None
 
 
-def _does_not_fit(job: _Job, exc: Exception) -> str:
-    """A restore error in the CLI's words: the library's hints speak of its API (load_partial, the order of
-    load_state_dict calls); a file that is no training checkpoint keeps its own message."""
-    detail = str(exc).removeprefix(f"{job.resume_path}: ")
-    if "cannot restore" not in detail:
-        return str(exc)
-    for api_hint in (" Was the checkpoint written", " (to warm-start"):
-        detail = detail.split(api_hint, 1)[0]
-    return (
+def _does_not_fit(job: _Job, exc: CheckpointMismatchError) -> CheckpointError:
+    """A restore error in the CLI's words, from its data: the library's hint speaks of its API."""
+    return CheckpointError(
         f"--resume {job.resume_path}: the checkpoint does not fit this run ({job.cfg['backbone']}, "
-        f"{len(job.class_names)} classes): {detail} Was it written by a run of another backbone, class count "
-        f"or freeze plan? To start from its weights instead: --init-checkpoint {job.resume_path}"
+        f"{len(job.class_names)} classes): cannot restore {exc.what}: {'; '.join(exc.problems)}. "
+        "Nothing was restored.",
+        hint="Was it written by a run of another backbone, class count or freeze plan? To start from its "
+        f"weights instead: --init-checkpoint {job.resume_path}",
     )
 
 
@@ -649,9 +652,9 @@ def _create_run_dir(run_dir: Path) -> None:
 def _finish(job: _Job, trainer: Any, console: Console) -> int:
     """Best weights -> confusion matrix, model.safetensors + labels.json; the last line."""
     from transferkit.data import eval_transform_spec
-    from transferkit.report import export_model, plot_confusion_matrix, plot_curves, write_metrics_csv
 
     cfg, model, run_dir = job.cfg, job.model, job.run_dir
+    folder = RunFolder(run_dir)
     if not job.best_state:  # resumed, and no epoch since beat the best: read it back
         from transferkit.checkpoint import load_checkpoint
 
@@ -663,9 +666,8 @@ def _finish(job: _Job, trainer: Any, console: Console) -> int:
     model.load_state_dict(job.best_state)
     final = trainer.evaluate()
     if job.dist.is_main:
-        write_metrics_csv(run_dir / "metrics.csv", trainer.history)
-        plot_curves(trainer.history, run_dir)
-        plot_confusion_matrix(final.confusion, job.class_names, run_dir / "confusion_matrix.png")
+        folder.write_history(trainer.history)
+        folder.write_confusion(final.confusion, job.class_names)
         info = {
             "backbone": cfg["backbone"],
             "img_size": job.bundle.img_size,
@@ -690,7 +692,7 @@ def _finish(job: _Job, trainer: Any, console: Console) -> int:
         info["layout"] = (
             "native: load into the plain network, or create_model(backbone, num_classes, weights=file)"
         )
-        export_model(run_dir, native, job.class_names, info)
+        folder.export(native, job.class_names, info)
         if trainer.ema is not None:  # which weights best.pt's export took is known only now
             job.facts["best_weights"] = _best_weights_fact(trainer)
             _write_args(job)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from transferkit.checkpoint.formats import is_checkpoint_name
 from transferkit.commands.console import setup_logging
+from transferkit.commands.flags import render_text
 from transferkit.errors import ConfigError
 
 __all__ = ["run_inspect"]
@@ -43,20 +45,15 @@ def run_inspect(ns: argparse.Namespace) -> int:
         )
     finally:
         undo_logging()
-    print(text)
+    print(render_text(text))
     # a dry run that would fail is a failed command: scripts (`inspect ... && finetune ...`) must see it
     return 1 if getattr(text, "load_fails", False) else 0
-
-
-_CKPT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".tar", ".th")
 
 
 def _check_file(flag: str, path: Path) -> None:
     """A checkpoint argument that names a file, or an error saying what it names instead."""
     if path.is_dir():
-        found = sorted(
-            p.name for p in path.iterdir() if p.is_file() and p.name.lower().endswith(_CKPT_SUFFIXES)
-        )
+        found = sorted(p.name for p in path.iterdir() if p.is_file() and is_checkpoint_name(p.name))
         hint = f"checkpoint files in it: {', '.join(found[:8])}" if found else "it holds no checkpoint files"
         raise ConfigError(f"{flag} {path} is a folder, not a checkpoint file; {hint}")
     if not path.exists():

@@ -10,68 +10,18 @@ from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import fields
 from typing import Any
 
+from transferkit.commands.flags import flag_for, render_text
 from transferkit.errors import ConfigError
+from transferkit.run.spec import GROUPS, FinetuneSpec
 
 __all__ = ["DEFAULTS", "build_parser", "finetune_actions"]
 
-# Defaults of `finetune`, chosen so that `make demo` (resnet50, digits, 2 CPU cores, random weights when
-# offline) finishes in a few minutes with a meaningful accuracy. Layering: DEFAULTS < a resumed run's
-# args.yaml < --config < the command line.
-DEFAULTS: dict[str, Any] = {
-    "backbone": None,
-    "classes": None,
-    "data": None,
-    "val_split": 0.2,
-    "img_size": None,
-    "strict_data": False,
-    "aug": None,
-    "limit_train": None,
-    "limit_val": None,
-    "weights": "auto",
-    "head": "auto",
-    "mean": None,
-    "std": None,
-    "init_checkpoint": None,
-    "rule": [],
-    "key": None,
-    "salvage": False,
-    "align": "auto",
-    "epochs": 10,
-    "batch_size": 64,
-    "lr": None,
-    "optimizer": "adamw",
-    "weight_decay": 0.05,
-    "lr_decay": None,
-    "head_lr_scale": None,
-    "scheduler": "cosine",
-    "warmup_epochs": 0,
-    "freeze": "auto",
-    "unfreeze_at": [],
-    "unfreeze_every": None,
-    "linear_probe": False,
-    "feature_cache": None,
-    "label_smoothing": 0.0,
-    "mixup": 0.0,
-    "cutmix": 0.0,
-    "mixup_prob": 1.0,
-    "model_ema": None,
-    "drop_path": None,
-    "layer_decay": None,
-    "amp": False,
-    "channels_last": False,
-    "compile": False,
-    "device": "auto",
-    "workers": None,
-    "seed": 0,
-    "output": None,
-    "resume": None,
-    "overwrite": False,
-    "eval_only": False,
-    "config": None,
-    "quiet": False,
-}
+# Defaults of `finetune`: the fields of FinetuneSpec. Layering: DEFAULTS < a resumed run's args.yaml <
+# --config < the command line.
+DEFAULTS: dict[str, Any] = FinetuneSpec.defaults()
 
 
 ALIGN_CHOICES = ("auto", "names", "structure")  # transferkit.align.ALIGN_MODES, without importing torch
@@ -102,6 +52,7 @@ def _help(text: str, dest: str) -> str:
 
 
 def _add_finetune(sub: Any) -> None:
+    """One flag a :class:`FinetuneSpec` field: ``--name-with-dashes``, its help and argparse keywords."""
     p = sub.add_parser(
         "finetune",
         help="fine-tune a backbone on the embedded digits or an image folder",
@@ -109,214 +60,11 @@ def _add_finetune(sub: Any) -> None:
         "last.pt, best.pt, model.safetensors, labels.json).",
         argument_default=argparse.SUPPRESS,
     )
-
-    def add(group: Any, *flags: str, help: str, **kw: Any) -> None:  # noqa: A002
-        dest = kw.get("dest") or flags[0].lstrip("-").replace("-", "_")
-        group.add_argument(*flags, help=_help(help, dest), **kw)
-
-    g = p.add_argument_group("model")
-    add(g, "--backbone", help="torchvision name (resnet50), timm:NAME, or package.module:callable")
-    add(g, "--classes", type=int, help="number of classes; must agree with the data (default: from the data)")
-    add(g, "--weights", help="auto (pretrained if available offline, else random), imagenet, PATH or none")
-    add(
-        g,
-        "--head",
-        choices=["auto", "fresh", "keep"],
-        help="the checkpoint's classifier: auto keeps it only when its class names match the data's, "
-        "fresh always starts a new one, keep loads one that fits even with unknown class names",
-    )
-    add(g, "--init-checkpoint", metavar="PATH", help="start from this checkpoint's weights (partial load)")
-    add(
-        g,
-        "--rule",
-        action="append",
-        metavar="OLD=>NEW",
-        help="rename rule for --init-checkpoint (repeatable; 're:PATTERN=>REPL' for a regex)",
-    )
-    add(g, "--key", help="where the weights sit inside --init-checkpoint (e.g. state_dict, models.model)")
-    add(g, "--align", choices=ALIGN_CHOICES, help=ALIGN_HELP + " (--weights PATH and --init-checkpoint)")
-    add(
-        g,
-        "--salvage",
-        action="store_true",
-        help="read an --init-checkpoint that weights_only refuses with the restricted unpickler: its "
-        "tensors come out, nothing from the file runs",
-    )
-
-    g = p.add_argument_group("data")
-    add(
-        g,
-        "--data",
-        metavar="DIR",
-        help="image folder: DIR/train/<class> + DIR/val/<class>, or DIR/<class> "
-        "split by --val-split (default: the embedded scikit-learn digits)",
-    )
-    add(g, "--val-split", type=float, help="validation fraction of a DIR/<class> tree")
-    add(g, "--img-size", type=int, help="image side in pixels (default: the backbone's; 32 for the digits)")
-    add(
-        g,
-        "--mean",
-        type=float,
-        nargs="+",
-        metavar="M",
-        help="normalisation mean the weights were trained with, one value or one a channel (default: the "
-        "weights' own: torchvision's and timm's configs, a factory's pretrained_cfg, else ImageNet's)",
-    )
-    add(g, "--std", type=float, nargs="+", metavar="S", help="normalisation std, as --mean")
-    add(g, "--strict-data", action="store_true", help="fail on an unreadable image instead of skipping it")
-    add(
-        g,
-        "--aug",
-        choices=["none", "light", "randaugment", "trivialaugment"],
-        help="training augmentation: light (digits: shifts; folders: random resized crop and flip), or light "
-        "plus timm's RandAugment (rand-m9-mstd0.5) or torchvision's TrivialAugmentWide "
-        "(default: light, none with --linear-probe)",
-    )
-    add(
-        g,
-        "--limit-train",
-        type=int,
-        metavar="N",
-        help="use a seeded random subset of N training images (quick runs and tests)",
-    )
-    add(g, "--limit-val", type=int, metavar="N", help="use a seeded random subset of N validation images")
-    add(
-        g,
-        "--workers",
-        type=int,
-        help="DataLoader worker processes (default: 0 for the in-memory digits, up to 4 for image folders)",
-    )
-
-    g = p.add_argument_group("training")
-    add(g, "--epochs", type=int, help="training epochs")
-    add(g, "--batch-size", type=int, help="images per step and process")
-    add(
-        g,
-        "--lr",
-        type=float,
-        help="base learning rate (default: 1e-2 on pretrained weights, 1e-3 on random ones): layer groups "
-        "below the head train at --lr times --lr-decay per level, the head at --lr times --head-lr-scale",
-    )
-    add(g, "--optimizer", help="adamw, adam, sgd, rmsprop, ...")
-    add(g, "--weight-decay", type=float, help="weight decay (not on biases and norm weights)")
-    add(
-        g,
-        "--lr-decay",
-        type=float,
-        help="discriminative rate factor per layer group below the head (default with pretrained weights: "
-        "spread so that the lowest group trains at 0.1 x --lr; one rate otherwise)",
-    )
-    add(
-        g,
-        "--head-lr-scale",
-        type=float,
-        metavar="X",
-        help="the head trains at X times --lr (default with pretrained weights: 256 / the head's input "
-        "features, between 1 and 3; 1 otherwise)",
-    )
-    add(g, "--scheduler", choices=["cosine", "step", "onecycle", "none"], help="LR schedule over all steps")
-    add(g, "--warmup-epochs", type=int, help="linear LR warmup")
-    add(g, "--label-smoothing", type=float, help="cross-entropy label smoothing")
-    add(
-        g,
-        "--freeze",
-        metavar="none|backbone|GROUPS",
-        help="what starts frozen: auto (nothing: every layer trains from the start, pretrained layers at "
-        "discriminative rates), none, backbone, or comma-separated layer groups",
-    )
-    add(
-        g,
-        "--unfreeze-at",
-        action="append",
-        metavar="EPOCH[:GROUP,...]",
-        help="thaw layer groups after "
-        "EPOCH epochs, e.g. 2:layer4,4:layer3 (layer4 trains from epoch 3 on; repeatable); a bare EPOCH "
-        "thaws every remaining group",
-    )
-    add(g, "--unfreeze-every", type=int, metavar="K", help="thaw one more layer group every K epochs")
-    add(
-        g,
-        "--linear-probe",
-        action="store_true",
-        help="train only the head on a frozen backbone, with cached features when augmentation is off",
-    )
-    add(
-        g,
-        "--feature-cache",
-        action=argparse.BooleanOptionalAction,
-        help="cache the frozen backbone's "
-        "features (default: whenever the whole backbone is frozen and augmentation is off)",
-    )
-
-    g = p.add_argument_group("recipe options (timm's implementations)")
-    add(
-        g,
-        "--mixup",
-        type=float,
-        metavar="ALPHA",
-        help="mixup with Beta(ALPHA, ALPHA), e.g. 0.2 (soft-target loss)",
-    )
-    add(
-        g,
-        "--cutmix",
-        type=float,
-        metavar="ALPHA",
-        help="CutMix with Beta(ALPHA, ALPHA), e.g. 1.0; with --mixup each batch uses one of the two",
-    )
-    add(
-        g,
-        "--mixup-prob",
-        type=float,
-        metavar="P",
-        help="probability that a batch is mixed (--mixup/--cutmix)",
-    )
-    add(
-        g,
-        "--model-ema",
-        type=float,
-        nargs="?",
-        const=0.999,  # transferkit.recipes.DEFAULT_EMA_DECAY (not imported: the parser stays torch-free)
-        metavar="DECAY",
-        help="keep an EMA of the weights (decay 0.999 when no DECAY is given, with timm's warmup), validate it "
-        "every epoch, and export it when it validates better",
-    )
-    add(g, "--drop-path", type=float, metavar="RATE", help="stochastic depth for timm backbones, e.g. 0.1")
-    add(
-        g,
-        "--layer-decay",
-        type=float,
-        metavar="FACTOR",
-        help="layer-wise LR decay instead of --lr-decay: each layer (a timm block, else a layer group) trains "
-        "at the rate of the one above times FACTOR, e.g. 0.75",
-    )
-
-    g = p.add_argument_group("system")
-    add(g, "--device", help="auto, cpu, cuda or cuda:N")
-    add(g, "--amp", action="store_true", help="mixed precision (bfloat16 on CPU and recent GPUs)")
-    add(g, "--channels-last", action="store_true", help="NHWC memory format")
-    add(g, "--compile", action="store_true", help="torch.compile the model")
-    add(g, "--seed", type=int, help="random seed")
-
-    g = p.add_argument_group("run folder")
-    add(g, "--output", metavar="DIR", help="run folder (default: runs/<YYYYmmdd-HHMMSS>-<backbone>/)")
-    add(
-        g,
-        "--resume",
-        nargs="?",
-        const="auto",
-        metavar="PATH",
-        help="continue a run: a run folder or its "
-        "last.pt (no PATH: --output's, else the newest run of this backbone)",
-    )
-    add(g, "--overwrite", action="store_true", help="replace an existing run folder's files")
-    add(
-        g,
-        "--eval-only",
-        action="store_true",
-        help="evaluate the weights on the validation set; write nothing",
-    )
-    add(g, "--config", metavar="FILE.yaml", help="read flags from YAML; command-line flags win")
-    add(g, "--quiet", action="store_true", help="no progress bars or info logs; epoch lines only")
+    groups = {name: p.add_argument_group(name) for name in GROUPS}
+    for option in fields(FinetuneSpec):
+        meta = option.metadata
+        help_text = _help(render_text(meta["help"]), option.name)
+        groups[meta["group"]].add_argument(flag_for(option.name), help=help_text, **meta["cli"])
 
 
 def _add_inspect(sub: Any) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.commands.config import parse_unfreeze_at
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, LayerGroupError
 
 logger = logging.getLogger("transferkit.cli")
 
@@ -195,6 +195,7 @@ def _check_creatable(run_dir: Path) -> None:
 def load_resume(path: Path) -> Any:
     """Read a ``--resume`` checkpoint, refusing one that is not a run's ``last.pt``/``best.pt``."""
     from transferkit.checkpoint import load_checkpoint
+    from transferkit.checkpoint.training import require_training_checkpoint
     from transferkit.errors import CheckpointError
 
     try:
@@ -208,11 +209,8 @@ def load_resume(path: Path) -> Any:
         )
         detail = str(exc).removeprefix(f"{path}: ")
         raise CheckpointError(f"--resume {path}: {detail}{other}") from None
-    if not isinstance(ckpt, dict) or "models" not in ckpt or ckpt.get("epoch") is None:
-        raise CheckpointError(
-            f"--resume {path}: not a transferkit training checkpoint (last.pt/best.pt of a run)"
-        )
-    return ckpt
+    hint = f"to start a new run from its weights use --init-checkpoint {path}"
+    return require_training_checkpoint(ckpt, f"--resume {path}", epoch=True, hint=hint)
 
 
 def scan_data(cfg: dict[str, Any]) -> tuple[Any, list[str]]:
@@ -372,16 +370,18 @@ def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any
             )
         else:
             below = list(model.layer_groups())[:-1]
-            _check_unfreeze_groups(plan, below)
             named = {g for gs in plan.values() if gs for g in gs}
             at = {
                 e: (gs if gs is not None else [g for g in reversed(below) if g not in named])
                 for e, gs in plan.items()
             }
             at = {e: g for e, g in at.items() if g}
-            sched = GradualUnfreeze(
-                model, at=at, lr_decay=schedule_decay, layer_decay=layer_decay, lr=cfg["lr"]
-            )
+            try:
+                sched = GradualUnfreeze(
+                    model, at=at, lr_decay=schedule_decay, layer_decay=layer_decay, lr=cfg["lr"]
+                )
+            except LayerGroupError as exc:
+                raise _unfreeze_at_error(exc) from None
         # plan key e (0-based) = thawed after e epochs, i.e. from console epoch e + 1 on
         desc = "head only, then thaw " + ", ".join(
             f"{'+'.join(g)} after epoch {e}" if e else f"{'+'.join(g)} from the start"
@@ -411,21 +411,15 @@ def setup_freeze(cfg: dict[str, Any], model: Any, pretrained: bool) -> tuple[Any
     return None, f"frozen for the whole run: {', '.join(groups)}", lr_decay
 
 
-def _check_unfreeze_groups(plan: dict[int, list[str] | None], below: list[str]) -> None:
-    """Refuse unknown or repeated groups in ``--unfreeze-at``, in the flag's own spelling."""
-    seen: set[str] = set()
-    for epoch, groups in sorted(plan.items()):
-        for g in groups or []:
-            if g not in below:
-                close = difflib.get_close_matches(g, below, n=3)
-                hint = f" Did you mean {', '.join(close)}?" if close else ""
-                raise ConfigError(
-                    f"--unfreeze-at {epoch}:{g}: {g!r} is not a layer group below the head; expected one of "
-                    f"{', '.join(below)}.{hint}"
-                )
-            if g in seen:
-                raise ConfigError(f"--unfreeze-at: layer group {g!r} is given twice; name each group once")
-            seen.add(g)
+def _unfreeze_at_error(exc: LayerGroupError) -> ConfigError:
+    """The library's thaw-plan refusal in ``--unfreeze-at``'s own spelling, from the error's data."""
+    if exc.repeated:
+        return ConfigError(f"--unfreeze-at: layer group {exc.group!r} is given twice; name each group once")
+    return ConfigError(
+        f"--unfreeze-at {exc.epoch}:{exc.group}: {exc.group!r} is not a layer group below the head; expected "
+        f"one of {', '.join(exc.expected)}.",
+        hint=exc.hint,
+    )
 
 
 def make_lr_schedule(cfg: dict[str, Any], optimizer: Any, steps_per_epoch: int) -> Any:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from transferkit.checkpoint.formats import is_checkpoint_name
 from transferkit.commands.console import setup_logging
 
 __all__ = ["run_scan"]
-
-_CKPT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".tar", ".th", ".pkl", ".pickle")
 
 
 def run_scan(ns: argparse.Namespace) -> int:
@@ -40,9 +39,7 @@ def _files(paths: list[str]) -> list[Path]:
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            found.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(_CKPT_SUFFIXES))
-            )
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_checkpoint_name(p.name)))
         else:
             found.append(path)  # a missing file gets its own "refused: no such file" line
     return found

@@ -45,11 +45,7 @@ Example:
 
 from __future__ import annotations
 
-# also importable from here (not in __all__): the map_location type and the placeholder test other modules
-# use; "X as X" marks them as re-exports
-from transferkit.salvage.devices import MapLocation as MapLocation
-from transferkit.salvage.placeholders import Placeholder, find_placeholders, module_state_dict
-from transferkit.salvage.placeholders import is_placeholder as is_placeholder
+from transferkit.salvage.placeholders import Placeholder, find_placeholders, is_placeholder, module_state_dict
 from transferkit.salvage.readers import salvage_load
 
-__all__ = ["Placeholder", "find_placeholders", "module_state_dict", "salvage_load"]
+__all__ = ["Placeholder", "find_placeholders", "is_placeholder", "module_state_dict", "salvage_load"]

@@ -1,27 +1,25 @@
 """Where storages go: ``map_location`` in every form ``torch.load`` accepts, and byte-order swaps.
 
-:func:`_to_device` moves the bytes of one storage (a CPU ``uint8`` tensor) to a device string or
+:func:`to_device` moves the bytes of one storage (a CPU ``uint8`` tensor) to a device string or
 ``torch.device``, through a ``{saved: new}`` dict, or through the caller's own callable; a device that is
-not available here is refused with a hint. :func:`_swap_bytes` converts storages saved on a machine of the
+not available here is refused with a hint. :func:`swap_bytes` converts storages saved on a machine of the
 other endianness.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from transferkit.checkpoint.formats import MapLocation
 from transferkit.errors import CheckpointError
 from transferkit.salvage.allowlist import _Refused
 
-__all__ = ["MapLocation", "_to_device", "_swap_bytes"]
-
-MapLocation = str | torch.device | dict[str, str] | Callable[..., Any] | None
+__all__ = ["to_device", "swap_bytes"]
 
 
-def _to_device(data: torch.Tensor, location: str, map_location: MapLocation) -> torch.UntypedStorage:
+def to_device(data: torch.Tensor, location: str, map_location: MapLocation) -> torch.UntypedStorage:
     """Move the uint8 tensor ``data`` (on CPU) where ``map_location`` says; returns its untyped storage."""
     if callable(map_location) and not isinstance(map_location, torch.device):
         result = map_location(data.untyped_storage(), location)  # the caller's own function, not the file's
@@ -54,5 +52,5 @@ def _to_device(data: torch.Tensor, location: str, map_location: MapLocation) -> 
     return data.to(device).untyped_storage()
 
 
-def _swap_bytes(data: torch.Tensor, itemsize: int) -> torch.Tensor:
+def swap_bytes(data: torch.Tensor, itemsize: int) -> torch.Tensor:
     return data.view(-1, itemsize).flip(1).reshape(-1) if itemsize > 1 else data

@@ -21,14 +21,16 @@ from typing import Any
 
 import torch
 
+from transferkit.checkpoint.formats import MapLocation, read_head, safetensors_header_fits, sniff_format
 from transferkit.checkpoint.pickle_scan import LIMITS, read_capped, scan_pickle
+from transferkit.checkpoint.safetensors_file import read_safetensors
 from transferkit.errors import CheckpointError, TransferkitError
 from transferkit.salvage.allowlist import _int, _Refused, _StorageType, _typed
-from transferkit.salvage.devices import MapLocation, _swap_bytes, _to_device
+from transferkit.salvage.devices import swap_bytes, to_device
 from transferkit.salvage.placeholders import find_placeholders
 from transferkit.salvage.unpickler import _plain_load, _SalvageUnpickler
 
-__all__ = ["salvage_load", "_load_zip", "_load_legacy", "_load_safetensors", "_detect", "_describe"]
+__all__ = ["salvage_load"]
 
 # One logger for the whole package: "transferkit.salvage" is what users see in CLI log lines.
 logger = logging.getLogger("transferkit.salvage")
@@ -36,9 +38,6 @@ logger = logging.getLogger("transferkit.salvage")
 # Legacy (pre-1.6, non-zip) torch files start with these two pickled integers.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
-
-# Opcodes a protocol 0/1 pickle starts with: MARK, GLOBAL, the text forms of values, empty containers.
-_OLD_PICKLE_STARTS = {bytes([b]) for b in b"(cNIJKLFGSTUVX]})"}
 
 
 def _read_member(archive: zipfile.ZipFile, name: str, nbytes: int) -> torch.Tensor:
@@ -107,8 +106,8 @@ def _load_zip(path: Path, map_location: MapLocation) -> Any:
             if key not in storages:
                 data = _read_member(archive, f"{prefix}data/{key}", nbytes)
                 if big_endian != (sys.byteorder == "big"):
-                    data = _swap_bytes(data, storage_type.dtype.itemsize)
-                storages[key] = _to_device(data, str(location), map_location)
+                    data = swap_bytes(data, storage_type.dtype.itemsize)
+                storages[key] = to_device(data, str(location), map_location)
             elif storages[key].nbytes() != nbytes:  # the same storage seen again with another size
                 raise _Refused(
                     f"storage {key} should hold {nbytes} bytes, the archive has {storages[key].nbytes()}"
@@ -177,8 +176,8 @@ def _load_legacy(path: Path, map_location: MapLocation) -> Any:
             else torch.empty(0, dtype=torch.uint8)
         )
         if not little and sys.byteorder == "little" or little and sys.byteorder == "big":
-            data = _swap_bytes(data, dtype.itemsize)
-        storages[key] = _to_device(data, location, map_location)
+            data = swap_bytes(data, dtype.itemsize)
+        storages[key] = to_device(data, location, map_location)
 
     def resolve(pid: Any) -> Any:
         if pid[0] in ("module", b"module"):
@@ -203,34 +202,20 @@ def _legacy_view(untyped: torch.UntypedStorage, dtype: torch.dtype, view: Any) -
     return _typed(untyped[start:stop], dtype)
 
 
-def _load_safetensors(path: Path, map_location: MapLocation) -> dict[str, torch.Tensor]:
-    # Safetensors holds no code at all; reading it here keeps salvage a one-stop "get me the tensors".
-    # The normal reader already honours every map_location form (device, dict, callable).
-    from transferkit.checkpoint.reading import _load_safetensors as read_safetensors
-
-    return read_safetensors(path, map_location)
-
-
 def _detect(path: Path) -> str:
-    with path.open("rb") as stream:
-        head = stream.read(16)
-    if not head:
+    """The reader to use (:func:`~transferkit.checkpoint.formats.sniff_format`), or ``_Refused``."""
+    head, size = read_head(path)
+    kind = sniff_format(head, size)
+    if kind == "empty":
         raise _Refused("the file is empty")
-    if head.startswith(b"PK"):
-        return "zip"
-    if head.startswith(b"\x80\x02\x8a\x0a"):  # PROTO 2, LONG1 of 10 bytes: the legacy magic number
-        return "legacy"
-    if len(head) >= 9 and head[8:9] == b"{":
+    if kind == "safetensors" and not safetensors_header_fits(head, size):
         (header_len,) = struct.unpack("<Q", head[:8])
-        if header_len <= path.stat().st_size - 8:
-            return "safetensors"
-        if not head.startswith(b"\x80"):  # else it may be a plain pickle, tried below
-            raise _Refused(
-                f"a safetensors file whose header says {header_len} bytes but only {path.stat().st_size - 8} "
-                "follow its 8-byte length; it is truncated or damaged"
-            )
-    if head.startswith(b"\x80") or head[:1] in _OLD_PICKLE_STARTS:
-        return "pickle"  # protocol 2+ (PROTO first), or a protocol 0/1 pickle; the scan checks the rest
+        raise _Refused(
+            f"a safetensors file whose header says {header_len} bytes but only {size - 8} "
+            "follow its 8-byte length; it is truncated or damaged"
+        )
+    if kind in ("zip", "legacy", "safetensors", "pickle"):
+        return kind  # a pickle: protocol 2+ (PROTO first) or 0/1; the scan checks the rest
     raise _Refused(
         f"unrecognised format (starts with {head[:8]!r}); salvage reads torch zip files, legacy torch "
         "pickles, plain pickles and safetensors"
@@ -287,7 +272,7 @@ def salvage_load(path: str | os.PathLike[str], *, map_location: MapLocation = "c
         raise CheckpointError(f"cannot salvage {path}: no such file; check the path")
     if not path.is_file():
         raise CheckpointError(f"cannot salvage {path}: it is a directory, not a checkpoint file")
-    readers = {"zip": _load_zip, "legacy": _load_legacy, "safetensors": _load_safetensors}
+    readers = {"zip": _load_zip, "legacy": _load_legacy, "safetensors": read_safetensors}
     try:
         kind = _detect(path)
         if kind == "pickle":

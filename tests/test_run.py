@@ -1,0 +1,84 @@
+"""Tests for transferkit.run: FinetuneSpec (the options, their flags and args.yaml) and finetune()."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+import transferkit
+from transferkit.cli import main
+from transferkit.commands.flags import render_error
+from transferkit.commands.parser import DEFAULTS, finetune_actions
+from transferkit.errors import ConfigError
+from transferkit.run import FinetuneSpec, RunFolder
+
+TINY = "tests.tiny_models:tinynet"
+QUICK = {"img_size": 16, "batch_size": 16, "workers": 0, "quiet": True, "epochs": 2, "limit_train": 64}
+
+
+def test_every_flag_is_a_field_with_its_default() -> None:
+    names = [f.name for f in dataclasses.fields(FinetuneSpec)]
+    assert set(finetune_actions()) == set(names)
+    assert FinetuneSpec.defaults() == DEFAULTS and list(DEFAULTS) == names
+
+
+def test_spec_is_frozen_and_round_trips_through_a_dict() -> None:
+    spec = FinetuneSpec(backbone="resnet18", classes=10, rule=("a.=>b.",), mean=0.5)
+    assert spec.rule == ["a.=>b."] and spec.mean == [0.5]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.lr = 1.0  # type: ignore[misc]
+    assert FinetuneSpec.from_dict(spec.to_dict()) == spec
+    assert FinetuneSpec.from_dict({"backbone": "x", "batch-size": 8}).batch_size == 8
+
+
+@pytest.mark.parametrize(
+    ("options", "param", "flag_text"),
+    [
+        ({"lr": 0}, "lr", "--lr must be a positive finite number"),
+        ({"img_size": 100000}, "img_size", "--img-size 100000 is above the limit"),
+        ({"layer_decay": 0.7, "lr_decay": 0.5}, "layer_decay", "--layer-decay replaces --lr-decay"),
+        ({"mean": [1, 2]}, "mean", "e.g. --mean 0.5"),
+        ({"feature_cache": True, "aug": "light"}, "feature_cache", "--feature-cache needs --aug none"),
+    ],
+)
+def test_bad_options_name_their_parameter_and_render_as_flags(options, param, flag_text) -> None:
+    with pytest.raises(ConfigError) as info:
+        FinetuneSpec(backbone="resnet18", **options)
+    assert info.value.param == param and f"`{param}`" in str(info.value)
+    assert flag_text in render_error(info.value)
+
+
+def test_unknown_option_gets_close_matches() -> None:
+    with pytest.raises(ConfigError, match="did you mean batch_size"):
+        FinetuneSpec.from_dict({"backbone": "x", "batchsize": 8})
+
+
+def test_finetune_from_python_writes_the_cli_run_folder(tmp_path, monkeypatch, capsys) -> None:
+    """transferkit.finetune(...) and `transferkit finetune` with the same options: the same run folder."""
+    monkeypatch.chdir(tmp_path)
+    result = transferkit.finetune(backbone=TINY, output="py", **QUICK)
+    argv = ["finetune", "--backbone", TINY, "--output", "cli", "--img-size", "16", "--batch-size", "16"]
+    assert main([*argv, "--workers", "0", "--quiet", "--epochs", "2", "--limit-train", "64"]) == 0
+    cli, py = tmp_path / "cli", tmp_path / "py"
+    assert result.run_dir == py and [p.name for p in result.paths] == sorted(p.name for p in cli.iterdir())
+    args = {
+        name: yaml.safe_load((run / "args.yaml").read_text())["args"]
+        for name, run in (("cli", cli), ("py", py))
+    }
+    assert {**args["py"], "output": "cli"} == args["cli"]
+    # args.yaml records the rate the run resolved (1e-3 on random weights), so a resume keeps it
+    assert FinetuneSpec.from_dict(args["py"]) == FinetuneSpec(backbone=TINY, output="py", lr=1e-3, **QUICK)
+    assert result.best["epoch"] in (1, 2) and 0.0 <= result.best["val_acc"] <= 1.0
+    assert result.final["epoch"] == 2 and "val_acc" in result.final
+    folder = RunFolder(result.run_dir)
+    assert folder.exported() and folder.read_args() == args["py"] and folder.last in result.paths
+
+
+def test_finetune_reports_bad_input_with_its_parameter(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        transferkit.finetune(FinetuneSpec(backbone=TINY, **QUICK), data=str(tmp_path / "missing"))
+    assert not (tmp_path / "runs").exists(), "bad input writes nothing"
+    assert "missing" in str(info.value)

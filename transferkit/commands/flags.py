@@ -1,0 +1,55 @@
+"""API parameter -> CLI flag: the one place the command line renders the library's errors in its words.
+
+Library errors name API parameters, marked `` `img_size` `` (:mod:`transferkit.errors`); the CLI prints
+each mark as the flag that sets it. A parameter is its flag with dashes (``img_size`` -> ``--img-size``)
+unless :data:`API_FLAGS` says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transferkit.errors import render_marked
+
+__all__ = ["API_FLAGS", "flag_for", "render_error", "render_text", "to_argv"]
+
+# library parameters whose flag is not their name with dashes
+API_FLAGS = {
+    "num_classes": "--classes",
+    "rules": "--rule",
+    "ema_decay": "--model-ema",
+    "drop_path_rate": "--drop-path",
+    "init_checkpoint": "--init-checkpoint",
+}
+
+
+def flag_for(param: str) -> str:
+    """The flag that sets the API parameter ``param``."""
+    return API_FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def render_text(text: str) -> str:
+    """Library text (an error, a report's notes, a log line) with each marked parameter shown as its flag."""
+    return render_marked(text, flag_for)
+
+
+def render_error(exc: BaseException) -> str:
+    """The error's text with each marked parameter shown as its flag."""
+    return render_text(str(exc))
+
+
+def to_argv(options: dict[str, Any]) -> list[str]:
+    """The ``transferkit finetune`` arguments that set ``options`` (FinetuneSpec field -> value)."""
+    argv: list[str] = []
+    for name, value in options.items():
+        flag = flag_for(name)
+        if isinstance(value, bool):
+            argv += [flag] if value else ([f"--no-{flag[2:]}"] if name == "feature_cache" else [])
+        elif name in ("rule", "unfreeze_at"):  # repeatable flags
+            for item in value:
+                argv += [flag, str(item)]
+        elif isinstance(value, list | tuple):
+            argv += [flag, *map(str, value)]
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
