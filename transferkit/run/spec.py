@@ -7,8 +7,8 @@ options as API parameters (`` `lr` ``); the CLI shows them as flags.
 
 Example:
     >>> spec = FinetuneSpec(backbone="resnet18", classes=10, epochs=2)
-    >>> spec.lr, spec.to_dict()["epochs"]
-    (0.001, 2)
+    >>> spec.lr, spec.to_dict()["epochs"]  # lr: resolved by the weights when the run starts
+    (None, 2)
     >>> FinetuneSpec.from_dict(spec.to_dict()) == spec
     True
 """
