@@ -1054,8 +1054,11 @@ def test_sigint_stops_with_one_line_and_a_resumable_last_pt(tmp_path):
 
     args = [*FAST, "--limit-train", "64", "--limit-val", "16", "--epochs", "200", "--output", "run"]
     args += ["--weights", "none"]
+    # a test runner started in the background (`cmd &` without job control) ignores SIGINT, and a child
+    # inherits that: Python then never raises KeyboardInterrupt. Give the run the default disposition.
     proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=cli_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
