@@ -1379,7 +1379,9 @@ def test_a_fitting_head_with_other_class_names_is_fresh_and_a_runs_own_head_is_k
     args = ["finetune", *FAST, "--limit-train", "32", "--limit-val", "16", "--epochs", "1"]
     assert main([*args, "--weights", "tiny.pth", "--output", "a"]) == 0
     resolved = yaml.safe_load((tmp_path / "a" / "args.yaml").read_text(encoding="utf-8"))["resolved"]
-    assert resolved["pretrained_weights_used"]
+    assert resolved["pretrained_weights_used"] and resolved["head"].startswith(
+        "fresh: the checkpoint's head fits"
+    )
     source = torch.load(tmp_path / "tiny.pth", weights_only=True)
     fresh = create_model(TINY, 10, weights=tmp_path / "tiny.pth", class_names=[str(i) for i in range(10)])
     assert any("class names are unknown" in n for n in fresh.load_report.notes)

@@ -757,6 +757,11 @@ def _resolved_facts(job: _Job, train_loader: Any, mixup: Any = None) -> dict[str
         ),
         "backbone_built_with": str(getattr(model, "weights", "random")),
         "init_checkpoint_tensors": len(job.init_report.loaded) if job.init_report is not None else None,
+        # what became of the checkpoint's classifier (kept only for matching class names) and why
+        "head": next(
+            (n.removeprefix("head: ") for n in getattr(model, "notes", []) if n.startswith("head: ")),
+            "fresh: no checkpoint head (random weights)" if not job.pretrained else None,
+        ),
         "num_classes": len(bundle.class_names),
         "class_names": list(bundle.class_names),
         "data": bundle.source,
