@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import random
-import signal
 import struct
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
+from deadline import CaseTimeout, time_limit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
@@ -57,24 +57,6 @@ def tiny_model() -> nn.Module:
 
 
 # --- running one case ---------------------------------------------------------------------------------------
-
-
-class CaseTimeout(BaseException):
-    """Raised by the alarm; a BaseException so a reader's ``except Exception`` cannot swallow a hang."""
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    def on_alarm(signum: int, frame: object) -> None:
-        raise CaseTimeout(f"no result within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _readers() -> dict[str, Callable[[Path], object]]:

@@ -18,23 +18,22 @@ protocol 0/1 pickles, zips with ``data.pkl`` at the root, legacy tar files, comp
 
 from __future__ import annotations
 
-import contextlib
 import io
 import pickle
 import random
 import shutil
-import signal
 import struct
 import subprocess
 import tarfile
 import time
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from deadline import time_limit
 from malicious_payloads import (
     SAFE_BIAS,
     SAFE_WEIGHT,
@@ -58,24 +57,6 @@ from transferkit.inspect import inspect_checkpoint
 from transferkit.partial import load_partial
 
 LIMIT_S = 5.0
-
-
-class _Hang(BaseException):
-    """Raised by the alarm; a BaseException so that no reader's ``except Exception`` swallows it."""
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    def on_alarm(signum: int, frame: object) -> None:
-        raise _Hang(f"a read took longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # --- opcode helpers beyond malicious_payloads (memo slots far above what the real pickler uses) ----------
@@ -310,7 +291,7 @@ def _outcome(read: Callable[[], object]) -> object:
     """Run one read under the deadline; a TransferkitError is an outcome, anything else fails the test."""
     start = time.perf_counter()
     try:
-        with _deadline(LIMIT_S):
+        with time_limit(LIMIT_S):
             result: object = read()
     except TransferkitError as err:
         assert str(err).strip(), "an error without a message"

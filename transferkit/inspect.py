@@ -487,10 +487,9 @@ def _metadata(obj: Any, where: str | None, path: Path | None) -> list[str]:
                 for sub, v in _items(value)[:12]:
                     lines.append(f"  {name}.{sub}: {_summary(v)}")
     if path is not None and _format(path) == "safetensors":
-        from safetensors import safe_open
+        from transferkit.checkpoint.safetensors_file import read_safetensors_metadata
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = read_safetensors_metadata(path)
         lines.extend(f"  {k}: {v[:80]}" for k, v in meta.items())
         if not meta:
             lines.append("  (the safetensors header has no metadata)")

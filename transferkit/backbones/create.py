@@ -352,12 +352,12 @@ def _safetensors_meta(path: Any) -> dict[str, Any]:
     """The class names a safetensors export records in its metadata (``class_names``, JSON); else ``{}``."""
     import json
 
-    try:
-        from safetensors import safe_open
+    from transferkit.checkpoint.safetensors_file import read_safetensors_metadata
+    from transferkit.errors import CheckpointError
 
-        with safe_open(str(path), framework="pt") as f:
-            names = json.loads((f.metadata() or {}).get("class_names", "null"))
-    except Exception:  # noqa: BLE001 - not a safetensors file, or no readable names: nothing to add
+    try:
+        names = json.loads(read_safetensors_metadata(path).get("class_names", "null"))
+    except (CheckpointError, ValueError):  # not a safetensors file, or no readable names: nothing to add
         return {}
     ok = isinstance(names, list) and all(isinstance(n, str) for n in names)
     return {"class_names": names} if ok else {}

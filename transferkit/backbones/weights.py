@@ -245,6 +245,12 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
     return bool(result and result[0])
 
 
+def _random_instead(message: str, requested: Any) -> WeightsPlan:
+    """``weights="auto"`` without the weights: random initialisation, said once as a warning."""
+    logger.warning(message)
+    return WeightsPlan("none", description="random", requested=requested, notes=[message])
+
+
 def _download_failed(desc: str, url: str, requested: Any, explicit: bool, why: str) -> WeightsPlan:
     """A download that cannot happen (no network, refused): an error for explicit weights, else random."""
     host = urlparse(url).hostname or url
@@ -257,8 +263,7 @@ def _download_failed(desc: str, url: str, requested: Any, explicit: bool, why: s
         f"could not download {desc} from {host} ({why}); building with RANDOM weights. Pass {_PATH} to a "
         f"local checkpoint, or {_NONE} to silence this."
     )
-    logger.warning(message)
-    return WeightsPlan("none", description="random", requested=requested, notes=[message])
+    return _random_instead(message, requested)
 
 
 def _tv_enum(spec: BackboneSpec, name: str) -> Any:
@@ -293,8 +298,7 @@ def _not_cached(desc: str, expected: str, requested: Any, explicit: bool) -> Wei
         f"PRETRAINED WEIGHTS NOT FOUND: {desc} is not cached at {expected}; building with RANDOM weights "
         f"(adapter.pretrained=False). {hint}; pass {_NONE} to silence this."
     )
-    logger.warning(message)
-    return WeightsPlan("none", description="random", requested=requested, notes=[message])
+    return _random_instead(message, requested)
 
 
 def _torchvision_plan(spec: BackboneSpec, member: Any, requested: Any, explicit: bool) -> WeightsPlan:

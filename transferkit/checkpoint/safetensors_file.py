@@ -17,7 +17,7 @@ from transferkit.checkpoint._files import remember_source
 from transferkit.checkpoint.formats import MapLocation
 from transferkit.errors import CheckpointError
 
-__all__ = ["read_safetensors"]
+__all__ = ["read_safetensors", "read_safetensors_metadata"]
 
 
 def read_safetensors(path: Path, map_location: MapLocation, source: str | None = None) -> dict[str, Tensor]:
@@ -42,3 +42,20 @@ def read_safetensors(path: Path, map_location: MapLocation, source: str | None =
                 tensors[name] = tensor.to(moved.device)
     remember_source(tensors, path)
     return tensors
+
+
+def read_safetensors_metadata(path: Path | str) -> dict[str, str]:
+    """The string metadata of a safetensors file's header (``{}`` when it has none); reads no tensor.
+
+    Raises:
+        CheckpointError: ``path`` is not a readable safetensors file.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # SafetensorError, OSError, ...: one clear error
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({type(err).__name__}: {err})"
+        ) from err
