@@ -75,6 +75,9 @@ _EXPORTS: dict[str, str] = {
     # schedule
     "GradualUnfreeze": "schedule",
     "LRSchedule": "schedule",
+    # evaluation
+    "evaluate": "evaluation",
+    "EvalResult": "evaluation",
     # run
     "finetune": "run",
     "FinetuneSpec": "run",
@@ -119,6 +122,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         TransferkitError,
         UnsafeCheckpointError,
     )
+    from transferkit.evaluation import EvalResult, evaluate
     from transferkit.freeze import (
         convert_frozen_bn,
         freeze,

@@ -63,11 +63,11 @@ from torch.utils.data import DataLoader
 from transferkit.checkpoint.atomic import atomic_copy
 from transferkit.data import set_loader_epoch
 from transferkit.errors import CheckpointError, ConfigError
+from transferkit.evaluation import EvalResult, evaluate
 from transferkit.recipes import MixupCutmix, ModelEma
 
 __all__ = [
     "DistContext",
-    "EvalResult",
     "FitResult",
     "Trainer",
     "select_device",
@@ -201,16 +201,6 @@ def amp_dtype_for(device: torch.device) -> torch.dtype:
 
 # ----------------------------------------------------------------------------------------------------------
 # results
-
-
-@dataclass
-class EvalResult:
-    """Validation loss and accuracy, and the confusion matrix (rows: true class, columns: predicted)."""
-
-    loss: float
-    acc: float
-    count: int
-    confusion: Tensor
 
 
 @dataclass
@@ -451,7 +441,6 @@ class Trainer:
         count = max(sums[2], 1.0)
         return {"train_loss": sums[0] / count, "train_acc": sums[1] / count, "images": int(sums[2])}
 
-    @torch.no_grad()
     def evaluate(self, loader: DataLoader | None = None, *, model: nn.Module | None = None) -> EvalResult:
         """Loss, accuracy and confusion matrix over ``loader`` (default: the validation loader), all ranks.
 
@@ -460,31 +449,26 @@ class Trainer:
             model: other weights of the same network to evaluate (e.g. ``trainer.ema.module``); default:
                 the model being trained.
         """
-        loader = loader if loader is not None else self.val_loader
+        target = model if model is not None else self.model
         if model is None:
-            model, forward = self.model, self._eval_forward
+            forward = self._eval_forward
         else:
             forward = _HeadOnly(model) if self.inputs == "features" else model
-        self._sync_buffers(model)
-        was_training = model.training
-        model.eval()
-        c = self.num_classes
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, n
-        confusion = torch.zeros(c * c, dtype=torch.int64, device=self.device)
+        self._sync_buffers(target)
+        was_training = target.training
+        target.eval()  # the forward may be a compiled or head-only view of it
         try:
-            for x, y in loader:
-                x, y = self._to_device(x, y)
-                with self._autocast():
-                    logits = forward(x)
-                sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
-                sums[1] += y.numel()
-                confusion += torch.bincount(y * c + logits.argmax(1), minlength=c * c)
+            return evaluate(
+                forward,
+                loader if loader is not None else self.val_loader,
+                num_classes=self.num_classes,
+                device=self.device,
+                amp_dtype=self.amp_dtype,
+                channels_last=self.channels_last,
+                reduce=self._reduce if self.dist.enabled else None,
+            )
         finally:
-            model.train(was_training)
-        sums, confusion = self._reduce(sums).tolist(), self._reduce(confusion).view(c, c).cpu()
-        n = int(sums[1])
-        acc = float(confusion.trace()) / n if n else 0.0
-        return EvalResult(loss=sums[0] / n if n else float("nan"), acc=acc, count=n, confusion=confusion)
+            target.train(was_training)
 
     def _sync_buffers(self, model: nn.Module) -> None:
         """Give every rank rank 0's buffers (BatchNorm statistics) before evaluating.
