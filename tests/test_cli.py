@@ -188,7 +188,7 @@ def test_image_folder_train_val_layout_with_workers(tmp_path):
 def test_file_unreadable_during_the_run_never_crashes_a_worker(tmp_path, monkeypatch, capfd, strict):
     """A file that passes the up-front check but cannot be read in a DataLoader worker: skipped (the next
     image stands in, with a warning), or with --strict-data one error line, exit 2, no traceback."""
-    import transferkit.data
+    import transferkit.data.scan
 
     for c in ("a", "b"):
         (tmp_path / "data" / c).mkdir(parents=True)
@@ -197,7 +197,7 @@ def test_file_unreadable_during_the_run_never_crashes_a_worker(tmp_path, monkeyp
                 tmp_path / "data" / c / f"{i}.png"
             )
     (tmp_path / "data" / "b" / "broken.png").write_bytes(b"garbage")
-    monkeypatch.setattr(transferkit.data, "_image_ok", lambda path: True)  # as if it broke after the check
+    monkeypatch.setattr(transferkit.data.scan, "_image_ok", lambda path: True)  # as if it broke after the check
     monkeypatch.chdir(tmp_path)
     argv = ["finetune", *FAST, "--data", "data", "--epochs", "1", "--batch-size", "4", "--workers", "2"]
     rc = main([*argv, "--output", "out", *(["--strict-data"] if strict else [])])

@@ -27,6 +27,7 @@ LAYERS = [
     "schedule",
     "recipes",
     "data",
+    "evaluation",
     "train",
     "report",
     "run",
