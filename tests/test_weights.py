@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from transferkit.backbones import create_model, resolve_backbone, resolve_weights, verify_hash
-from transferkit.backbones.weights import ALLOW_DOWNLOAD_ENV, torchvision_cache_path
+from transferkit.backbones.weight_cache import ALLOW_DOWNLOAD_ENV, torchvision_cache_path
 from transferkit.errors import ConfigError, LoadError
 
 SQUEEZE = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1
@@ -131,10 +131,10 @@ def test_download_only_when_allowed(torch_home: Path, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     monkeypatch.setattr(
-        "transferkit.backbones.weights.verify_hash", lambda path: None
+        "transferkit.backbones.torchvision_weights.verify_hash", lambda path: None
     )  # fake bytes, real name
     monkeypatch.setenv(ALLOW_DOWNLOAD_ENV, "1")
-    monkeypatch.setattr("transferkit.backbones.weights._reachable", lambda url: True)
+    monkeypatch.setattr("transferkit.backbones.torchvision_weights.reachable", lambda url: True)
     adapter = create_model("squeezenet1_1", num_classes=3, weights="imagenet")
     assert calls == [(SQUEEZE.url, "b8a52dc0")] and adapter.pretrained
 

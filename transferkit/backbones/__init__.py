@@ -17,10 +17,12 @@ Example:
 from __future__ import annotations
 
 from transferkit.backbones.adapter import Adapter
-from transferkit.backbones.create import create_model, decide_head
-from transferkit.backbones.heads import match_labels, replace_head
+from transferkit.backbones.create import create_model
+from transferkit.backbones.head_policy import decide_head
+from transferkit.backbones.head_surgery import match_labels, replace_head
 from transferkit.backbones.registry import list_backbones, resolve_backbone
-from transferkit.backbones.weights import resolve_weights, verify_hash
+from transferkit.backbones.weight_cache import verify_hash
+from transferkit.backbones.weights import resolve_weights
 
 __all__ = [
     "Adapter",

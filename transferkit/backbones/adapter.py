@@ -37,7 +37,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from transferkit.backbones.groups import network_groups
-from transferkit.backbones.heads import HeadInfo, find_heads, get_module, is_timm, replace_with_info
+from transferkit.backbones.head_surgery import replace_with_info
+from transferkit.backbones.heads import HeadInfo, find_heads, get_module, is_timm
 from transferkit.backbones.preprocess import build_transforms, default_data_config
 from transferkit.errors import ConfigError
 from transferkit.rename import RenameOnLoadMixin

@@ -38,7 +38,8 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from transferkit.backbones.heads import HeadInfo, get_module, new_head_like, set_module
+from transferkit.backbones.head_surgery import new_head_like
+from transferkit.backbones.heads import HeadInfo, get_module, set_module
 
 __all__ = ["FactoryRouter", "Recording", "build_on_meta", "meta_safe", "replay_init", "materialize_defaults"]
 
