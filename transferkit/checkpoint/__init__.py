@@ -31,7 +31,9 @@ is all a caller needs):
   compression and sizes, legacy, tar, plain pickles) that :func:`load_checkpoint` runs first.
 * :mod:`.pickle_scan`: the bounded, symbolic scan of one pickle (budgets, shared references, globals).
 * :mod:`.verdicts`: :func:`~.verdicts.classify_global`, harmless / unknown / dangerous.
-* :mod:`.state_dicts`: :func:`extract_state_dict`, :func:`snapshot_state`.
+* :mod:`.state_dicts`: :func:`extract_state_dict`, :func:`snapshot_state`; :mod:`.weight_search`: where
+  the weights sit in a container; :mod:`.containers`: reading loaded mappings past planted attributes,
+  short reprs, :func:`~.containers.unwrap_model`.
 * :mod:`.atomic`: :func:`atomic_write` and the temp-file/fsync/replace machinery.
 * :mod:`.rng`: :func:`capture_rng_state`, :func:`restore_rng_state`.
 * :mod:`.training`: :func:`save_checkpoint`, :func:`restore_checkpoint`, ``FORMAT``.

@@ -22,10 +22,10 @@ from torch import Tensor, nn
 
 from transferkit.checkpoint._files import as_path, source_label
 from transferkit.checkpoint.atomic import atomic_torch_save
+from transferkit.checkpoint.containers import short_list, unwrap_model
 from transferkit.checkpoint.formats import MapLocation, PathLike
 from transferkit.checkpoint.reading import load_checkpoint
 from transferkit.checkpoint.rng import capture_rng_state, restore_rng_state
-from transferkit.checkpoint.state_dicts import short_list, unwrap_model
 from transferkit.errors import CheckpointError, CheckpointMismatchError, ConfigError
 
 __all__ = ["FORMAT", "save_checkpoint", "restore_checkpoint", "require_training_checkpoint"]

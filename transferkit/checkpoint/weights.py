@@ -11,8 +11,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from transferkit.checkpoint.atomic import atomic_path, atomic_torch_save
+from transferkit.checkpoint.containers import short_list
 from transferkit.checkpoint.formats import PathLike
-from transferkit.checkpoint.state_dicts import module_or_state, short_list
+from transferkit.checkpoint.state_dicts import module_or_state
 from transferkit.checkpoint.training import checked_save_path, to_weights_only
 from transferkit.errors import CheckpointError, ConfigError
 

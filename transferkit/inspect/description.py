@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from transferkit.checkpoint.containers import mapping_items, mapping_values
 from transferkit.errors import CheckpointError
 from transferkit.inspect.reading import format_label
 from transferkit.load_report import compact_keys
@@ -82,15 +83,6 @@ def describe_object(
     return lines
 
 
-def _items(value: Mapping[Any, Any]) -> list[tuple[Any, Any]]:
-    """A loaded mapping's items; ``dict.items`` because a pickle can plant an ``items`` attribute."""
-    return list(dict.items(value) if isinstance(value, dict) else value.items())
-
-
-def _values(value: Mapping[Any, Any]) -> list[Any]:
-    return [v for _, v in _items(value)]
-
-
 def _bytes(tensors: Mapping[str, torch.Tensor]) -> str:
     n = sum(v.numel() * v.element_size() for v in tensors.values())
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
@@ -102,7 +94,7 @@ def _summary(value: Any) -> str:
             return f"tensor {value.item()!r} ({str(value.dtype).replace('torch.', '')})"
         return f"tensor {list(value.shape)} {str(value.dtype).replace('torch.', '')}"
     if isinstance(value, Mapping):
-        n_tensors = sum(isinstance(v, torch.Tensor) for v in _values(value))
+        n_tensors = sum(isinstance(v, torch.Tensor) for v in list(mapping_values(value)))
         if value and n_tensors == len(value):
             return f"dict of {n_tensors} tensors"
         return f"dict ({len(value)} keys)"
@@ -138,7 +130,7 @@ def _is_weights(value: Any) -> bool:
     return (
         isinstance(value, Mapping)
         and bool(value)
-        and all(isinstance(v, torch.Tensor) for v in _values(value))
+        and all(isinstance(v, torch.Tensor) for v in list(mapping_values(value)))
     )
 
 
@@ -151,7 +143,7 @@ def _tree(
     seen = set() if seen is None else seen
     seen.add(id(obj))
     lines = []
-    items = _items(obj)
+    items = list(mapping_items(obj))
     for name, value in items[:max_items]:
         label = _label(name)
         if isinstance(value, Mapping | list | tuple) and id(value) in seen:
@@ -186,7 +178,7 @@ def _metadata(obj: Any, where: str | None, path: Path | None) -> list[str]:
     lines = []
     if isinstance(obj, Mapping) and not _is_weights(obj):
         skip = {(where or "").split(".", 1)[0], *_OPTIMIZER_KEYS}
-        for name, value in _items(obj):
+        for name, value in list(mapping_items(obj)):
             if name in skip or isinstance(value, Mapping) and _is_optimizer(value):
                 continue
             if isinstance(value, (int, float, str, bool)) or (
@@ -200,7 +192,7 @@ def _metadata(obj: Any, where: str | None, path: Path | None) -> list[str]:
                 "config",
                 "args",
             ):
-                for sub, v in _items(value)[:12]:
+                for sub, v in list(mapping_items(value))[:12]:
                     lines.append(f"  {name}.{sub}: {_summary(v)}")
     if path is not None and format_label(path) == "safetensors":
         from transferkit.checkpoint.safetensors_file import read_safetensors_metadata
@@ -220,7 +212,7 @@ def _optimizer(obj: Any) -> str:
     if not isinstance(obj, Mapping):
         return "optimizer state: none"
     found = []
-    for name, value in _items(obj):
+    for name, value in list(mapping_items(obj)):
         candidates: list[tuple[str, Any]] = []
         if isinstance(value, Mapping) and _is_optimizer(value):
             candidates = [(str(name), value)]
@@ -232,11 +224,15 @@ def _optimizer(obj: Any) -> str:
             ]
         elif name in _OPTIMIZER_KEYS and isinstance(value, Mapping):
             candidates = [
-                (f"{name}.{k}", v) for k, v in _items(value) if isinstance(v, Mapping) and _is_optimizer(v)
+                (f"{name}.{k}", v)
+                for k, v in list(mapping_items(value))
+                if isinstance(v, Mapping) and _is_optimizer(v)
             ]
         for where, opt in candidates:
             state = opt["state"] if isinstance(opt["state"], Mapping) else {}
-            slots = sorted({str(s) for per in _values(state) if isinstance(per, Mapping) for s in per})
+            slots = sorted(
+                {str(s) for per in list(mapping_values(state)) if isinstance(per, Mapping) for s in per}
+            )
             groups = opt["param_groups"] if isinstance(opt["param_groups"], list | tuple) else []
             lr = groups[0]["lr"] if groups and isinstance(groups[0], Mapping) and "lr" in groups[0] else None
             found.append(

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from transferkit.checkpoint.state_dicts import unwrap_model
+from transferkit.checkpoint.containers import unwrap_model
 from transferkit.errors import ConfigError, LoadError
 from transferkit.load_report import LoadReport
 from transferkit.partial.checks import check_before_writing, load_failure, own_code_may_consume
