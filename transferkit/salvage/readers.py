@@ -118,8 +118,29 @@ def _load_zip(path: Path, map_location: MapLocation) -> Any:
 
 
 def _load_legacy(path: Path, map_location: MapLocation) -> Any:
+    """A pre-1.6 torch file: a header, the main pickle, a key list, then each storage's raw bytes."""
     raw = path.read_bytes()
     stream = io.BytesIO(raw)
+    little = _legacy_header(stream, path)
+    main_start = stream.tell()
+    keys, declared = _legacy_declared(stream, len(raw))
+    storages = _legacy_storages(stream, keys, declared, little, map_location)
+
+    def resolve(pid: Any) -> Any:
+        if pid[0] in ("module", b"module"):
+            return pid[1]
+        _, storage_type, key, _location, _numel, view = pid
+        return _legacy_view(storages[key], storage_type.dtype, view)
+
+    stream.seek(main_start)
+    return _SalvageUnpickler(stream, resolve).load()
+
+
+def _legacy_header(stream: io.BytesIO, path: Path) -> bool:
+    """Check the file's pickles against the budgets and read its header; whether its data is little-endian.
+
+    Leaves the stream at the start of the main pickle.
+    """
     for _ in range(5):  # magic, protocol, sys info, the main pickle, the key list: all within the budgets
         scan_pickle(stream, what=str(path))
     stream.seek(0)
@@ -128,11 +149,17 @@ def _load_legacy(path: Path, map_location: MapLocation) -> Any:
     if (version := _plain_load(stream)) != _LEGACY_PROTOCOL:
         raise _Refused(f"unsupported legacy protocol version {version!r}, expected {_LEGACY_PROTOCOL}")
     sys_info = _plain_load(stream)
-    little = not (isinstance(sys_info, dict) and sys_info.get("little_endian") is False)
-    main_start = stream.tell()
+    return not (isinstance(sys_info, dict) and sys_info.get("little_endian") is False)
 
-    # Pass 1 walks the main pickle with meta storages, only to learn each storage's dtype, size and
-    # location; the raw bytes come after the pickle, in the order of a key list that follows it.
+
+def _legacy_declared(
+    stream: io.BytesIO, file_size: int
+) -> tuple[list[str], dict[str, tuple[torch.dtype, int, str]]]:
+    """Pass 1: the main pickle walked with meta storages, only to learn each storage's dtype, size and
+    location; then the key list that follows it (the order of the raw bytes after it).
+
+    Leaves the stream at the first storage's data.
+    """
     declared: dict[str, tuple[torch.dtype, int, str]] = {}
 
     def declare(pid: Any) -> Any:
@@ -144,8 +171,8 @@ def _load_legacy(path: Path, map_location: MapLocation) -> Any:
         if not isinstance(storage_type, _StorageType) or not isinstance(key, str):
             raise _Refused(f"malformed storage reference {str(pid)[:80]}")
         nbytes = _int(numel, "storage size") * storage_type.dtype.itemsize
-        if nbytes > len(raw):  # the bytes must be in the file: refuse before allocating anything
-            raise _Refused(f"storage {key} claims {nbytes} bytes, more than the whole file ({len(raw)})")
+        if nbytes > file_size:  # the bytes must be in the file: refuse before allocating anything
+            raise _Refused(f"storage {key} claims {nbytes} bytes, more than the whole file ({file_size})")
         declared.setdefault(
             key,
             (storage_type.dtype, numel, location.decode() if isinstance(location, bytes) else str(location)),
@@ -156,7 +183,17 @@ def _load_legacy(path: Path, map_location: MapLocation) -> Any:
     keys = _plain_load(stream)
     if not isinstance(keys, list) or set(keys) != set(declared):
         raise _Refused("the storage key list does not match the storages the pickle refers to")
+    return keys, declared
 
+
+def _legacy_storages(
+    stream: io.BytesIO,
+    keys: list[str],
+    declared: dict[str, tuple[torch.dtype, int, str]],
+    little: bool,
+    map_location: MapLocation,
+) -> dict[str, torch.UntypedStorage]:
+    """Pass 2: each storage's raw bytes, in key-list order, checked against what the pickle declared."""
     storages: dict[str, torch.UntypedStorage] = {}
     for key in keys:
         dtype, numel, location = declared[key]
@@ -178,15 +215,7 @@ def _load_legacy(path: Path, map_location: MapLocation) -> Any:
         if not little and sys.byteorder == "little" or little and sys.byteorder == "big":
             data = swap_bytes(data, dtype.itemsize)
         storages[key] = to_device(data, location, map_location)
-
-    def resolve(pid: Any) -> Any:
-        if pid[0] in ("module", b"module"):
-            return pid[1]
-        _, storage_type, key, _location, _numel, view = pid
-        return _legacy_view(storages[key], storage_type.dtype, view)
-
-    stream.seek(main_start)
-    return _SalvageUnpickler(stream, resolve).load()
+    return storages
 
 
 def _legacy_view(untyped: torch.UntypedStorage, dtype: torch.dtype, view: Any) -> torch.storage.TypedStorage:
