@@ -21,7 +21,7 @@ a caller needs):
 * :mod:`.placeholders`: :class:`Placeholder`, :func:`is_placeholder`, :func:`find_placeholders`,
   :func:`module_state_dict`.
 * :mod:`.allowlist`: the allowed globals, the bounds-checked tensor rebuilders, the one call gate and the
-  ``_Refused`` error.
+  ``Refused`` error.
 * :mod:`.unpickler`: the restricted unpickler itself.
 * :mod:`.devices`: ``map_location`` handling and byte-order swaps for storages.
 * :mod:`.readers`: :func:`salvage_load` and the zip, legacy, plain-pickle and safetensors readers.

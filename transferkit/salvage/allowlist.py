@@ -3,9 +3,9 @@
 Pure constructors (containers, numbers, bytes, ``torch.Size``, ``torch.device``) and torch's tensor rebuild
 functions, re-implemented with argument checks where torch's own would trust the file: a tensor is only
 ever a view that lies inside a storage the file itself supplied. Dtypes, layouts, memory formats and
-storage types are plain values. :data:`_ALLOWED` maps dotted names to them; :func:`_call` is the single
+storage types are plain values. :data:`ALLOWED` maps dotted names to them; :func:`call_allowed` is the single
 gate through which the unpickler calls anything (allow-listed callables and placeholders only).
-:class:`_Refused` is the error every part of salvage raises for "the file asks for something salvage will
+:class:`Refused` is the error every part of salvage raises for "the file asks for something salvage will
 not do".
 """
 
@@ -19,29 +19,28 @@ from typing import Any
 
 import torch
 
-from transferkit.salvage.placeholders import Placeholder, _is_placeholder_class
+from transferkit.salvage.placeholders import Placeholder, is_placeholder_class
 
 __all__ = [
-    "_Refused",
-    "_Allowed",
-    "_StorageType",
-    "_ALLOWED",
-    "_STORAGE_DTYPES",
-    "_call",
-    "_int",
-    "_typed",
-    "_view",
+    "Refused",
+    "Allowed",
+    "StorageType",
+    "ALLOWED",
+    "call_allowed",
+    "checked_int",
+    "typed_storage",
+    "checked_view",
 ]
 
 # One logger for the whole package: "transferkit.salvage" is what users see in CLI log lines.
 logger = logging.getLogger("transferkit.salvage")
 
 
-class _Refused(pickle.UnpicklingError):
+class Refused(pickle.UnpicklingError):
     """The pickle asked for something salvage will not do; becomes a CheckpointError with the path."""
 
 
-class _Allowed:
+class Allowed:
     """An allow-listed callable: the only kind of object (besides placeholders) the unpickler calls."""
 
     __slots__ = ("name", "fn")
@@ -57,7 +56,7 @@ class _Allowed:
         return f"<allowed {self.name}>"
 
 
-class _StorageType:
+class StorageType:
     """What ``torch.FloatStorage`` & co. unpickle to: just a dtype; never callable (no allocation)."""
 
     __slots__ = ("name", "dtype")
@@ -70,7 +69,7 @@ class _StorageType:
         return f"<storage type {self.name}>"
 
 
-def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.TypedStorage:
+def typed_storage(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.TypedStorage:
     """What persistent ids resolve to, as in torch.load (BUILD on it is refused, so it stays as made)."""
     return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
@@ -97,41 +96,41 @@ _STORAGE_DTYPES = {
 }
 
 
-def _int(value: Any, what: str) -> int:
+def checked_int(value: Any, what: str) -> int:
     if type(value) is not int:
-        raise _Refused(f"{what} must be an int, found {type(value).__name__}")
+        raise Refused(f"{what} must be an int, found {type(value).__name__}")
     return value
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, tuple | list):
-        raise _Refused(f"{what} must be a tuple of ints, found {type(value).__name__}")
-    return tuple(_int(v, what) for v in value)
+        raise Refused(f"{what} must be a tuple of ints, found {type(value).__name__}")
+    return tuple(checked_int(v, what) for v in value)
 
 
 def _dtype(value: Any) -> torch.dtype:
     if not isinstance(value, torch.dtype):
-        raise _Refused(f"expected a torch dtype, found {type(value).__name__}")
+        raise Refused(f"expected a torch dtype, found {type(value).__name__}")
     return value
 
 
-def _view(
+def checked_view(
     storage: Any, offset: Any, size: Any, stride: Any, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """A tensor over ``storage`` after checking that every element it addresses lies inside the storage."""
     if type(storage) is not torch.storage.TypedStorage:
-        raise _Refused(
+        raise Refused(
             f"a tensor's storage must come from the file's storages, found {type(storage).__name__}"
         )
     untyped = storage._untyped_storage
     dtype = storage.dtype if dtype is None else _dtype(dtype)
-    offset, size, stride = _int(offset, "storage offset"), _ints(size, "size"), _ints(stride, "stride")
+    offset, size, stride = checked_int(offset, "storage offset"), _ints(size, "size"), _ints(stride, "stride")
     if len(size) != len(stride) or offset < 0 or min(size + stride, default=0) < 0:
-        raise _Refused(f"invalid tensor geometry: offset {offset}, size {size}, stride {stride}")
+        raise Refused(f"invalid tensor geometry: offset {offset}, size {size}, stride {stride}")
     available = untyped.nbytes() // dtype.itemsize
     needed = 0 if 0 in size else offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
     if needed > available:
-        raise _Refused(
+        raise Refused(
             f"a tensor of size {list(size)} (stride {list(stride)}, offset {offset}) needs {needed} elements "
             f"but its storage holds {available}"
         )
@@ -154,13 +153,13 @@ def _finish(tensor: torch.Tensor, requires_grad: Any, metadata: Any = None) -> t
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> torch.Tensor:
-    return _view(storage, offset, size, stride)
+    return checked_view(storage, offset, size, stride)
 
 
 def _rebuild_tensor_v2(
     storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, metadata: Any = None
 ) -> torch.Tensor:
-    return _finish(_view(storage, offset, size, stride), requires_grad, metadata)
+    return _finish(checked_view(storage, offset, size, stride), requires_grad, metadata)
 
 
 def _rebuild_tensor_v3(
@@ -173,14 +172,14 @@ def _rebuild_tensor_v3(
     dtype: Any,
     metadata: Any = None,
 ) -> torch.Tensor:
-    return _finish(_view(storage, offset, size, stride, dtype), requires_grad, metadata)
+    return _finish(checked_view(storage, offset, size, stride, dtype), requires_grad, metadata)
 
 
 def _parameter(data: Any = None, requires_grad: Any = True, *ignored: Any) -> torch.nn.Parameter:
     if data is None:
         data = torch.empty(0)
     if not isinstance(data, torch.Tensor):
-        raise _Refused(f"a Parameter's data must be a tensor, found {type(data).__name__}")
+        raise Refused(f"a Parameter's data must be a tensor, found {type(data).__name__}")
     trainable = requires_grad is True and (data.is_floating_point() or data.is_complex())
     return torch.nn.Parameter(data, requires_grad=trainable)
 
@@ -192,18 +191,18 @@ def _rebuild_meta_tensor_no_storage(dtype: Any, size: Any, stride: Any, requires
 
 
 def _tensor_type(*args: Any, **kwargs: Any) -> Any:
-    raise _Refused("the file calls torch.Tensor(...) directly; salvage only rebuilds tensors from storages")
+    raise Refused("the file calls torch.Tensor(...) directly; salvage only rebuilds tensors from storages")
 
 
-_TENSOR = _Allowed("torch.Tensor", _tensor_type)
-_PARAMETER = _Allowed("torch.nn.parameter.Parameter", _parameter)
+_TENSOR = Allowed("torch.Tensor", _tensor_type)
+_PARAMETER = Allowed("torch.nn.parameter.Parameter", _parameter)
 
 
 def _rebuild_from_type(func: Any, new_type: Any, args: Any, state: Any = None) -> Any:
     """Tensor subclasses and tensors with Python attributes; only Parameter survives as a subclass."""
     if not isinstance(args, tuple):
-        raise _Refused(f"rebuild arguments must be a tuple, found {type(args).__name__}")
-    result = _call(func, args, {})
+        raise Refused(f"rebuild arguments must be a tuple, found {type(args).__name__}")
+    result = call_allowed(func, args, {})
     if new_type is _PARAMETER and isinstance(result, torch.Tensor):
         result = _parameter(result, result.requires_grad)
     if isinstance(state, dict) and state:
@@ -224,7 +223,7 @@ def _sized(fn: Callable[..., Any], pairs: bool = False) -> Callable[..., Any]:
 
     def build(*args: Any) -> Any:
         if len(args) > 1 or (args and not isinstance(args[0], list | tuple | dict | set | frozenset)):
-            raise _Refused(
+            raise Refused(
                 f"{fn.__name__}() accepts one list/tuple/dict here, found {[type(a).__name__ for a in args]}"
             )
         if pairs and args and not isinstance(args[0], dict):
@@ -233,7 +232,7 @@ def _sized(fn: Callable[..., Any], pairs: bool = False) -> Callable[..., Any]:
             )
             if bad is not None or isinstance(args[0], set | frozenset):
                 found = type(args[0]).__name__ if bad is None else type(bad).__name__
-                raise _Refused(f"{fn.__name__}() accepts (key, value) pairs here, found a {found}")
+                raise Refused(f"{fn.__name__}() accepts (key, value) pairs here, found a {found}")
         return fn(*args)
 
     return build
@@ -245,7 +244,7 @@ def _bytes_like(kind: type) -> Callable[..., Any]:
             return kind(data.encode(encoding))
         if isinstance(data, bytes | bytearray) and encoding is None:
             return kind(data)
-        raise _Refused(f"{kind.__name__}() accepts bytes or (str, encoding) here")  # never an int size
+        raise Refused(f"{kind.__name__}() accepts bytes or (str, encoding) here")  # never an int size
 
     return build
 
@@ -254,13 +253,13 @@ def _codecs_encode(text: Any, encoding: Any = "utf-8", errors: Any = "strict") -
     # Protocol-2 pickles spell ``bytes`` as _codecs.encode(str, "latin1"); other codecs would import modules.
     if isinstance(text, str) and encoding in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
         return text.encode(encoding, "strict")
-    raise _Refused(f"_codecs.encode is only allowed with latin1/utf-8/ascii text, found {encoding!r}")
+    raise Refused(f"_codecs.encode is only allowed with latin1/utf-8/ascii text, found {encoding!r}")
 
 
 def _number(kind: type) -> Callable[..., Any]:
     def build(*args: Any) -> Any:
         if len(args) > 2 or not all(isinstance(a, int | float | complex | str) for a in args):
-            raise _Refused(f"{kind.__name__}() accepts numbers or a string here")
+            raise Refused(f"{kind.__name__}() accepts numbers or a string here")
         return kind(*args)
 
     return build
@@ -268,7 +267,7 @@ def _number(kind: type) -> Callable[..., Any]:
 
 def _device(*args: Any) -> torch.device:
     if not args or not all(isinstance(a, str | int) for a in args):
-        raise _Refused("torch.device() accepts a string (and an index) here")
+        raise Refused("torch.device() accepts a string (and an index) here")
     return torch.device(*args)
 
 
@@ -278,7 +277,7 @@ def _size(*args: Any) -> torch.Size:
 
 def _slice(*args: Any) -> slice:
     if not all(a is None or type(a) is int for a in args):
-        raise _Refused("slice() accepts ints or None here")
+        raise Refused("slice() accepts ints or None here")
     return slice(*args)
 
 
@@ -286,7 +285,7 @@ def _allowed_globals() -> dict[str, Any]:
     table: dict[str, Any] = {}
 
     def allow(name: str, fn: Callable[..., Any]) -> None:
-        table[name] = _Allowed(name, fn)
+        table[name] = Allowed(name, fn)
 
     for name, fn in {
         "collections.OrderedDict": _sized(collections.OrderedDict, pairs=True),
@@ -321,20 +320,20 @@ def _allowed_globals() -> dict[str, Any]:
             table[f"torch.{name}"] = value
     for module in ("torch", "torch.cuda", "torch.storage"):
         for name, dtype in _STORAGE_DTYPES.items():
-            table[f"{module}.{name}"] = _StorageType(f"{module}.{name}", dtype)
+            table[f"{module}.{name}"] = StorageType(f"{module}.{name}", dtype)
     return table
 
 
-_ALLOWED = _allowed_globals()
+ALLOWED = _allowed_globals()
 
 
-def _call(func: Any, args: tuple, kwargs: dict) -> Any:
+def call_allowed(func: Any, args: tuple, kwargs: dict) -> Any:
     """The one place anything gets called while unpickling: allow-listed callables and placeholders only."""
-    if isinstance(func, _Allowed | Placeholder) or _is_placeholder_class(func):
+    if isinstance(func, Allowed | Placeholder) or is_placeholder_class(func):
         return func(*args, **kwargs)
     what = (
         f"the {func.name} storage type"
-        if isinstance(func, _StorageType)
+        if isinstance(func, StorageType)
         else f"a {type(func).__name__} object"
     )
-    raise _Refused(f"the file calls {what}; salvage only calls allow-listed functions")
+    raise Refused(f"the file calls {what}; salvage only calls allow-listed functions")

@@ -14,7 +14,7 @@ import torch
 
 from transferkit.checkpoint.formats import MapLocation
 from transferkit.errors import CheckpointError
-from transferkit.salvage.allowlist import _Refused
+from transferkit.salvage.allowlist import Refused
 
 __all__ = ["to_device", "swap_bytes"]
 
@@ -41,11 +41,11 @@ def to_device(data: torch.Tensor, location: str, map_location: MapLocation) -> t
     try:
         device = torch.device(target)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise _Refused(f"storage location {target!r} is not a device: {exc}") from None
+        raise Refused(f"storage location {target!r} is not a device: {exc}") from None
     if device.type == "cuda" and (
         not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
     ):
-        raise _Refused(
+        raise Refused(
             f"the file holds tensors saved on {device} but that device is not available here; "
             "pass map_location='cpu'"
         )

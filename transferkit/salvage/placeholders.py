@@ -25,8 +25,7 @@ __all__ = [
     "find_placeholders",
     "is_placeholder",
     "module_state_dict",
-    "_PlaceholderMeta",
-    "_is_placeholder_class",
+    "is_placeholder_class",
 ]
 
 # The public home of the placeholder classes, whichever submodule defines them.
@@ -150,7 +149,7 @@ class Placeholder(metaclass=_PlaceholderMeta):
         )
 
 
-def _is_placeholder_class(obj: Any) -> bool:
+def is_placeholder_class(obj: Any) -> bool:
     return isinstance(obj, type) and issubclass(obj, Placeholder)
 
 
@@ -170,7 +169,7 @@ def is_placeholder(obj: Any) -> bool:
         >>> is_placeholder(cls()), is_placeholder(cls), is_placeholder({"lr": 0.1})
         (True, True, False)
     """
-    return isinstance(obj, Placeholder) or _is_placeholder_class(obj)
+    return isinstance(obj, Placeholder) or is_placeholder_class(obj)
 
 
 def find_placeholders(obj: Any) -> list[str]:
@@ -198,7 +197,7 @@ def find_placeholders(obj: Any) -> list[str]:
         if id(item) in seen or isinstance(item, str | bytes | int | float | bool | complex | torch.Tensor):
             continue
         seen.add(id(item))
-        if _is_placeholder_class(item):
+        if is_placeholder_class(item):
             found.add(item.target)
         elif isinstance(item, Placeholder):
             found.add(item.target)

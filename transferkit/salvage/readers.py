@@ -25,10 +25,10 @@ from transferkit.checkpoint.formats import MapLocation, read_head, safetensors_h
 from transferkit.checkpoint.pickle_scan import LIMITS, read_capped, scan_pickle
 from transferkit.checkpoint.safetensors_file import read_safetensors
 from transferkit.errors import CheckpointError, TransferkitError
-from transferkit.salvage.allowlist import _int, _Refused, _StorageType, _typed
+from transferkit.salvage.allowlist import Refused, StorageType, checked_int, typed_storage
 from transferkit.salvage.devices import swap_bytes, to_device
 from transferkit.salvage.placeholders import find_placeholders
-from transferkit.salvage.unpickler import _plain_load, _SalvageUnpickler
+from transferkit.salvage.unpickler import SalvageUnpickler, plain_load
 
 __all__ = ["salvage_load"]
 
@@ -45,16 +45,16 @@ def _read_member(archive: zipfile.ZipFile, name: str, nbytes: int) -> torch.Tens
     try:
         member = archive.getinfo(name)
     except KeyError:
-        raise _Refused(f"the pickle refers to storage {name}, which the archive does not contain") from None
+        raise Refused(f"the pickle refers to storage {name}, which the archive does not contain") from None
     if member.file_size != nbytes:
-        raise _Refused(f"storage {name} should hold {nbytes} bytes, the archive has {member.file_size}")
+        raise Refused(f"storage {name} should hold {nbytes} bytes, the archive has {member.file_size}")
     if member.compress_type != zipfile.ZIP_STORED and LIMITS.inflates_too_much(member.compress_size, nbytes):
-        raise _Refused(f"storage {name} inflates {nbytes // max(member.compress_size, 1)}-fold: a zip bomb")
+        raise Refused(f"storage {name} inflates {nbytes // max(member.compress_size, 1)}-fold: a zip bomb")
     buffer = bytearray(nbytes)
     with archive.open(member) as stream:  # zipfile checks the CRC once the member is read to its end
         got = stream.readinto(buffer)
         if got != nbytes or stream.read(1):
-            raise _Refused(f"storage {name} holds {got} bytes, expected {nbytes}")
+            raise Refused(f"storage {name} holds {got} bytes, expected {nbytes}")
     return torch.frombuffer(buffer, dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
 
 
@@ -68,9 +68,9 @@ def _read_pickle(archive: zipfile.ZipFile, name: str, path: Path) -> io.BytesIO:
     if member.compress_type != zipfile.ZIP_STORED and LIMITS.inflates_too_much(
         member.compress_size, member.file_size
     ):
-        raise _Refused(f"{name} inflates {member.file_size // max(member.compress_size, 1)}-fold: a zip bomb")
+        raise Refused(f"{name} inflates {member.file_size // max(member.compress_size, 1)}-fold: a zip bomb")
     if member.file_size > LIMITS.pickle_bytes:
-        raise _Refused(f"{name} declares {member.file_size:,} bytes, more than a pickle may hold here")
+        raise Refused(f"{name} declares {member.file_size:,} bytes, more than a pickle may hold here")
     with archive.open(member) as stream:  # zipfile stops at the declared size and checks the CRC
         data = read_capped(stream, f"{path} ({name})")
     _budgets(data, f"{path} ({name})")
@@ -89,7 +89,7 @@ def _load_zip(path: Path, map_location: MapLocation) -> Any:
         if not pickles and "data.pkl" in names:
             pickles = ["data.pkl"]  # re-zipped without the folder: storages then sit under data/
         if not pickles:
-            raise _Refused(
+            raise Refused(
                 f"it is a zip file without a torch data.pkl (members: {names[:5]}); not a torch checkpoint"
             )
         prefix = pickles[0][: -len("data.pkl")]
@@ -98,23 +98,23 @@ def _load_zip(path: Path, map_location: MapLocation) -> Any:
 
         def persistent(pid: Any) -> Any:
             if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
-                raise _Refused(f"unexpected persistent id {str(pid)[:80]}")
+                raise Refused(f"unexpected persistent id {str(pid)[:80]}")
             _, storage_type, key, location, numel = pid
-            if not isinstance(storage_type, _StorageType) or not isinstance(key, str):
-                raise _Refused(f"malformed storage reference {str(pid)[:80]}")
-            nbytes = _int(numel, "storage size") * storage_type.dtype.itemsize
+            if not isinstance(storage_type, StorageType) or not isinstance(key, str):
+                raise Refused(f"malformed storage reference {str(pid)[:80]}")
+            nbytes = checked_int(numel, "storage size") * storage_type.dtype.itemsize
             if key not in storages:
                 data = _read_member(archive, f"{prefix}data/{key}", nbytes)
                 if big_endian != (sys.byteorder == "big"):
                     data = swap_bytes(data, storage_type.dtype.itemsize)
                 storages[key] = to_device(data, str(location), map_location)
             elif storages[key].nbytes() != nbytes:  # the same storage seen again with another size
-                raise _Refused(
+                raise Refused(
                     f"storage {key} should hold {nbytes} bytes, the archive has {storages[key].nbytes()}"
                 )
-            return _typed(storages[key], storage_type.dtype)
+            return typed_storage(storages[key], storage_type.dtype)
 
-        return _SalvageUnpickler(_read_pickle(archive, pickles[0], path), persistent).load()
+        return SalvageUnpickler(_read_pickle(archive, pickles[0], path), persistent).load()
 
 
 def _load_legacy(path: Path, map_location: MapLocation) -> Any:
@@ -133,7 +133,7 @@ def _load_legacy(path: Path, map_location: MapLocation) -> Any:
         return _legacy_view(storages[key], storage_type.dtype, view)
 
     stream.seek(main_start)
-    return _SalvageUnpickler(stream, resolve).load()
+    return SalvageUnpickler(stream, resolve).load()
 
 
 def _legacy_header(stream: io.BytesIO, path: Path) -> bool:
@@ -144,11 +144,11 @@ def _legacy_header(stream: io.BytesIO, path: Path) -> bool:
     for _ in range(5):  # magic, protocol, sys info, the main pickle, the key list: all within the budgets
         scan_pickle(stream, what=str(path))
     stream.seek(0)
-    if _plain_load(stream) != _LEGACY_MAGIC:
-        raise _Refused("not a legacy torch file (bad magic number)")
-    if (version := _plain_load(stream)) != _LEGACY_PROTOCOL:
-        raise _Refused(f"unsupported legacy protocol version {version!r}, expected {_LEGACY_PROTOCOL}")
-    sys_info = _plain_load(stream)
+    if plain_load(stream) != _LEGACY_MAGIC:
+        raise Refused("not a legacy torch file (bad magic number)")
+    if (version := plain_load(stream)) != _LEGACY_PROTOCOL:
+        raise Refused(f"unsupported legacy protocol version {version!r}, expected {_LEGACY_PROTOCOL}")
+    sys_info = plain_load(stream)
     return not (isinstance(sys_info, dict) and sys_info.get("little_endian") is False)
 
 
@@ -166,23 +166,23 @@ def _legacy_declared(
         if isinstance(pid, tuple) and pid and pid[0] in ("module", b"module") and len(pid) == 4:
             return pid[1]  # a whole-module pickle: the class (a placeholder) is the object itself
         if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] in ("storage", b"storage")):
-            raise _Refused(f"unexpected persistent id {str(pid)[:80]}")
+            raise Refused(f"unexpected persistent id {str(pid)[:80]}")
         _, storage_type, key, location, numel, view = pid
-        if not isinstance(storage_type, _StorageType) or not isinstance(key, str):
-            raise _Refused(f"malformed storage reference {str(pid)[:80]}")
-        nbytes = _int(numel, "storage size") * storage_type.dtype.itemsize
+        if not isinstance(storage_type, StorageType) or not isinstance(key, str):
+            raise Refused(f"malformed storage reference {str(pid)[:80]}")
+        nbytes = checked_int(numel, "storage size") * storage_type.dtype.itemsize
         if nbytes > file_size:  # the bytes must be in the file: refuse before allocating anything
-            raise _Refused(f"storage {key} claims {nbytes} bytes, more than the whole file ({file_size})")
+            raise Refused(f"storage {key} claims {nbytes} bytes, more than the whole file ({file_size})")
         declared.setdefault(
             key,
             (storage_type.dtype, numel, location.decode() if isinstance(location, bytes) else str(location)),
         )
         return _legacy_view(torch.UntypedStorage(nbytes, device="meta"), storage_type.dtype, view)
 
-    _SalvageUnpickler(stream, declare).load()  # leaves the stream just after the main pickle
-    keys = _plain_load(stream)
+    SalvageUnpickler(stream, declare).load()  # leaves the stream just after the main pickle
+    keys = plain_load(stream)
     if not isinstance(keys, list) or set(keys) != set(declared):
-        raise _Refused("the storage key list does not match the storages the pickle refers to")
+        raise Refused("the storage key list does not match the storages the pickle refers to")
     return keys, declared
 
 
@@ -199,14 +199,14 @@ def _legacy_storages(
         dtype, numel, location = declared[key]
         header = stream.read(8)
         if len(header) != 8:
-            raise _Refused(f"file ends before the data of storage {key}")
+            raise Refused(f"file ends before the data of storage {key}")
         (count,) = struct.unpack("<q" if little else ">q", header)
         if count != numel:
-            raise _Refused(f"storage {key} holds {count} elements, the pickle says {numel}")
+            raise Refused(f"storage {key} holds {count} elements, the pickle says {numel}")
         nbytes = count * dtype.itemsize
         chunk = stream.read(nbytes)
         if len(chunk) != nbytes:
-            raise _Refused(f"file ends inside the data of storage {key} ({len(chunk)} of {nbytes} bytes)")
+            raise Refused(f"file ends inside the data of storage {key} ({len(chunk)} of {nbytes} bytes)")
         data = (
             torch.frombuffer(bytearray(chunk), dtype=torch.uint8)
             if chunk
@@ -221,38 +221,38 @@ def _legacy_storages(
 def _legacy_view(untyped: torch.UntypedStorage, dtype: torch.dtype, view: Any) -> torch.storage.TypedStorage:
     """Legacy files may refer to a slice ``(view_key, offset, size)`` of a root storage."""
     if view is None:
-        return _typed(untyped, dtype)
+        return typed_storage(untyped, dtype)
     if not (isinstance(view, tuple) and len(view) == 3):
-        raise _Refused(f"malformed storage view {str(view)[:80]}")
-    offset, size = _int(view[1], "view offset"), _int(view[2], "view size")
+        raise Refused(f"malformed storage view {str(view)[:80]}")
+    offset, size = checked_int(view[1], "view offset"), checked_int(view[2], "view size")
     start, stop = offset * dtype.itemsize, (offset + size) * dtype.itemsize
     if offset < 0 or size < 0 or stop > untyped.nbytes():
-        raise _Refused(f"storage view {offset}+{size} lies outside its storage")
-    return _typed(untyped[start:stop], dtype)
+        raise Refused(f"storage view {offset}+{size} lies outside its storage")
+    return typed_storage(untyped[start:stop], dtype)
 
 
 def _detect(path: Path) -> str:
-    """The reader to use (:func:`~transferkit.checkpoint.formats.sniff_format`), or ``_Refused``."""
+    """The reader to use (:func:`~transferkit.checkpoint.formats.sniff_format`), or ``Refused``."""
     head, size = read_head(path)
     kind = sniff_format(head, size)
     if kind == "empty":
-        raise _Refused("the file is empty")
+        raise Refused("the file is empty")
     if kind == "safetensors" and not safetensors_header_fits(head, size):
         (header_len,) = struct.unpack("<Q", head[:8])
-        raise _Refused(
+        raise Refused(
             f"a safetensors file whose header says {header_len} bytes but only {size - 8} "
             "follow its 8-byte length; it is truncated or damaged"
         )
     if kind in ("zip", "legacy", "safetensors", "pickle"):
         return kind  # a pickle: protocol 2+ (PROTO first) or 0/1; the scan checks the rest
-    raise _Refused(
+    raise Refused(
         f"unrecognised format (starts with {head[:8]!r}); salvage reads torch zip files, legacy torch "
         "pickles, plain pickles and safetensors"
     )
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, _Refused):
+    if isinstance(exc, Refused):
         return str(exc)
     if isinstance(exc, EOFError):
         return "the data ends early; the file looks truncated"
@@ -307,7 +307,7 @@ def salvage_load(path: str | os.PathLike[str], *, map_location: MapLocation = "c
         if kind == "pickle":
             data = path.read_bytes()
             _budgets(data, str(path))
-            result = _SalvageUnpickler(io.BytesIO(data), None).load()
+            result = SalvageUnpickler(io.BytesIO(data), None).load()
         else:
             result = readers[kind](path, map_location)
     except TransferkitError:

@@ -2,7 +2,7 @@
 
 Globals resolve through :data:`~transferkit.salvage.allowlist._ALLOWED` or become fresh placeholder
 classes; calls go through :func:`~transferkit.salvage.allowlist._call`; ``BUILD``, ``APPEND(S)``,
-``SETITEM(S)`` and ``ADDITEMS`` only touch plain containers and placeholders. :func:`_plain_load` reads the
+``SETITEM(S)`` and ``ADDITEMS`` only touch plain containers and placeholders. :func:`plain_load` reads the
 small bookkeeping pickles of legacy files, which may name no globals at all.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from transferkit.salvage.allowlist import _ALLOWED, _Allowed, _call, _Refused, _view
-from transferkit.salvage.placeholders import Placeholder, _is_placeholder_class
+from transferkit.salvage.allowlist import ALLOWED, Allowed, Refused, call_allowed, checked_view
+from transferkit.salvage.placeholders import Placeholder, is_placeholder_class
 
-__all__ = ["_SalvageUnpickler", "_plain_load", "_MAX_GLOBALS"]
+__all__ = ["SalvageUnpickler", "plain_load"]
 
 # One logger for the whole package: "transferkit.salvage" is what users see in CLI log lines.
 logger = logging.getLogger("transferkit.salvage")
@@ -30,7 +30,7 @@ logger = logging.getLogger("transferkit.salvage")
 _MAX_GLOBALS = 10_000
 
 
-class _SalvageUnpickler(pickle._Unpickler):
+class SalvageUnpickler(pickle._Unpickler):
     """Restricted unpickler. Built on the pure-Python unpickler on purpose: its memo is a dict (the C
     one preallocates a list sized by the largest memo index a file names) and every opcode that could
     call, import or mutate something is overridden below."""
@@ -48,40 +48,40 @@ class _SalvageUnpickler(pickle._Unpickler):
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         target = f"{module}.{name}"
-        if target in _ALLOWED:
-            return _ALLOWED[target]
+        if target in ALLOWED:
+            return ALLOWED[target]
         if target not in self._placeholders:
             if len(self._placeholders) >= _MAX_GLOBALS:
-                raise _Refused(f"the file names more than {_MAX_GLOBALS} distinct globals")
+                raise Refused(f"the file names more than {_MAX_GLOBALS} distinct globals")
             self._placeholders[target] = Placeholder._subclass_for(target)
         return self._placeholders[target]
 
     def persistent_load(self, pid: Any) -> Any:
         if self._persistent is None:
-            raise _Refused("unexpected persistent id in a plain pickle")
+            raise Refused("unexpected persistent id in a plain pickle")
         return self._persistent(pid)
 
     def get_extension(self, code: int) -> None:
         # The stdlib version consults and fills copyreg's process-wide cache, bypassing find_class.
-        raise _Refused(f"pickle extension code {code} is not supported")
+        raise Refused(f"pickle extension code {code} is not supported")
 
     def load_reduce(self) -> None:
         args = self.stack.pop()
         if type(args) is not tuple:
-            raise _Refused(f"REDUCE arguments must be a tuple, found {type(args).__name__}")
-        self.stack[-1] = _call(self.stack[-1], args, {})
+            raise Refused(f"REDUCE arguments must be a tuple, found {type(args).__name__}")
+        self.stack[-1] = call_allowed(self.stack[-1], args, {})
 
     dispatch[pickle.REDUCE[0]] = load_reduce
 
     def _new(self, cls: Any, args: Any, kwargs: Any) -> None:
         if type(args) is not tuple or type(kwargs) is not dict:
-            raise _Refused("NEWOBJ arguments must be a tuple (and a dict)")
-        if _is_placeholder_class(cls):
+            raise Refused("NEWOBJ arguments must be a tuple (and a dict)")
+        if is_placeholder_class(cls):
             self.append(cls.__new__(cls, *args, **kwargs))
-        elif isinstance(cls, _Allowed):
+        elif isinstance(cls, Allowed):
             self.append(cls(*args, **kwargs))
         else:
-            raise _Refused(f"NEWOBJ on a {type(cls).__name__} object is not allowed")
+            raise Refused(f"NEWOBJ on a {type(cls).__name__} object is not allowed")
 
     def load_newobj(self) -> None:
         args = self.stack.pop()
@@ -97,7 +97,7 @@ class _SalvageUnpickler(pickle._Unpickler):
     dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
 
     def _instantiate(self, klass: Any, args: list) -> None:  # INST and OBJ
-        self.append(_call(klass, tuple(args), {}))
+        self.append(call_allowed(klass, tuple(args), {}))
 
     def load_build(self) -> None:
         state = self.stack.pop()
@@ -107,7 +107,7 @@ class _SalvageUnpickler(pickle._Unpickler):
         elif type(inst) is collections.OrderedDict and isinstance(state, dict):
             # A state_dict carries ``_metadata`` this way; only plain string attribute names.
             if not all(type(k) is str and not k.startswith("__") for k in state):
-                raise _Refused("BUILD on an OrderedDict with non-attribute keys")
+                raise Refused("BUILD on an OrderedDict with non-attribute keys")
             # names of OrderedDict's own methods (items, keys, get ...) would shadow them on the instance
             shadowing = sorted(k for k in state if hasattr(collections.OrderedDict, k))
             if shadowing:
@@ -116,11 +116,11 @@ class _SalvageUnpickler(pickle._Unpickler):
                 )
             inst.__dict__.update((k, v) for k, v in state.items() if k not in shadowing)
         elif isinstance(inst, torch.Tensor) and isinstance(state, tuple) and len(state) == 4:
-            inst.set_(_view(*state))  # legacy tensor state: (storage, offset, size, stride)
+            inst.set_(checked_view(*state))  # legacy tensor state: (storage, offset, size, stride)
         elif isinstance(inst, torch.Tensor):
             logger.debug("salvage ignored BUILD state on a tensor: %s", type(state).__name__)
         else:
-            raise _Refused(f"BUILD (setting state) on a {type(inst).__name__} object is not allowed")
+            raise Refused(f"BUILD (setting state) on a {type(inst).__name__} object is not allowed")
 
     dispatch[pickle.BUILD[0]] = load_build
 
@@ -141,7 +141,7 @@ class _SalvageUnpickler(pickle._Unpickler):
         if type(target) is list or isinstance(target, Placeholder):
             target.extend(items)
         else:
-            raise _Refused(f"APPEND on a {type(target).__name__} object is not allowed")
+            raise Refused(f"APPEND on a {type(target).__name__} object is not allowed")
 
     def load_setitem(self) -> None:
         value = self.stack.pop()
@@ -159,7 +159,7 @@ class _SalvageUnpickler(pickle._Unpickler):
     @staticmethod
     def _setitems(target: Any, items: list) -> None:
         if type(target) not in (dict, collections.OrderedDict) and not isinstance(target, Placeholder):
-            raise _Refused(f"SETITEM on a {type(target).__name__} object is not allowed")
+            raise Refused(f"SETITEM on a {type(target).__name__} object is not allowed")
         for i in range(0, len(items) - 1, 2):
             target[items[i]] = items[i + 1]
 
@@ -171,15 +171,15 @@ class _SalvageUnpickler(pickle._Unpickler):
         elif isinstance(target, Placeholder):
             target.extend(items)
         else:
-            raise _Refused(f"ADDITEMS on a {type(target).__name__} object is not allowed")
+            raise Refused(f"ADDITEMS on a {type(target).__name__} object is not allowed")
 
     dispatch[pickle.ADDITEMS[0]] = load_additems
 
 
-def _plain_load(stream: io.BytesIO) -> Any:
+def plain_load(stream: io.BytesIO) -> Any:
     """Unpickle one bookkeeping pickle (legacy header, key list) from ``stream``; it may name no globals."""
-    unpickler = _SalvageUnpickler(stream, None)
+    unpickler = SalvageUnpickler(stream, None)
     result = unpickler.load()
     if unpickler._placeholders:
-        raise _Refused(f"a bookkeeping pickle names globals: {sorted(unpickler._placeholders)}")
+        raise Refused(f"a bookkeeping pickle names globals: {sorted(unpickler._placeholders)}")
     return result
