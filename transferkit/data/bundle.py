@@ -1,8 +1,8 @@
-"""The result every data source returns: :class:`DataBundle`, train and validation datasets with their class names.
+"""What every data source returns: :class:`DataBundle`, train and validation datasets and class names.
 
 The digits (:mod:`~transferkit.data.digits`), image folders (:mod:`~transferkit.data.folders`) and the
-feature cache (:mod:`~transferkit.data.feature_cache`) all build one, and :func:`~transferkit.data.make_loaders`
-takes one.
+feature cache (:mod:`~transferkit.data.feature_cache`) all build one, and
+:func:`~transferkit.data.make_loaders` takes one.
 
 Example:
     >>> from torch.utils.data import TensorDataset

@@ -1,4 +1,4 @@
-"""Preprocessing for image files: the backbone's transforms with an augmentation policy, and their JSON description.
+"""Preprocessing for image files: the backbone's transforms with an augmentation policy, described as JSON.
 
 :func:`build_transforms` wraps :func:`transferkit.backbones.preprocess.build_transforms` (mean/std/size
 from the backbone's weights metadata) and places an automatic augmentation policy in the training

@@ -15,7 +15,7 @@ Example:
     ...                      {"weight": "weight"}, {"weight": "weight"}, strict=True, min_coverage=None,
     ...                      assign=False, dry_run=True)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    transferkit.errors.LoadError: strict load failed: the checkpoint and the model differ (nothing was written)
+    transferkit.errors.LoadError: strict load failed: the checkpoint and the model differ ...
     ...
 """
 

@@ -1,4 +1,4 @@
-"""Pairing checkpoint keys with the model's: by name (cleaning, rules, the model's own renames) or by structure.
+"""Pairing checkpoint keys with the model's: by name (cleaning, rules, the model's renames) or by structure.
 
 :func:`match_keys` runs the rename chain (raw key -> the key ``load_state_dict`` receives -> the model
 key), classifies every key (fits, skipped for shape, unknown to the model) and, where ``align`` asks for

@@ -36,7 +36,7 @@ _REQUIRED = ("plan", "thawed", "last_epoch", "base_lr", "lr_decay", "train_bn", 
 
 
 def record_groups(optimizer: torch.optim.Optimizer | None, model: nn.Module) -> list[dict[str, Any]] | None:
-    """The optimizer's groups with their parameters *by name* and their hyperparameters (``None``: no optimizer)."""
+    """The optimizer's groups, their parameters *by name*, and their hyperparameters; ``None`` without one."""
     if optimizer is None:
         return None
     name_of = {id(p): n for n, p in model.named_parameters()}
