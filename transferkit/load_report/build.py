@@ -6,10 +6,10 @@ tensor once, and as loaded when any of its names loaded.
 Example:
     >>> import torch
     >>> from torch import nn
-    >>> model = nn.Linear(3, 2)
-    >>> report = build_report(model.state_dict(keep_vars=True), {"weight": torch.ones(2, 3)})
-    >>> report.missing, report.coverage
-    (['bias'], {'weight': 1.0, 'bias': 0.0})
+    >>> model_state = {"w": nn.Parameter(torch.ones(2))}
+    >>> report = build_report(model_state, {"w": torch.ones(2, dtype=torch.float64)}, prefix="net.")
+    >>> report.loaded, report.cast
+    (['net.w'], {'net.w': ('float64', 'float32')})
 """
 
 from __future__ import annotations
