@@ -197,7 +197,8 @@ def test_file_unreadable_during_the_run_never_crashes_a_worker(tmp_path, monkeyp
                 tmp_path / "data" / c / f"{i}.png"
             )
     (tmp_path / "data" / "b" / "broken.png").write_bytes(b"garbage")
-    monkeypatch.setattr(transferkit.data.scan, "_image_ok", lambda path: True)  # as if it broke after the check
+    # as if it broke after the check
+    monkeypatch.setattr(transferkit.data.scan, "_image_ok", lambda path: True)
     monkeypatch.chdir(tmp_path)
     argv = ["finetune", *FAST, "--data", "data", "--epochs", "1", "--batch-size", "4", "--workers", "2"]
     rc = main([*argv, "--output", "out", *(["--strict-data"] if strict else [])])
