@@ -601,29 +601,30 @@ def test_killed_between_last_pt_and_best_pt_exports_the_best_epoch(tmp_path, mon
     are the best epoch's weights (here epoch 1, the one in that last.pt), not a stale or later file."""
     from safetensors.torch import load_file
 
-    import transferkit.train as train_module
+    import transferkit.checkpoint.atomic as atomic_module
     from transferkit.checkpoint import load_checkpoint
+    from transferkit.train import Trainer
 
-    plain = train_module.Trainer.evaluate
+    plain = Trainer.evaluate
 
     def first_epoch_best(self, loader=None, *, model=None):  # every later epoch validates worse
         result = plain(self, loader, model=model)
         result.acc = 1.0 - 0.1 * len(self.history)
         return result
 
-    monkeypatch.setattr(train_module.Trainer, "evaluate", first_epoch_best)
+    monkeypatch.setattr(Trainer, "evaluate", first_epoch_best)
     monkeypatch.chdir(tmp_path)
     argv = ["finetune", *FAST, "--limit-train", "64", "--limit-val", "32", "--epochs", "3"]
     assert main([*argv, "--output", "ref"]) == 0
-    link = train_module.atomic_copy
+    link = atomic_module.atomic_copy  # RunFolder makes best.pt from last.pt with it
 
     def killed(src, dst):
         raise KeyboardInterrupt  # the process dies between the two writes
 
-    monkeypatch.setattr(train_module, "atomic_copy", killed)
+    monkeypatch.setattr(atomic_module, "atomic_copy", killed)
     assert main([*argv, "--output", "out"]) != 0
     assert not (tmp_path / "out" / "best.pt").exists() and _ckpt_epoch(tmp_path / "out" / "last.pt") == 0
-    monkeypatch.setattr(train_module, "atomic_copy", link)
+    monkeypatch.setattr(atomic_module, "atomic_copy", link)
     assert main(["finetune", "--resume", "out"]) == 0
     capsys.readouterr()
     ref, out = (

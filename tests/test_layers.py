@@ -27,6 +27,8 @@ LAYERS = [
     "schedule",
     "recipes",
     "data",
+    "evaluation",
+    "distributed",
     "train",
     "report",
     "run",

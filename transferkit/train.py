@@ -1,12 +1,16 @@
-"""The training loop: epochs, AMP, channels-last, torch.compile, DDP, metrics, checkpoints, exact resume.
+"""The training loop: epochs, AMP, channels-last, torch.compile, DDP, metrics, events, exact resume.
 
 :class:`Trainer` runs a fine-tuning job on an adapter built by
 :func:`~transferkit.backbones.create_model`, with an optimizer from
 :func:`~transferkit.optim.build_optimizer` and the schedules of :mod:`transferkit.schedule`. Each epoch
 it steps the unfreeze schedule (thawed groups join the optimizer), trains with the LR schedule stepped
-after every optimizer step, evaluates, and -- on rank 0 only -- writes ``last.pt`` (and ``best.pt`` when
-validation accuracy improves) through :func:`~transferkit.checkpoint.save_checkpoint`: model, optimizer,
-grad scaler, RNG states, and in ``extra`` the schedules' states and the metric history.
+after every optimizer step, evaluates, and emits an :class:`EpochEnd` event (the history row, the
+evaluation, whether the epoch improved on the best) to ``on_epoch_end``.
+
+The Trainer writes nothing. What goes into a checkpoint -- model, EMA, optimizer, grad scaler, and in
+``extra`` the schedules' states and the metric history -- is :meth:`Trainer.checkpoint_state`; a run
+folder's writer (:meth:`transferkit.run.RunFolder.save_epoch`, given as ``on_epoch_end``) turns each event
+into ``last.pt`` and, when the epoch improved, ``best.pt``, on rank 0 only.
 
 Recipe hooks (:mod:`transferkit.recipes`): ``mixup=`` mixes each training batch and trains on soft
 targets; ``ema_decay=`` keeps a :class:`~transferkit.recipes.ModelEma` of the weights, updated after every
@@ -19,8 +23,8 @@ schedule's step counter; the loaders' shuffling and worker seeds depend only on 
 :func:`transferkit.data.set_loader_epoch`).
 
 Multi-process: launch with ``torchrun --standalone --nproc_per_node=2 scripts/finetune.py ...``.
-:func:`init_distributed` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and joins
-the process group (gloo on CPU, nccl on GPU); the model is wrapped in ``DistributedDataParallel``
+:func:`transferkit.distributed.init_distributed` joins torchrun's process group; the model is wrapped in
+``DistributedDataParallel``
 (re-wrapped whenever a group thaws, since DDP only syncs parameters that were trainable when it was
 built), and metrics are summed across ranks.
 
@@ -52,7 +56,6 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,143 +63,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from transferkit.checkpoint.atomic import atomic_copy
 from transferkit.data import set_loader_epoch
+from transferkit.distributed import DistContext, amp_dtype_for
 from transferkit.errors import CheckpointError, ConfigError
 from transferkit.evaluation import EvalResult, evaluate
 from transferkit.recipes import MixupCutmix, ModelEma
 
-__all__ = [
-    "DistContext",
-    "FitResult",
-    "Trainer",
-    "select_device",
-    "init_distributed",
-    "cleanup_distributed",
-    "seed_everything",
-    "amp_dtype_for",
-]
+__all__ = ["EpochEnd", "FitResult", "Trainer"]
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[..., Iterable]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# device, processes, seeds
-
-
-def select_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
-    """Resolve ``auto|cpu|cuda|cuda:N`` to a device.
-
-    ``auto`` is ``cuda:<local_rank>`` when CUDA is available, else the CPU. Under torchrun a plain ``cuda``
-    means this process's GPU (``cuda:<LOCAL_RANK>``).
-
-    Raises:
-        ConfigError: CUDA requested but unavailable, a GPU index out of range, or an unknown spec.
-
-    Example:
-        >>> select_device("cpu")
-        device(type='cpu')
-    """
-    spec = str(spec).strip().lower()
-    if spec == "auto":
-        return (
-            torch.device("cuda", local_rank % torch.cuda.device_count())
-            if torch.cuda.is_available()
-            else torch.device("cpu")
-        )
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec == "cuda" or spec.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"`device` {spec}: CUDA is not available on this machine (torch {torch.__version__}, "
-                f"built for CUDA {torch.version.cuda or 'none'}); use `device` cpu or `device` auto",
-                param="device",
-            )
-        index = local_rank if spec == "cuda" else spec.partition(":")[2]
-        try:
-            index = int(index)
-        except ValueError:
-            raise ConfigError(f"`device` {spec}: expected cuda:N with an integer N", param="device") from None
-        count = torch.cuda.device_count()
-        if not 0 <= index < count:
-            raise ConfigError(
-                f"`device` {spec}: GPU index {index} out of range; this machine has {count} GPU(s)",
-                param="device",
-            )
-        return torch.device("cuda", index)
-    raise ConfigError(f"`device` {spec!r}: expected auto, cpu, cuda or cuda:N", param="device")
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """This process's place in a (possibly single-process) run."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    backend: str | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_spec: str = "auto", timeout_s: float = 600.0) -> tuple[DistContext, torch.device]:
-    """Join torchrun's process group if its environment says so; pick this process's device.
-
-    Returns:
-        ``(DistContext, device)``; a single process gets ``DistContext()`` and no process group.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = select_device(device_spec, local_rank)
-    if world <= 1:
-        return DistContext(), device
-    import datetime
-
-    import torch.distributed as dist
-
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
-    logger.debug("rank %d/%d joined the %s process group on %s", rank, world, backend, device)
-    return DistContext(rank, world, local_rank, backend), device
-
-
-def cleanup_distributed() -> None:
-    """Leave the process group, if any."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's generators (all devices)."""
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def amp_dtype_for(device: torch.device) -> torch.dtype:
-    """bfloat16 on CPUs and GPUs that support it (no loss scaling needed), float16 on older GPUs."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -215,6 +92,24 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     last_eval: EvalResult | None = None
     best_weights: str = "model"
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """What :meth:`Trainer.fit` reports after each epoch (``on_epoch_end(trainer, event)``).
+
+    Attributes:
+        epoch: the epoch just trained, from 0.
+        row: its history row (losses, accuracies, rates, seconds).
+        result: the model's evaluation (loss, accuracy, confusion matrix).
+        improved: the epoch's better of the model and its EMA beat every earlier epoch: its weights are now
+            the best (:attr:`Trainer.best_weights` says which of the two).
+    """
+
+    epoch: int
+    row: dict[str, Any]
+    result: EvalResult
+    improved: bool
 
 
 class _HeadOnly(nn.Module):
@@ -237,7 +132,7 @@ def _identity_progress(iterable: Iterable, **_: Any) -> Iterable:
 
 
 class Trainer:
-    """Fine-tune ``model`` for ``epochs``; evaluate; checkpoint; resume.
+    """Fine-tune ``model`` for ``epochs``; evaluate; report each epoch; resume.
 
     Args:
         model: the network (an :class:`~transferkit.backbones.Adapter` for ``inputs="features"``).
@@ -252,22 +147,22 @@ class Trainer:
         amp: autocast (bfloat16 on CPU; float16 with loss scaling on GPUs without bfloat16).
         channels_last: NHWC memory format for model and inputs (faster convolutions on recent hardware).
         compile: ``torch.compile`` the forward pass.
-        dist: this process's :class:`DistContext`; only rank 0 writes.
+        dist: this process's :class:`~transferkit.distributed.DistContext`.
         inputs: ``"images"``, or ``"features"`` when the loaders yield cached backbone features.
         frozen_backbone: keep everything but the head in eval mode (linear probe; the cached and the
             recomputed paths then compute the same thing).
-        run_dir: where ``last.pt``/``best.pt`` go (rank 0); ``None`` saves nothing.
         meta: extra facts for the checkpoints' ``meta`` (backbone, class names, ...).
         seed: the loaders' shuffle seed.
         label_smoothing: cross-entropy label smoothing (with ``mixup``, give it to the mixup instead).
         mixup: a :class:`~transferkit.recipes.MixupCutmix`: each training batch is mixed and the loss is
             its soft-target cross-entropy (training accuracy is then counted against the unmixed labels).
         ema_decay: keep a :class:`~transferkit.recipes.ModelEma` of the weights with this decay, validate
-            it every epoch (``ema_val_loss``/``ema_val_acc`` in the history), save it in the checkpoints
-            (``models["ema"]``) and let it compete for ``best.pt``.
+            it every epoch (``ema_val_loss``/``ema_val_acc`` in the history), put it in the checkpoint state
+            (``models["ema"]``) and let it compete for the best epoch.
         grad_clip: clip the global gradient norm to this value.
         progress: ``progress(iterable, total=, desc=)`` -> iterable (e.g. tqdm); identity by default.
-        on_epoch_end: ``callback(trainer, row, eval_result)`` after each epoch's checkpoint is written.
+        on_epoch_end: ``callback(trainer, event)`` with an :class:`EpochEnd` after each epoch (e.g.
+            :meth:`transferkit.run.RunFolder.save_epoch`, which writes the checkpoints).
     """
 
     def __init__(
@@ -288,7 +183,6 @@ class Trainer:
         dist: DistContext | None = None,
         inputs: str = "images",
         frozen_backbone: bool = False,
-        run_dir: str | os.PathLike | None = None,
         meta: Mapping[str, Any] | None = None,
         seed: int = 0,
         label_smoothing: float = 0.0,
@@ -296,7 +190,7 @@ class Trainer:
         ema_decay: float | None = None,
         grad_clip: float | None = None,
         progress: Progress | None = None,
-        on_epoch_end: Callable[[Trainer, dict[str, Any], EvalResult], None] | None = None,
+        on_epoch_end: Callable[[Trainer, EpochEnd], None] | None = None,
     ) -> None:
         if inputs not in ("images", "features"):
             raise ConfigError(f"inputs must be 'images' or 'features', got {inputs!r}")
@@ -326,7 +220,6 @@ class Trainer:
         self.compile = compile
         self.inputs = inputs
         self.frozen_backbone = frozen_backbone
-        self.run_dir = Path(run_dir) if run_dir is not None else None
         self.meta = dict(meta or {})
         self.seed = seed
         self.label_smoothing = label_smoothing
@@ -340,12 +233,7 @@ class Trainer:
         self.best_acc, self.best_epoch = -1.0, -1
         #: which weights reached ``best_acc``: ``"model"``, or ``"ema"`` when the EMA validated better
         self.best_weights = "model"
-        #: the resumed checkpoint holds the best epoch (``best.pt`` may predate it if the run was killed
-        #: between writing ``last.pt`` and linking ``best.pt``)
-        self._best_is_resumed = False
         self.start_epoch = 0
-        #: the last epoch (0-based) whose checkpoint is on disk in ``run_dir/last.pt``; -1: none yet
-        self.saved_epoch = -1
         self._wrap()
 
     # ---- wrapping --------------------------------------------------------------------------------------
@@ -489,49 +377,43 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train from :attr:`start_epoch` (0, or where :meth:`resume` left it) to ``epochs``."""
         result = None
-        if self._best_is_resumed and self.run_dir is not None and self.dist.is_main:
-            last = self.run_dir / "last.pt"
-            if last.is_file():  # best.pt may be older than the best epoch this last.pt holds
-                atomic_copy(last, self.run_dir / "best.pt")
-            self._best_is_resumed = False
         for epoch in range(self.start_epoch, self.epochs):
-            start = time.perf_counter()
-            if self.freeze_schedule is not None:
-                thawed = self.freeze_schedule.step(epoch, self.optimizer)
-                if thawed:
-                    self._wrap()  # DDP must learn about the newly trainable parameters
-            lrs = self.learning_rates()  # the rates this epoch starts with (thawed groups included)
-            train = self.train_epoch(epoch)
-            result = self.evaluate()
-            row = {
-                "epoch": epoch,
-                "train_loss": train["train_loss"],
-                "train_acc": train["train_acc"],
-                "val_loss": result.loss,
-                "val_acc": result.acc,
-            }
-            score, weights = result.acc, "model"
-            if self.ema is not None:
-                averaged = self.evaluate(model=self.ema.module)
-                row.update(ema_val_loss=averaged.loss, ema_val_acc=averaged.acc)
-                if averaged.acc > result.acc:  # a tie keeps the trained weights
-                    score, weights = averaged.acc, "ema"
-            row.update(lr=lrs, seconds=time.perf_counter() - start)
-            self.history.append(row)
-            improved = score > self.best_acc
-            if improved:
-                self.best_acc, self.best_epoch, self.best_weights = score, epoch, weights
-            if self.run_dir is not None and self.dist.is_main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                self.save(self.run_dir / "last.pt", epoch, row)
-                self.saved_epoch = epoch
-                if improved:
-                    atomic_copy(self.run_dir / "last.pt", self.run_dir / "best.pt")
+            result, improved = self._epoch(epoch)
             if self.on_epoch_end is not None:
-                self.on_epoch_end(self, row, result)
+                self.on_epoch_end(self, EpochEnd(epoch, self.history[-1], result, improved))
         if result is None:  # resumed a finished run: nothing left to train
             result = self.evaluate()
         return FitResult(self.best_acc, self.best_epoch, self.history, result, self.best_weights)
+
+    def _epoch(self, epoch: int) -> tuple[EvalResult, bool]:
+        """Thaw, train, evaluate (the model and its EMA) and record one epoch; ``(evaluation, improved)``."""
+        start = time.perf_counter()
+        if self.freeze_schedule is not None:
+            thawed = self.freeze_schedule.step(epoch, self.optimizer)
+            if thawed:
+                self._wrap()  # DDP must learn about the newly trainable parameters
+        lrs = self.learning_rates()  # the rates this epoch starts with (thawed groups included)
+        train = self.train_epoch(epoch)
+        result = self.evaluate()
+        row = {
+            "epoch": epoch,
+            "train_loss": train["train_loss"],
+            "train_acc": train["train_acc"],
+            "val_loss": result.loss,
+            "val_acc": result.acc,
+        }
+        score, weights = result.acc, "model"
+        if self.ema is not None:
+            averaged = self.evaluate(model=self.ema.module)
+            row.update(ema_val_loss=averaged.loss, ema_val_acc=averaged.acc)
+            if averaged.acc > result.acc:  # a tie keeps the trained weights
+                score, weights = averaged.acc, "ema"
+        row.update(lr=lrs, seconds=time.perf_counter() - start)
+        self.history.append(row)
+        improved = score > self.best_acc
+        if improved:
+            self.best_acc, self.best_epoch, self.best_weights = score, epoch, weights
+        return result, improved
 
     def weights(self, which: str = "model") -> dict[str, Tensor]:
         """The current state dict of the trained model (``"model"``) or of its EMA (``"ema"``).
@@ -575,41 +457,52 @@ class Trainer:
             extra["loader_generator"] = gen.get_state()
         return extra
 
-    def save(self, path: str | os.PathLike, epoch: int, metrics: Mapping[str, Any] | None = None) -> Path:
-        """Write the full training state (atomic)."""
-        from transferkit.checkpoint import save_checkpoint
+    def checkpoint_state(self, epoch: int, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The keyword arguments of :func:`~transferkit.checkpoint.save_checkpoint` for the full training
+        state after ``epoch``: model, EMA, optimizer, scaler, LR step, ``metrics``, :meth:`state_extra`, meta.
+        """
+        return {
+            "model": self.model,
+            "models": {"ema": self.ema.module} if self.ema is not None else None,
+            "optimizer": self.optimizer,
+            "scaler": self.scaler,
+            "epoch": epoch,
+            "step": getattr(self.lr_schedule, "last_step", None),
+            "metrics": dict(metrics or {}),
+            "extra": self.state_extra(),
+            "meta": self.meta,
+        }
 
-        steps = getattr(self.lr_schedule, "last_step", None)
-        return save_checkpoint(
-            path,
-            model=self.model,
-            models={"ema": self.ema.module} if self.ema is not None else None,
-            optimizer=self.optimizer,
-            scaler=self.scaler,
-            epoch=epoch,
-            step=steps,
-            metrics=dict(metrics or {}),
-            extra=self.state_extra(),
-            meta=self.meta,
-        )
+    def resume(
+        self,
+        source: str | os.PathLike | Mapping[str, Any],
+        *,
+        label: str | None = None,
+        hint: str | None = None,
+    ) -> int:
+        """Restore everything from a checkpoint of :meth:`checkpoint_state`; returns the epoch to start at.
 
-    def resume(self, source: str | os.PathLike | Mapping[str, Any]) -> int:
-        """Restore everything from a checkpoint written by :meth:`save`; returns the epoch to start at.
+        Args:
+            source: the checkpoint file, or the checkpoint as loaded.
+            label, hint: how errors name the checkpoint and what they advise (default: the path; start a new
+                run from its weights with ``load_partial``).
 
         Raises:
-            CheckpointError: the file is not a transferkit training checkpoint of this model.
+            CheckpointError: the file is not a transferkit training checkpoint of this model (a
+                :class:`~transferkit.errors.CheckpointMismatchError` when its states do not fit; nothing was
+                restored).
         """
         from transferkit.checkpoint import load_checkpoint, restore_checkpoint
         from transferkit.checkpoint.training import require_training_checkpoint
 
         ckpt = load_checkpoint(source) if not isinstance(source, Mapping) else source
-        label = "checkpoint" if isinstance(source, Mapping) else str(source)
-        hint = "to start a new run from its weights, load them with load_partial"
+        label = label or ("checkpoint" if isinstance(source, Mapping) else str(source))
+        hint = hint or "to start a new run from its weights, load them with load_partial"
         ckpt = require_training_checkpoint(ckpt, label, epoch=True, hint=hint)
         extra = ckpt.get("extra") or {}
         if self.ema is not None and ("ema" not in ckpt["models"] or "ema" not in extra):
             raise CheckpointError(
-                f"{source} holds no model EMA, so this run's EMA cannot continue from it; resume without "
+                f"{label} holds no model EMA, so this run's EMA cannot continue from it; resume without "
                 "`ema_decay`, or start a new run from its weights",
                 param="ema_decay",
             )
@@ -623,6 +516,8 @@ class Trainer:
             optimizer=self.optimizer,
             scaler=self.scaler,
             restore_rng=True,
+            label=label,
+            hint=hint,
         )
         if self.ema is not None:
             self.ema.load_state_dict(extra["ema"])
@@ -636,8 +531,6 @@ class Trainer:
         self.best_epoch = int(extra.get("best_epoch", -1))
         self.best_weights = str(extra.get("best_weights", "model"))
         self.start_epoch = int(ckpt["epoch"]) + 1
-        self.saved_epoch = int(ckpt["epoch"])
-        self._best_is_resumed = self.best_epoch == self.saved_epoch
         self._wrap()
         # log lines count epochs from 1, as the console does; start_epoch and best_epoch count from 0
         logger.info(

@@ -73,7 +73,7 @@ def execute(explicit: dict[str, Any], argv: list[str]) -> tuple[int, Path | None
             check_resume_unchanged(cfg, saved, resume_path)
     cfg = FinetuneSpec.from_dict(cfg).to_dict()  # checks every value that needs no model or data
 
-    from transferkit.train import cleanup_distributed, init_distributed
+    from transferkit.distributed import cleanup_distributed, init_distributed
 
     dist_ctx, device = init_distributed(cfg["device"])
     log_handler, undo_logging = setup_logging(cfg["quiet"], dist_ctx.rank)
@@ -116,7 +116,7 @@ class _Job:
     argv: list[str] = field(default_factory=list)
     drop_path_fact: str = "off"
     facts: dict[str, Any] = field(default_factory=dict)
-    best_state: dict[str, Any] = field(default_factory=dict)
+    saved_epoch: int = -1
     #: the EMA weights of an --eval-only --resume checkpoint, evaluated beside the model's
     eval_ema: dict[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -206,9 +206,9 @@ def _count(n: int, noun: str) -> str:
 def _prepare(cfg: dict[str, Any], dist_ctx: Any, device: Any, resume_path: Path | None) -> _Job:
     """Validate every input and build model, data, schedules; decide the run folder. Writes nothing."""
     from transferkit.backbones import create_model
+    from transferkit.distributed import seed_everything
     from transferkit.recipes import check_drop_path, drop_path_kwargs, resolve_aug
     from transferkit.rename import parse_rule
-    from transferkit.train import seed_everything
 
     seed_everything(cfg["seed"])
     rules = [parse_rule(r) for r in cfg["rule"]]
@@ -456,9 +456,9 @@ def _best_source(job: _Job) -> Path | None:
         return None  # no epoch evaluated yet: the first one resumed becomes the best
     assert job.resume_path is not None and job.run_dir is not None
     if best_epoch == int(job.resume_ckpt["epoch"]):
-        # the checkpoint resumed is the best epoch's: its weights are in memory (best.pt may be older, if
-        # the run was killed before linking it, and last.pt is replaced by the next epoch)
-        return None
+        # the checkpoint resumed is the best epoch's (best.pt may be older, if the run was killed before
+        # linking it, and last.pt is replaced by the next epoch)
+        return job.resume_path
     for folder in (job.run_dir, job.resume_path.parent):
         if (folder / "best.pt").is_file():
             return folder / "best.pt"
@@ -496,9 +496,10 @@ def _build_optimizer(job: _Job, lr_decay: float | None) -> None:
 def _build_trainer(job: _Job, console: Console) -> Any:
     """Feature cache, loaders, the Trainer, and a resumed checkpoint restored into it. Writes nothing."""
     from transferkit.data import cache_features, make_loaders
+    from transferkit.distributed import amp_dtype_for
     from transferkit.recipes import MixupCutmix
     from transferkit.report import format_epoch
-    from transferkit.train import Trainer, amp_dtype_for
+    from transferkit.train import Trainer
 
     cfg, model, device, dist_ctx, run_dir = job.cfg, job.model, job.device, job.dist, job.run_dir
     if job.use_cache:
@@ -515,13 +516,11 @@ def _build_trainer(job: _Job, console: Console) -> Any:
         mixup = MixupCutmix(len(job.class_names), mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"],
                             prob=cfg["mixup_prob"], label_smoothing=cfg["label_smoothing"])  # fmt: skip
     job.facts = _resolved_facts(job, train_loader, mixup)
-    job.best_state = {}
 
-    def on_epoch_end(trainer: Trainer, row: dict[str, Any], result: Any) -> None:
-        if trainer.best_epoch == row["epoch"]:  # keep the best weights for the export, on every rank
-            best = trainer.weights(trainer.best_weights)  # the model's, or its EMA's when that won
-            job.best_state = {k: v.detach().to("cpu", copy=True) for k, v in best.items()}
-        console.out(format_epoch(row, cfg["epochs"]))
+    def on_epoch_end(trainer: Trainer, event: Any) -> None:
+        RunFolder(job.run_dir).save_epoch(trainer, event)
+        job.saved_epoch = event.epoch
+        console.out(format_epoch(event.row, cfg["epochs"]))
         if job.run_start is not None:  # last.pt holds this run's first epoch: the replaced run can go
             job.run_start.commit()
         if dist_ctx.is_main:
@@ -531,14 +530,13 @@ def _build_trainer(job: _Job, console: Console) -> Any:
         model, job.optimizer, train_loader, val_loader, epochs=cfg["epochs"], num_classes=len(job.class_names),
         device=device, lr_schedule=job.lr_schedule, freeze_schedule=job.freeze_schedule, amp=cfg["amp"],
         channels_last=cfg["channels_last"], compile=cfg["compile"], dist=dist_ctx,
-        inputs="features" if job.use_cache else "images", frozen_backbone=cfg["linear_probe"], run_dir=run_dir,
+        inputs="features" if job.use_cache else "images", frozen_backbone=cfg["linear_probe"],
         meta={**getattr(model, "meta", {}), "img_size": job.bundle.img_size, "run": str(run_dir)},
         seed=cfg["seed"], label_smoothing=0.0 if mixup is not None else cfg["label_smoothing"], mixup=mixup,
         ema_decay=cfg["model_ema"], progress=console.progress, on_epoch_end=on_epoch_end,
     )  # fmt: skip
     job.start_epoch = _resume(job, trainer) if job.resume_ckpt is not None else 0
-    if job.resume_ckpt is not None and trainer.best_epoch == trainer.saved_epoch:
-        job.best_state = dict(job.resume_ckpt["models"][trainer.best_weights])
+    job.saved_epoch = job.start_epoch - 1
     return trainer
 
 
@@ -561,8 +559,9 @@ def _train(job: _Job, trainer: Any, console: Console) -> None:
         else:
             _create_run_dir(job.run_dir)
     job.run_dir = _broadcast(job.run_dir, job.dist)
-    trainer.run_dir = job.run_dir
     trainer.meta["run"] = str(job.run_dir)
+    if job.dist.is_main and job.best_source is not None:
+        RunFolder(job.run_dir).keep_best(job.best_source)
     try:
         _start_epochs(job, trainer, console, start)
     except BaseException:
@@ -606,7 +605,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _interrupted_message(job: _Job, trainer: Any) -> str:
-    done = trainer.saved_epoch + 1  # epochs whose checkpoint reached last.pt, resumed ones included
+    done = job.saved_epoch + 1  # epochs whose checkpoint reached last.pt, resumed ones included
     epochs = job.cfg["epochs"]
     if done == 0 or not (job.run_dir / "last.pt").is_file():
         kept = (
@@ -655,15 +654,10 @@ def _finish(job: _Job, trainer: Any, console: Console) -> int:
 
     cfg, model, run_dir = job.cfg, job.model, job.run_dir
     folder = RunFolder(run_dir)
-    if not job.best_state:  # resumed, and no epoch since beat the best: read it back
-        from transferkit.checkpoint import load_checkpoint
-
-        _barrier(job.dist)
-        # best.pt holds the model and its EMA: the export takes whichever validated better
-        job.best_state = load_checkpoint(job.best_source or run_dir / "best.pt")["models"][
-            trainer.best_weights
-        ]
-    model.load_state_dict(job.best_state)
+    _barrier(job.dist)  # rank 0 wrote best.pt
+    # best.pt holds the model and its EMA: the export takes whichever validated better
+    best_state = folder.read_best_weights(trainer.best_weights)
+    model.load_state_dict(best_state)
     final = trainer.evaluate()
     if job.dist.is_main:
         folder.write_history(trainer.history)
@@ -688,7 +682,7 @@ def _finish(job: _Job, trainer: Any, console: Console) -> int:
         }
         # the network's own key layout (no "backbone." prefix): the file loads into the plain torchvision/timm
         # network and into create_model(..., weights="model.safetensors")
-        native = {k.removeprefix("backbone."): v for k, v in job.best_state.items()}
+        native = {k.removeprefix("backbone."): v for k, v in best_state.items()}
         info["layout"] = (
             "native: load into the plain network, or create_model(backbone, num_classes, weights=file)"
         )
