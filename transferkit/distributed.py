@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from transferkit.errors import ConfigError
 
@@ -30,6 +31,8 @@ __all__ = [
     "cleanup_distributed",
     "barrier",
     "broadcast",
+    "all_reduce_sum",
+    "sync_buffers",
     "seed_everything",
     "amp_dtype_for",
 ]
@@ -167,3 +170,27 @@ def broadcast(obj: Any, ctx: DistContext) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_reduce_sum(t: Tensor, ctx: DistContext) -> Tensor:
+    """``t`` summed over every rank, in place (``t`` itself in a single process)."""
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def sync_buffers(model: nn.Module, ctx: DistContext) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics).
+
+    DDP broadcasts buffers at the start of each forward, so after the last training step every rank holds
+    statistics updated by its own batch; before evaluating, rank 0's make every rank's model the one rank 0
+    saves.
+    """
+    if not ctx.enabled:
+        return
+    import torch.distributed as dist
+
+    for buf in model.buffers():
+        dist.broadcast(buf, src=0)

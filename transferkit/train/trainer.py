@@ -1,53 +1,4 @@
-"""The training loop: epochs, AMP, channels-last, torch.compile, DDP, metrics, events, exact resume.
-
-:class:`Trainer` runs a fine-tuning job on an adapter built by
-:func:`~transferkit.backbones.create_model`, with an optimizer from
-:func:`~transferkit.optim.build_optimizer` and the schedules of :mod:`transferkit.schedule`. Each epoch
-it steps the unfreeze schedule (thawed groups join the optimizer), trains with the LR schedule stepped
-after every optimizer step, evaluates, and emits an :class:`EpochEnd` event (the history row, the
-evaluation, whether the epoch improved on the best) to ``on_epoch_end``.
-
-The Trainer writes nothing. What goes into a checkpoint -- model, EMA, optimizer, grad scaler, and in
-``extra`` the schedules' states and the metric history -- is :meth:`Trainer.checkpoint_state`; a run
-folder's writer (:meth:`transferkit.run.RunFolder.save_epoch`, given as ``on_epoch_end``) turns each event
-into ``last.pt`` and, when the epoch improved, ``best.pt``, on rank 0 only.
-
-Recipe hooks (:mod:`transferkit.recipes`): ``mixup=`` mixes each training batch and trains on soft
-targets; ``ema_decay=`` keeps a :class:`~transferkit.recipes.ModelEma` of the weights, updated after every
-optimizer step and validated each epoch beside the model; the epoch's better of the two competes for
-``best.pt`` and :attr:`Trainer.best_weights` says which one won (``"model"`` or ``"ema"``).
-
-Resume is exact: the unfreeze schedule rebuilds the optimizer's groups by parameter name, then model,
-EMA, optimizer, scaler and RNG states are restored (NumPy's too, which mixup draws from), then the LR
-schedule's step counter; the loaders' shuffling and worker seeds depend only on ``(seed, epoch)`` (see
-:func:`transferkit.data.set_loader_epoch`).
-
-Multi-process: launch with ``torchrun --standalone --nproc_per_node=2 scripts/finetune.py ...``.
-:func:`transferkit.distributed.init_distributed` joins torchrun's process group; the model is wrapped in
-``DistributedDataParallel``
-(re-wrapped whenever a group thaws, since DDP only syncs parameters that were trainable when it was
-built), and metrics are summed across ranks.
-
-Example:
-    >>> import torch
-    >>> from torch import nn
-    >>> from torch.utils.data import DataLoader, TensorDataset
-    >>> class Net(nn.Module):
-    ...     def __init__(self):
-    ...         super().__init__()
-    ...         self.body, self.fc = nn.Linear(4, 8), nn.Linear(8, 2)
-    ...         self.head = self.fc
-    ...     def forward(self, x):
-    ...         return self.fc(self.body(x).relu())
-    >>> ds = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
-    >>> model = Net()
-    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    >>> trainer = Trainer(model, opt, DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=8), epochs=2,
-    ...                   num_classes=2)
-    >>> result = trainer.fit()
-    >>> len(result.history), 0.0 <= result.best_acc <= 1.0
-    (2, True)
-"""
+"""The :class:`Trainer`: one epoch after another, on one process or under DDP (see :mod:`transferkit.train`)."""
 
 from __future__ import annotations
 
@@ -55,7 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -64,71 +15,23 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from transferkit.data import set_loader_epoch
-from transferkit.distributed import DistContext, amp_dtype_for
-from transferkit.errors import CheckpointError, ConfigError
+from transferkit.distributed import DistContext, all_reduce_sum, amp_dtype_for, sync_buffers
+from transferkit.errors import ConfigError
 from transferkit.evaluation import EvalResult, evaluate
 from transferkit.recipes import MixupCutmix, ModelEma
+from transferkit.train.events import EpochEnd, FitResult
+from transferkit.train.forward import HeadOnly, build_forwards
+from transferkit.train.state import Progress, TrainingParts, restore_training, training_extra
 
-__all__ = ["EpochEnd", "FitResult", "Trainer"]
+__all__ = ["Trainer"]
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[..., Iterable]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# results
-
-
-@dataclass
-class FitResult:
-    """What :meth:`Trainer.fit` returns; ``best_epoch`` and the history's ``epoch`` count from 0.
-
-    ``best_weights`` is ``"ema"`` when the best epoch's EMA weights validated better than the model's.
-    """
-
-    best_acc: float
-    best_epoch: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    last_eval: EvalResult | None = None
-    best_weights: str = "model"
-
-
-@dataclass(frozen=True)
-class EpochEnd:
-    """What :meth:`Trainer.fit` reports after each epoch (``on_epoch_end(trainer, event)``).
-
-    Attributes:
-        epoch: the epoch just trained, from 0.
-        row: its history row (losses, accuracies, rates, seconds).
-        result: the model's evaluation (loss, accuracy, confusion matrix).
-        improved: the epoch's better of the model and its EMA beat every earlier epoch: its weights are now
-            the best (:attr:`Trainer.best_weights` says which of the two).
-    """
-
-    epoch: int
-    row: dict[str, Any]
-    result: EvalResult
-    improved: bool
-
-
-class _HeadOnly(nn.Module):
-    """Forward = the adapter's head on cached features, so DDP/compile see one module either way."""
-
-    def __init__(self, adapter: nn.Module) -> None:
-        super().__init__()
-        self.adapter = adapter
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.adapter.forward_head(features)
+ProgressBar = Callable[..., Iterable]
 
 
 def _identity_progress(iterable: Iterable, **_: Any) -> Iterable:
     return iterable
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the trainer
 
 
 class Trainer:
@@ -189,7 +92,7 @@ class Trainer:
         mixup: MixupCutmix | None = None,
         ema_decay: float | None = None,
         grad_clip: float | None = None,
-        progress: Progress | None = None,
+        progress: ProgressBar | None = None,
         on_epoch_end: Callable[[Trainer, EpochEnd], None] | None = None,
     ) -> None:
         if inputs not in ("images", "features"):
@@ -240,20 +143,9 @@ class Trainer:
 
     def _wrap(self) -> None:
         """(Re)build the train/eval forward modules: head-only view, DDP, compile."""
-        base = _HeadOnly(self.model) if self.inputs == "features" else self.model
-        train_mod: nn.Module = base
-        if self.dist.enabled and any(p.requires_grad for p in base.parameters()):
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            # auxiliary heads (inception) get no gradient from the main logits
-            aux = len(getattr(self.model, "head_names", [])) > 1
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            train_mod = DDP(base, device_ids=ids, find_unused_parameters=aux)
-        if self.compile:
-            compiled = torch.compile(base)
-            train_mod = compiled if train_mod is base else torch.compile(train_mod)
-            base = compiled
-        self._train_forward, self._eval_forward = train_mod, base
+        self._train_forward, self._eval_forward = build_forwards(
+            self.model, inputs=self.inputs, dist=self.dist, device=self.device, compile=self.compile
+        )
 
     def _train_mode(self) -> None:
         self.model.train()
@@ -272,13 +164,6 @@ class Trainer:
 
     def _autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp)
-
-    def _reduce(self, t: Tensor) -> Tensor:
-        if self.dist.enabled:
-            import torch.distributed as dist
-
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
 
     # ---- one epoch -------------------------------------------------------------------------------------
 
@@ -325,7 +210,7 @@ class Trainer:
                 )
             if step % 10 == 0 and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        sums = self._reduce(sums).tolist()
+        sums = all_reduce_sum(sums, self.dist).tolist()
         count = max(sums[2], 1.0)
         return {"train_loss": sums[0] / count, "train_acc": sums[1] / count, "images": int(sums[2])}
 
@@ -341,8 +226,8 @@ class Trainer:
         if model is None:
             forward = self._eval_forward
         else:
-            forward = _HeadOnly(model) if self.inputs == "features" else model
-        self._sync_buffers(target)
+            forward = HeadOnly(model) if self.inputs == "features" else model
+        sync_buffers(target, self.dist)  # the reduced metrics are those of the model rank 0 saves
         was_training = target.training
         target.eval()  # the forward may be a compiled or head-only view of it
         try:
@@ -353,24 +238,10 @@ class Trainer:
                 device=self.device,
                 amp_dtype=self.amp_dtype,
                 channels_last=self.channels_last,
-                reduce=self._reduce if self.dist.enabled else None,
+                reduce=partial(all_reduce_sum, ctx=self.dist) if self.dist.enabled else None,
             )
         finally:
             target.train(was_training)
-
-    def _sync_buffers(self, model: nn.Module) -> None:
-        """Give every rank rank 0's buffers (BatchNorm statistics) before evaluating.
-
-        DDP broadcasts buffers at the start of each forward, so after the last training step every rank
-        holds statistics updated by its own batch; evaluating with rank 0's makes the reduced metrics
-        those of the model rank 0 saves.
-        """
-        if not self.dist.enabled:
-            return
-        import torch.distributed as dist
-
-        for buf in model.buffers():
-            dist.broadcast(buf, src=0)
 
     # ---- the run ---------------------------------------------------------------------------------------
 
@@ -437,25 +308,15 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------------------
 
+    def _parts(self) -> TrainingParts:
+        generator = getattr(self.train_loader, "generator", None)
+        return TrainingParts(self.model, self.optimizer, self.scaler, self.ema, self.freeze_schedule,
+                             self.lr_schedule, generator)  # fmt: skip
+
     def state_extra(self) -> dict[str, Any]:
         """What goes into a checkpoint's ``extra``: schedule states, history, best, loader generator."""
-        extra: dict[str, Any] = {
-            "history": self.history,
-            "best_acc": self.best_acc,
-            "best_epoch": self.best_epoch,
-            "best_weights": self.best_weights,
-            "seed": self.seed,
-        }
-        if self.ema is not None:
-            extra["ema"] = self.ema.state_dict()
-        if self.freeze_schedule is not None:
-            extra["freeze_schedule"] = self.freeze_schedule.state_dict()
-        if self.lr_schedule is not None:
-            extra["lr_schedule"] = self.lr_schedule.state_dict()
-        gen = getattr(self.train_loader, "generator", None)
-        if gen is not None:
-            extra["loader_generator"] = gen.get_state()
-        return extra
+        progress = Progress(self.history, self.best_acc, self.best_epoch, self.best_weights)
+        return training_extra(self._parts(), progress, self.seed)
 
     def checkpoint_state(self, epoch: int, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The keyword arguments of :func:`~transferkit.checkpoint.save_checkpoint` for the full training
@@ -492,44 +353,18 @@ class Trainer:
                 :class:`~transferkit.errors.CheckpointMismatchError` when its states do not fit; nothing was
                 restored).
         """
-        from transferkit.checkpoint import load_checkpoint, restore_checkpoint
+        from transferkit.checkpoint import load_checkpoint
         from transferkit.checkpoint.training import require_training_checkpoint
 
         ckpt = load_checkpoint(source) if not isinstance(source, Mapping) else source
         label = label or ("checkpoint" if isinstance(source, Mapping) else str(source))
         hint = hint or "to start a new run from its weights, load them with load_partial"
         ckpt = require_training_checkpoint(ckpt, label, epoch=True, hint=hint)
-        extra = ckpt.get("extra") or {}
-        if self.ema is not None and ("ema" not in ckpt["models"] or "ema" not in extra):
-            raise CheckpointError(
-                f"{label} holds no model EMA, so this run's EMA cannot continue from it; resume without "
-                "`ema_decay`, or start a new run from its weights",
-                param="ema_decay",
-            )
-        if self.freeze_schedule is not None and "freeze_schedule" in extra:
-            # groups first: the optimizer state is then loaded into the same groups, in the same order
-            self.freeze_schedule.load_state_dict(extra["freeze_schedule"], self.optimizer)
-        restore_checkpoint(
-            ckpt,
-            model=self.model,
-            models={"ema": self.ema.module} if self.ema is not None else None,
-            optimizer=self.optimizer,
-            scaler=self.scaler,
-            restore_rng=True,
-            label=label,
-            hint=hint,
-        )
-        if self.ema is not None:
-            self.ema.load_state_dict(extra["ema"])
-        if self.lr_schedule is not None and "lr_schedule" in extra:
-            self.lr_schedule.load_state_dict(extra["lr_schedule"])
-        gen = getattr(self.train_loader, "generator", None)
-        if gen is not None and "loader_generator" in extra:
-            gen.set_state(extra["loader_generator"])
-        self.history = list(extra.get("history", []))
-        self.best_acc = float(extra.get("best_acc", -1.0))
-        self.best_epoch = int(extra.get("best_epoch", -1))
-        self.best_weights = str(extra.get("best_weights", "model"))
+        progress = restore_training(ckpt, self._parts(), label, hint)
+        self.history = progress.history
+        self.best_acc, self.best_epoch, self.best_weights = (
+            progress.best_acc, progress.best_epoch, progress.best_weights,
+        )  # fmt: skip
         self.start_epoch = int(ckpt["epoch"]) + 1
         self._wrap()
         # log lines count epochs from 1, as the console does; start_epoch and best_epoch count from 0
