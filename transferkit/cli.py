@@ -27,7 +27,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from transferkit.commands.config import resolve_config
 from transferkit.commands.console import one_line
 from transferkit.commands.convert_cmd import run_convert
 from transferkit.commands.finetune import Interrupted, run_finetune
@@ -37,7 +36,7 @@ from transferkit.commands.parser import DEFAULTS, build_parser
 from transferkit.commands.scan_cmd import run_scan
 from transferkit.errors import TransferkitError
 
-__all__ = ["main", "build_parser", "resolve_config", "DEFAULTS"]
+__all__ = ["main", "build_parser", "DEFAULTS"]
 
 _COMMANDS = {"finetune": run_finetune, "inspect": run_inspect, "convert": run_convert, "scan": run_scan}
 

@@ -14,8 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,7 @@ __all__ = [
     "select_device",
     "init_distributed",
     "cleanup_distributed",
+    "process_group",
     "barrier",
     "broadcast",
     "all_reduce_sum",
@@ -133,6 +136,16 @@ def cleanup_distributed() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device_spec: str = "auto") -> Iterator[tuple[DistContext, torch.device]]:
+    """:func:`init_distributed` for the ``with`` block, :func:`cleanup_distributed` after it."""
+    ctx, device = init_distributed(device_spec)
+    try:
+        yield ctx, device
+    finally:
+        cleanup_distributed()
 
 
 def seed_everything(seed: int) -> None:

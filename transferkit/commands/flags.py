@@ -20,6 +20,7 @@ API_FLAGS = {
     "ema_decay": "--model-ema",
     "drop_path_rate": "--drop-path",
     "init_checkpoint": "--init-checkpoint",
+    "at": "--unfreeze-at",  # GradualUnfreeze(at=...): the thaw plan --unfreeze-at builds
 }
 
 

@@ -78,7 +78,7 @@ def restore_training(ckpt: Mapping[str, Any], parts: TrainingParts, label: str, 
     extra = ckpt.get("extra") or {}
     if parts.ema is not None and ("ema" not in ckpt["models"] or "ema" not in extra):
         raise CheckpointError(
-            f"{label} holds no model EMA, so this run's EMA cannot continue from it; resume without "
+            f"{label}: the checkpoint holds no model EMA, so this run's EMA cannot continue from it; resume without "
             "`ema_decay`, or start a new run from its weights",
             param="ema_decay",
         )
