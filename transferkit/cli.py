@@ -12,8 +12,8 @@ checkpoint -- before the run folder is created, and any :class:`~transferkit.err
 Multi-process: ``torchrun --standalone --nproc_per_node=2 scripts/finetune.py --backbone resnet18``.
 Only rank 0 prints and writes.
 
-The pieces live in :mod:`transferkit.commands`: the parser, the configuration layers, the run plan, the
-``finetune`` job, the ``inspect`` command and the console.
+The pieces live in :mod:`transferkit.commands`: the parser, the flags, ``finetune`` (options ->
+:mod:`transferkit.run` -> the console), ``inspect``, ``convert``, ``scan`` and the console.
 
 Example:
     >>> main(["finetune", "--backbone", "resnet18", "--classes", "0"])  # doctest: +SKIP

@@ -26,25 +26,11 @@ def resolved_facts(job: Job, bundle: Any, steps_per_epoch: int, mixup: Any = Non
     import transferkit
     from transferkit.recipes import describe_aug
 
-    model, options, weights = job.model, job.options, job.weights
-    init = weights.init_report
+    model, options = job.model, job.options
     return {
         "command": job.command,
         "backbone": options["backbone"],
-        "pretrained_weights_used": weights.pretrained,
-        # with `init_checkpoint` the weights come from that file, whatever the backbone was built with
-        "weights_source": (
-            f"init checkpoint {options['init_checkpoint']}"
-            if init is not None
-            else str(getattr(model, "weights", "random"))
-        ),
-        "backbone_built_with": str(getattr(model, "weights", "random")),
-        "init_checkpoint_tensors": len(init.loaded) if init is not None else None,
-        # what became of the checkpoint's classifier (kept only for matching class names) and why
-        "head": next(
-            (n.removeprefix("head: ") for n in getattr(model, "notes", []) if n.startswith("head: ")),
-            "fresh: no checkpoint head (random weights)" if not weights.pretrained else None,
-        ),
+        **_weights_facts(job),
         "num_classes": len(bundle.class_names),
         "class_names": list(bundle.class_names),
         "data": bundle.source,
@@ -62,7 +48,7 @@ def resolved_facts(job: Job, bundle: Any, steps_per_epoch: int, mixup: Any = Non
             if options["model_ema"] is not None
             else "off"
         ),
-        "drop_path": weights.drop_path_fact,
+        "drop_path": job.weights.drop_path_fact,
         "layer_decay": _layer_decay_fact(model, options["layer_decay"]),
         "freeze": job.freeze.description,
         "trainable_parameters_at_start": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -74,6 +60,26 @@ def resolved_facts(job: Job, bundle: Any, steps_per_epoch: int, mixup: Any = Non
         "transferkit_version": transferkit.__version__,
         "torch_version": torch.__version__,
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def _weights_facts(job: Job) -> dict[str, Any]:
+    """Where the weights came from, and what became of the checkpoint's classifier."""
+    model, weights, init = job.model, job.weights, job.weights.init_report
+    built_with = str(getattr(model, "weights", "random"))
+    return {
+        "pretrained_weights_used": weights.pretrained,
+        # with `init_checkpoint` the weights come from that file, whatever the backbone was built with
+        "weights_source": f"init checkpoint {job.options['init_checkpoint']}"
+        if init is not None
+        else built_with,
+        "backbone_built_with": built_with,
+        "init_checkpoint_tensors": len(init.loaded) if init is not None else None,
+        # kept only for matching class names, and why
+        "head": next(
+            (n.removeprefix("head: ") for n in getattr(model, "notes", []) if n.startswith("head: ")),
+            "fresh: no checkpoint head (random weights)" if not weights.pretrained else None,
+        ),
     }
 
 
