@@ -64,6 +64,24 @@ def test_fit_records_history_and_checkpoints(tmp_path):
     assert best["epoch"] == result.best_epoch
 
 
+def test_the_trainer_writes_nothing_and_reports_each_epoch(tmp_path, monkeypatch):
+    """Issue 13: the Trainer emits EpochEnd events; writing checkpoints is the RunFolder's."""
+    monkeypatch.chdir(tmp_path)
+    events = []
+    trainer = make_trainer(None, epochs=2)
+    trainer.on_epoch_end = lambda t, event: events.append(event)
+    result = trainer.fit()
+    assert list(tmp_path.iterdir()) == []
+    assert [e.epoch for e in events] == [0, 1] and [e.row for e in events] == result.history
+    assert events[0].improved and events[1].improved == (result.best_epoch == 1)
+    state = trainer.checkpoint_state(1, events[1].row)
+    assert (
+        state["epoch"] == 1
+        and state["model"] is trainer.model
+        and state["extra"]["best_epoch"] == result.best_epoch
+    )
+
+
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "amp"])
 def test_resume_is_exact(tmp_path, amp):
     """Epochs 0-2 in one go == epoch 0, then a fresh process-like resume for epochs 1-2."""

@@ -80,15 +80,22 @@ class RunFolder:
         """
         from transferkit.checkpoint.atomic import atomic_copy
 
-        source = Path(source)
-        if not (self.best.exists() and self.best.resolve() == source.resolve()):
-            atomic_copy(source, self.best)
+        if not (self.best.exists() and os.path.samefile(self.best, source)):  # a hard link of it already
+            atomic_copy(Path(source), self.best)
+
+    def read_checkpoint(self, name: str = LAST) -> dict[str, Any]:
+        """A checkpoint of the folder (``last.pt`` by default), read safely (``weights_only``).
+
+        Raises:
+            CheckpointError: missing, truncated or not a checkpoint.
+        """
+        from transferkit.checkpoint import load_checkpoint
+
+        return dict(load_checkpoint(self.path / name))
 
     def read_best_weights(self, which: str = "model") -> dict[str, Tensor]:
         """The state dict ``best.pt`` holds: the trained model's (``"model"``) or its EMA's (``"ema"``)."""
-        from transferkit.checkpoint import load_checkpoint
-
-        return dict(load_checkpoint(self.best)["models"][which])
+        return dict(self.read_checkpoint(self.BEST)["models"][which])
 
     # ------------------------------------------------------------------------------------------- writing
 

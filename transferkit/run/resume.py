@@ -69,11 +69,10 @@ def _output_last(folder: Path) -> Path:
 
 def load_resume(path: Path) -> dict[str, Any]:
     """Read a ``resume`` checkpoint, refusing one that is not a run's ``last.pt``/``best.pt``."""
-    from transferkit.checkpoint import load_checkpoint
     from transferkit.checkpoint.training import require_training_checkpoint
 
     try:
-        ckpt = load_checkpoint(path)
+        ckpt = RunFolder(path.parent).read_checkpoint(path.name)
     except CheckpointError as exc:
         best = RunFolder(path.parent).best
         other = (
