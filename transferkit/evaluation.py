@@ -64,7 +64,7 @@ def evaluate(
         >>> evaluate(nn.Linear(4, 2), ds, num_classes=2).count
         2
     """
-    c = int(num_classes if num_classes is not None else getattr(model, "num_classes"))
+    c = int(num_classes if num_classes is not None else model.num_classes)
     if device is None:
         first = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
         device = first.device if first is not None else torch.device("cpu")
