@@ -602,29 +602,30 @@ def test_killed_between_last_pt_and_best_pt_exports_the_best_epoch(tmp_path, mon
     are the best epoch's weights (here epoch 1, the one in that last.pt), not a stale or later file."""
     from safetensors.torch import load_file
 
-    import transferkit.train as train_module
+    import transferkit.checkpoint.atomic as atomic_module
     from transferkit.checkpoint import load_checkpoint
+    from transferkit.train import Trainer
 
-    plain = train_module.Trainer.evaluate
+    plain = Trainer.evaluate
 
     def first_epoch_best(self, loader=None, *, model=None):  # every later epoch validates worse
         result = plain(self, loader, model=model)
         result.acc = 1.0 - 0.1 * len(self.history)
         return result
 
-    monkeypatch.setattr(train_module.Trainer, "evaluate", first_epoch_best)
+    monkeypatch.setattr(Trainer, "evaluate", first_epoch_best)
     monkeypatch.chdir(tmp_path)
     argv = ["finetune", *FAST, "--limit-train", "64", "--limit-val", "32", "--epochs", "3"]
     assert main([*argv, "--output", "ref"]) == 0
-    link = train_module.atomic_copy
+    link = atomic_module.atomic_copy  # RunFolder makes best.pt from last.pt with it
 
     def killed(src, dst):
         raise KeyboardInterrupt  # the process dies between the two writes
 
-    monkeypatch.setattr(train_module, "atomic_copy", killed)
+    monkeypatch.setattr(atomic_module, "atomic_copy", killed)
     assert main([*argv, "--output", "out"]) != 0
     assert not (tmp_path / "out" / "best.pt").exists() and _ckpt_epoch(tmp_path / "out" / "last.pt") == 0
-    monkeypatch.setattr(train_module, "atomic_copy", link)
+    monkeypatch.setattr(atomic_module, "atomic_copy", link)
     assert main(["finetune", "--resume", "out"]) == 0
     capsys.readouterr()
     ref, out = (
@@ -1087,14 +1088,15 @@ def test_factory_in_the_current_folder_is_found(tmp_path, monkeypatch, capsys):
 
 
 def test_more_workers_than_cores_are_capped_with_a_warning(monkeypatch, caplog):
-    from transferkit.commands import plan
+    from transferkit.commands.flags import render_text
+    from transferkit.run import data_plan
 
-    monkeypatch.setattr(plan, "_cpu_count", lambda: 2)
+    monkeypatch.setattr(data_plan, "cpu_count", lambda: 2)
     bundle = type("B", (), {"source": "folder"})()
-    with caplog.at_level("WARNING", logger="transferkit.cli"):
-        assert plan.loader_workers({"workers": 64}, bundle) == 2
-    assert "--workers 64 is more than the 2 CPU core(s)" in caplog.text
-    assert plan.loader_workers({"workers": 1}, bundle) == 1
+    with caplog.at_level("WARNING", logger="transferkit.run"):
+        assert data_plan.loader_workers({"workers": 64}, bundle) == 2
+    assert "--workers 64 is more than the 2 CPU core(s)" in render_text(caplog.text)  # as the CLI logs it
+    assert data_plan.loader_workers({"workers": 1}, bundle) == 1
 
 
 INSPECT_BAD = [
@@ -1261,8 +1263,8 @@ def test_runs_started_in_the_same_second_get_numbered_folders(tmp_path, monkeypa
     """Issue 16 item 8: the second run of a backbone started in the same second failed."""
     import datetime as real
 
-    from transferkit.commands import plan
-    from transferkit.commands.run_folder import RunStart
+    from transferkit.run import start as run_start
+    from transferkit.run.start import RunStart
 
     class Frozen(real.datetime):
         @classmethod
@@ -1270,7 +1272,7 @@ def test_runs_started_in_the_same_second_get_numbered_folders(tmp_path, monkeypa
             return cls(2026, 1, 2, 3, 4, 5)
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(plan.datetime, "datetime", Frozen)
+    monkeypatch.setattr(run_start.datetime, "datetime", Frozen)
     argv = ["finetune", *FAST, "--limit-train", "32", "--limit-val", "16", "--epochs", "1"]
     assert main(argv) == 0 and main(argv) == 0, capsys.readouterr().err
     name = "20260102-030405-tests.tiny_models-tinynet"

@@ -28,6 +28,7 @@ LAYERS = [
     "recipes",
     "data",
     "evaluation",
+    "distributed",
     "train",
     "report",
     "run",
@@ -39,9 +40,7 @@ LAYERS = [
 # The one import against the order: load_checkpoint(salvage=True) hands the file to the restricted
 # unpickler. It is made inside the function (never at import time), and salvage reaches checkpoint only
 # through modules that do not import it back (formats, pickle_scan, safetensors_file).
-# And, until the job itself moves into run/ with RunFolder (issue 13's last step), transferkit.finetune
-# runs the job that transferkit.commands.finetune builds.
-LAZY_UPWARD = {("checkpoint", "salvage"), ("run", "commands")}
+LAZY_UPWARD = {("checkpoint", "salvage")}
 
 
 def _unit(path: Path) -> str:

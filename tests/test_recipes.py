@@ -18,6 +18,7 @@ from torch import nn
 from transferkit.backbones import create_model
 from transferkit.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
 from transferkit.data import limit_dataset, load_digits_data, load_image_folder, make_loaders
+from transferkit.distributed import seed_everything
 from transferkit.errors import CheckpointError, ConfigError
 from transferkit.optim import build_optimizer, layer_decay_scales
 from transferkit.recipes import (
@@ -30,8 +31,9 @@ from transferkit.recipes import (
     policy_transform,
     resolve_aug,
 )
+from transferkit.run import RunFolder
 from transferkit.schedule import GradualUnfreeze, LRSchedule
-from transferkit.train import Trainer, seed_everything
+from transferkit.train import Trainer
 
 TINY = "tests.tiny_models:tinynet"
 
@@ -262,7 +264,7 @@ def _recipe_trainer(run_dir, epochs: int = 3, seed: int = 0) -> Trainer:
     lr = LRSchedule(opt, "cosine", total_steps=epochs * len(train))
     mix = MixupCutmix(10, mixup_alpha=0.4, cutmix_alpha=1.0, prob=0.8, label_smoothing=0.1)
     return Trainer(model, opt, train, val, epochs=epochs, lr_schedule=lr, freeze_schedule=thaw, mixup=mix,
-                   ema_decay=0.9, run_dir=run_dir, seed=seed)  # fmt: skip
+                   ema_decay=0.9, on_epoch_end=RunFolder(run_dir).save_epoch, seed=seed)  # fmt: skip
 
 
 def test_trainer_with_every_recipe_resumes_exactly(tmp_path):
@@ -336,7 +338,7 @@ def test_recipes_on_cuda_with_amp_and_channels_last(tmp_path):
     cuda = Trainer(trainer.model, trainer.optimizer, trainer.train_loader, trainer.val_loader, epochs=2,
                    device="cuda", amp=True, channels_last=True, lr_schedule=trainer.lr_schedule,
                    freeze_schedule=trainer.freeze_schedule, mixup=trainer.mixup, ema_decay=0.9,
-                   run_dir=tmp_path)  # fmt: skip
+                   on_epoch_end=RunFolder(tmp_path).save_epoch)  # fmt: skip
     cuda.epochs = 1
     cuda.fit()
     assert next(cuda.ema.module.parameters()).is_cuda and "ema_val_acc" in cuda.history[0]

@@ -82,3 +82,37 @@ def test_finetune_reports_bad_input_with_its_parameter(tmp_path, monkeypatch) ->
         transferkit.finetune(FinetuneSpec(backbone=TINY, **QUICK), data=str(tmp_path / "missing"))
     assert not (tmp_path / "runs").exists(), "bad input writes nothing"
     assert "missing" in str(info.value)
+
+
+def test_only_rank_0_writes_checkpoints(tmp_path) -> None:
+    """RunFolder.save_epoch is a Trainer's on_epoch_end: last.pt every epoch, best.pt on improvement, rank 0."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from transferkit.checkpoint import load_checkpoint
+    from transferkit.distributed import DistContext
+    from transferkit.train import Trainer
+
+    model = torch.nn.Linear(4, 2)
+    data = DataLoader(TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,))), batch_size=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    events = []
+    trainer = Trainer(
+        model, opt, data, data, epochs=2, num_classes=2, on_epoch_end=lambda t, e: events.append(e)
+    )
+    trainer.fit()
+    other_rank = type("Rank1", (), {"dist": DistContext(rank=1, world_size=2)})()
+    RunFolder(tmp_path / "r1").save_epoch(other_rank, events[0])  # type: ignore[arg-type]
+    assert not (tmp_path / "r1").exists()
+    folder = RunFolder(tmp_path / "r0")
+    folder.save_epoch(trainer, events[0])
+    assert load_checkpoint(folder.last)["epoch"] == 0 and load_checkpoint(folder.best)["epoch"] == 0
+    folder.save_epoch(trainer, dataclasses.replace(events[1], improved=False))
+    assert load_checkpoint(folder.last)["epoch"] == 1 and load_checkpoint(folder.best)["epoch"] == 0
+
+
+def test_finetune_refuses_an_evaluation_only_run(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        transferkit.finetune(backbone=TINY, eval_only=True, **QUICK)
+    assert info.value.param == "eval_only" and not list(tmp_path.iterdir())

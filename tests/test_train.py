@@ -7,11 +7,13 @@ import torch
 
 from transferkit.backbones import create_model
 from transferkit.data import cache_features, limit_dataset, load_digits_data, make_loaders
+from transferkit.distributed import select_device
 from transferkit.errors import CheckpointError, ConfigError
 from transferkit.freeze import freeze_backbone
 from transferkit.optim import build_optimizer
+from transferkit.run import RunFolder
 from transferkit.schedule import GradualUnfreeze, LRSchedule
-from transferkit.train import Trainer, select_device
+from transferkit.train import Trainer
 
 TINY = "tests.tiny_models:tinynet"
 
@@ -42,9 +44,9 @@ def make_trainer(tmp_path=None, epochs: int = 3, gradual: bool = True, amp: bool
     opt = build_optimizer(model, "adamw", lr=3e-3, weight_decay=0.01)
     train, val = make_loaders(digits(), 16, seed=seed)
     lr = LRSchedule(opt, "cosine", total_steps=epochs * len(train), warmup_steps=2)
-    run_dir = tmp_path
+    saver = RunFolder(tmp_path).save_epoch if tmp_path is not None else None  # the Trainer writes nothing
     return Trainer(model, opt, train, val, epochs=epochs, lr_schedule=lr, freeze_schedule=sched, amp=amp,
-                   run_dir=run_dir, seed=seed, meta={"backbone": TINY})  # fmt: skip
+                   on_epoch_end=saver, seed=seed, meta={"backbone": TINY})  # fmt: skip
 
 
 def test_fit_records_history_and_checkpoints(tmp_path):
@@ -60,6 +62,24 @@ def test_fit_records_history_and_checkpoints(tmp_path):
     assert {"freeze_schedule", "lr_schedule", "history", "best_acc"} <= set(ckpt["extra"])
     best = load_checkpoint(tmp_path / "best.pt")
     assert best["epoch"] == result.best_epoch
+
+
+def test_the_trainer_writes_nothing_and_reports_each_epoch(tmp_path, monkeypatch):
+    """Issue 13: the Trainer emits EpochEnd events; writing checkpoints is the RunFolder's."""
+    monkeypatch.chdir(tmp_path)
+    events = []
+    trainer = make_trainer(None, epochs=2)
+    trainer.on_epoch_end = lambda t, event: events.append(event)
+    result = trainer.fit()
+    assert list(tmp_path.iterdir()) == []
+    assert [e.epoch for e in events] == [0, 1] and [e.row for e in events] == result.history
+    assert events[0].improved and events[1].improved == (result.best_epoch == 1)
+    state = trainer.checkpoint_state(1, events[1].row)
+    assert (
+        state["epoch"] == 1
+        and state["model"] is trainer.model
+        and state["extra"]["best_epoch"] == result.best_epoch
+    )
 
 
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "amp"])
@@ -161,7 +181,15 @@ def test_cuda_amp_channels_last(tmp_path):
     opt = build_optimizer(model, "adamw", lr=3e-3)
     train, val = make_loaders(digits(), 16, pin_memory=True)
     trainer = Trainer(
-        model, opt, train, val, epochs=2, device="cuda", amp=True, channels_last=True, run_dir=tmp_path
+        model,
+        opt,
+        train,
+        val,
+        epochs=2,
+        device="cuda",
+        amp=True,
+        channels_last=True,
+        on_epoch_end=RunFolder(tmp_path).save_epoch,
     )
     result = trainer.fit()
     assert next(model.parameters()).is_cuda and result.last_eval.count == 48

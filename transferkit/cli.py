@@ -12,8 +12,8 @@ checkpoint -- before the run folder is created, and any :class:`~transferkit.err
 Multi-process: ``torchrun --standalone --nproc_per_node=2 scripts/finetune.py --backbone resnet18``.
 Only rank 0 prints and writes.
 
-The pieces live in :mod:`transferkit.commands`: the parser, the configuration layers, the run plan, the
-``finetune`` job, the ``inspect`` command and the console.
+The pieces live in :mod:`transferkit.commands`: the parser, the flags, ``finetune`` (options ->
+:mod:`transferkit.run` -> the console), ``inspect``, ``convert``, ``scan`` and the console.
 
 Example:
     >>> main(["finetune", "--backbone", "resnet18", "--classes", "0"])  # doctest: +SKIP
@@ -27,7 +27,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from transferkit.commands.config import resolve_config
 from transferkit.commands.console import one_line
 from transferkit.commands.convert_cmd import run_convert
 from transferkit.commands.finetune import Interrupted, run_finetune
@@ -37,7 +36,7 @@ from transferkit.commands.parser import DEFAULTS, build_parser
 from transferkit.commands.scan_cmd import run_scan
 from transferkit.errors import TransferkitError
 
-__all__ = ["main", "build_parser", "resolve_config", "DEFAULTS"]
+__all__ = ["main", "build_parser", "DEFAULTS"]
 
 _COMMANDS = {"finetune": run_finetune, "inspect": run_inspect, "convert": run_convert, "scan": run_scan}
 

@@ -227,7 +227,7 @@ def _custom_loading(module: nn.Module) -> bool:
     )
 
 
-def _precheck(target: Any, state: Any, what: str, label: str) -> None:
+def _precheck(target: Any, state: Any, what: str, label: str, hint: str | None) -> None:
     """Raise the error ``load_state_dict`` would raise, before anything is written."""
     problems: list[str] = []
     if isinstance(target, nn.Module) and isinstance(state, Mapping):
@@ -258,25 +258,28 @@ def _precheck(target: Any, state: Any, what: str, label: str) -> None:
                 )
     if problems:
         order = "; a GradualUnfreeze schedule's load_state_dict must run before the optimizer's"
-        raise _mismatch(label, what, problems[:6], order)
+        raise _mismatch(label, what, problems[:6], hint, order)
 
 
-def _load_into(target: Any, state: Any, what: str, label: str) -> None:
+def _load_into(target: Any, state: Any, what: str, label: str, hint: str | None) -> None:
     try:
         if isinstance(target, nn.Module):
             unwrap_model(target).load_state_dict(state)
         else:
             target.load_state_dict(state)
     except Exception as err:  # size mismatch, missing keys, wrong group count ...
-        raise _mismatch(label, what, [" ".join(str(err).split())[:600]]) from err
+        raise _mismatch(label, what, [" ".join(str(err).split())[:600]], hint) from err
 
 
-def _mismatch(label: str, what: str, problems: list[str], more: str = "") -> CheckpointMismatchError:
+def _mismatch(
+    label: str, what: str, problems: list[str], hint: str | None, more: str = ""
+) -> CheckpointMismatchError:
     return CheckpointMismatchError(
         f"{label}: cannot restore {what}: {'; '.join(problems)}. Nothing was restored.",
         what=what,
         problems=problems,
-        hint=f"Was the checkpoint written for this {what.split()[0]}? (to warm-start from other weights use "
+        hint=hint
+        or f"Was the checkpoint written for this {what.split()[0]}? (to warm-start from other weights use "
         f"load_partial{more})",
     )
 
@@ -316,6 +319,8 @@ def restore_checkpoint(
     scaler: Any = None,
     restore_rng: bool = True,
     map_location: MapLocation = "cpu",
+    label: str | None = None,
+    hint: str | None = None,
 ) -> dict[str, Any]:
     """Load a :func:`save_checkpoint` file into live objects, so resuming is one call.
 
@@ -330,6 +335,8 @@ def restore_checkpoint(
             same names as when saving.
         restore_rng: put back the saved Python/NumPy/torch/CUDA RNG states.
         map_location: used when ``source`` is a path.
+        label, hint: how errors name the checkpoint (default: its path) and what a mismatch advises
+            (default: whether it was written for this model, and ``load_partial`` to warm-start).
 
     Returns:
         The checkpoint dict (``epoch``, ``step``, ``metrics``, ``extra``, ``meta`` ...).
@@ -346,9 +353,9 @@ def restore_checkpoint(
         7
     """
     if isinstance(source, Mapping):
-        ckpt, label = source, source_label(source)
+        ckpt, label = source, label or source_label(source)
     else:
-        ckpt, label = load_checkpoint(source, map_location=map_location), str(source)
+        ckpt, label = load_checkpoint(source, map_location=map_location), label or str(source)
     require_training_checkpoint(ckpt, label)
     plan: list[tuple[Any, Any, str]] = []
     for section, objects, kind in (
@@ -373,9 +380,9 @@ def restore_checkpoint(
     # every object is checked before the first is written, so a mismatch leaves them all as they were
     # (torch's load_state_dict copies the tensors that fit before it reports the ones that do not)
     for target, state, what in plan:
-        _precheck(target, state, what, label)
+        _precheck(target, state, what, label, hint)
     for target, state, what in plan:
-        _load_into(target, state, what, label)
+        _load_into(target, state, what, label, hint)
     if restore_rng and ckpt.get("rng"):
         restore_rng_state(ckpt["rng"])
     logger.info(

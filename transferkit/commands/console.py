@@ -31,7 +31,7 @@ class Console:
         if self.bars:
             from tqdm import tqdm
 
-            tqdm.write(line, file=sys.stdout)
+            tqdm.write(render_text(line), file=sys.stdout)
         else:
             print(render_text(line), flush=True)
 

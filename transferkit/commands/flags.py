@@ -7,11 +7,9 @@ unless :data:`API_FLAGS` says otherwise.
 
 from __future__ import annotations
 
-from typing import Any
-
 from transferkit.errors import render_marked
 
-__all__ = ["API_FLAGS", "flag_for", "render_error", "render_text", "to_argv"]
+__all__ = ["API_FLAGS", "flag_for", "render_error", "render_text"]
 
 # library parameters whose flag is not their name with dashes
 API_FLAGS = {
@@ -20,6 +18,7 @@ API_FLAGS = {
     "ema_decay": "--model-ema",
     "drop_path_rate": "--drop-path",
     "init_checkpoint": "--init-checkpoint",
+    "at": "--unfreeze-at",  # GradualUnfreeze(at=...): the thaw plan --unfreeze-at builds
 }
 
 
@@ -36,20 +35,3 @@ def render_text(text: str) -> str:
 def render_error(exc: BaseException) -> str:
     """The error's text with each marked parameter shown as its flag."""
     return render_text(str(exc))
-
-
-def to_argv(options: dict[str, Any]) -> list[str]:
-    """The ``transferkit finetune`` arguments that set ``options`` (FinetuneSpec field -> value)."""
-    argv: list[str] = []
-    for name, value in options.items():
-        flag = flag_for(name)
-        if isinstance(value, bool):
-            argv += [flag] if value else ([f"--no-{flag[2:]}"] if name == "feature_cache" else [])
-        elif name in ("rule", "unfreeze_at"):  # repeatable flags
-            for item in value:
-                argv += [flag, str(item)]
-        elif isinstance(value, list | tuple):
-            argv += [flag, *map(str, value)]
-        elif value is not None:
-            argv += [flag, str(value)]
-    return argv

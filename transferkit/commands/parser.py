@@ -1,7 +1,7 @@
 """The argparse definitions of ``transferkit finetune``, ``transferkit inspect`` and ``transferkit convert``.
 
 Every ``finetune`` flag uses ``argparse.SUPPRESS`` as its default, so the parsed namespace holds only the
-flags given on the command line: :func:`transferkit.commands.config.resolve_config` layers them over
+flags given on the command line: :func:`transferkit.run.options.layered_options` layers them over
 :data:`DEFAULTS`, a resumed run's ``args.yaml`` and ``--config``. Parse errors raise
 :class:`~transferkit.errors.ConfigError` (one line, exit 2) instead of argparse's own exit.
 """

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transferkit.errors import TransferkitError
+from transferkit.errors import ConfigError
 from transferkit.run.folder import RunFolder
 from transferkit.run.spec import FinetuneSpec
 
@@ -49,6 +49,10 @@ class RunResult:
 def finetune(spec: FinetuneSpec | None = None, /, **options: Any) -> RunResult:
     """Fine-tune a backbone end to end, exactly as ``transferkit finetune`` with the same options does.
 
+    The options given are layered as the command line's are: over a ``config`` file's, over the resumed
+    run's own ``args.yaml`` (``resume``), over the defaults. The run's lines are log records of
+    ``transferkit.run`` (``logging.basicConfig(level=logging.INFO)`` shows them).
+
     Args:
         spec: the options; keywords given beside it replace its fields (``finetune(spec, epochs=3)``).
         **options: :class:`FinetuneSpec` fields, when no spec is given (``backbone="resnet18"``, ...).
@@ -59,14 +63,25 @@ def finetune(spec: FinetuneSpec | None = None, /, **options: Any) -> RunResult:
     Raises:
         TransferkitError: bad options or inputs (``param`` names the option), as the CLI's exit code 2.
     """
-    spec = spec.replace(**options) if spec is not None else FinetuneSpec(**options)
-    # the job itself is still built in transferkit.commands.finetune (the RunFolder step moves it here)
-    from transferkit.commands.finetune import execute
-    from transferkit.commands.flags import to_argv
+    from transferkit.distributed import process_group
+    from transferkit.run.options import layered_options
+    from transferkit.run.reporter import LogReporter
+    from transferkit.run.runner import run
 
+    spec = spec.replace(**options) if spec is not None else FinetuneSpec(**options)
     defaults = FinetuneSpec.defaults()
-    explicit = {k: v for k, v in spec.to_dict().items() if v != defaults[k]}
-    code, run_dir = execute(explicit, to_argv(explicit))
-    if code != 0 or run_dir is None:
-        raise TransferkitError(f"the fine-tuning job ended with exit code {code}")
+    given = {k: v for k, v in spec.to_dict().items() if v != defaults[k]}
+    layered, resume_path = layered_options(given)
+    spec = FinetuneSpec.from_dict(layered)  # checks every value that needs no model or data
+    if spec.eval_only:
+        raise ConfigError(
+            "`eval_only`=True evaluates and writes no run folder, so there is no RunResult; score weights from "
+            "Python with transferkit.evaluate(model, loader)",
+            param="eval_only",
+        )
+    command = f"transferkit.finetune({', '.join(f'{k}={v!r}' for k, v in given.items())})"
+    with process_group(spec.device) as (dist, device):
+        run_dir = run(spec.to_dict(), resume_path=resume_path, dist=dist, device=device,
+                      reporter=LogReporter(dist.rank), command=command)  # fmt: skip
+    assert run_dir is not None  # only an evaluation-only run has none
     return RunResult.of(Path(run_dir).resolve())

@@ -1,9 +1,10 @@
 """``RunFolder``: the files of a run folder, named, written and read back in one place.
 
 Every file goes through :func:`~transferkit.checkpoint.atomic_write` (the writers of
-:mod:`transferkit.report`): a run killed at any moment leaves each file whole, old or new. The
-checkpoints (``last.pt``, ``best.pt``) are still written by :class:`~transferkit.train.Trainer` into
-:attr:`RunFolder.path`; moving them here is what remains of issue 13.
+:mod:`transferkit.report`, and :func:`~transferkit.checkpoint.save_checkpoint`): a run killed at any moment
+leaves each file whole, old or new. The checkpoints are written here too: :meth:`RunFolder.save_epoch` is a
+:class:`~transferkit.train.Trainer`'s ``on_epoch_end``, and turns each epoch into ``last.pt`` (and
+``best.pt`` when the epoch improved); the Trainer itself writes nothing.
 
 Example:
     >>> import tempfile
@@ -19,9 +20,14 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from transferkit.train import EpochEnd, Trainer
 
 __all__ = ["RunFolder"]
 
@@ -46,6 +52,50 @@ class RunFolder:
     @property
     def best(self) -> Path:
         return self.path / self.BEST
+
+    # --------------------------------------------------------------------------------------- checkpoints
+
+    def save_epoch(self, trainer: Trainer, event: EpochEnd) -> None:
+        """A Trainer's ``on_epoch_end``: the training state into ``last.pt``, and ``best.pt`` when the epoch
+        improved. Only rank 0 writes.
+
+        ``best.pt`` is made from the new ``last.pt`` (a hard link, or an fsynced copy), so the best weights
+        are on disk once; a kill between the two writes leaves ``best.pt`` behind the ``last.pt`` that holds
+        the best epoch, which :meth:`keep_best` repairs when the run resumes.
+        """
+        from transferkit.checkpoint import save_checkpoint
+        from transferkit.checkpoint.atomic import atomic_copy
+
+        if not trainer.dist.is_main:
+            return
+        save_checkpoint(self.last, **trainer.checkpoint_state(event.epoch, event.row))
+        if event.improved:
+            atomic_copy(self.last, self.best)
+
+    def keep_best(self, source: str | os.PathLike) -> None:
+        """Make ``best.pt`` the checkpoint ``source`` (a resumed run's best epoch), unless it already is.
+
+        A resumed ``last.pt`` that holds the best epoch may be newer than ``best.pt`` (killed between the
+        two writes), and a run resumed into another folder has no ``best.pt`` there yet.
+        """
+        from transferkit.checkpoint.atomic import atomic_copy
+
+        if not (self.best.exists() and os.path.samefile(self.best, source)):  # a hard link of it already
+            atomic_copy(Path(source), self.best)
+
+    def read_checkpoint(self, name: str = LAST) -> dict[str, Any]:
+        """A checkpoint of the folder (``last.pt`` by default), read safely (``weights_only``).
+
+        Raises:
+            CheckpointError: missing, truncated or not a checkpoint.
+        """
+        from transferkit.checkpoint import load_checkpoint
+
+        return dict(load_checkpoint(self.path / name))
+
+    def read_best_weights(self, which: str = "model") -> dict[str, Tensor]:
+        """The state dict ``best.pt`` holds: the trained model's (``"model"``) or its EMA's (``"ema"``)."""
+        return dict(self.read_checkpoint(self.BEST)["models"][which])
 
     # ------------------------------------------------------------------------------------------- writing
 
@@ -99,6 +149,14 @@ class RunFolder:
 
         path = self.path / self.METRICS
         return read_metrics_csv(path) if path.is_file() else []
+
+    def is_run(self) -> bool:
+        """Whether the folder holds a run's ``args.yaml`` (its ``args`` and ``resolved`` sections)."""
+        try:
+            data = yaml.safe_load((self.path / self.ARGS).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return False
+        return isinstance(data, dict) and isinstance(data.get("args"), dict) and "resolved" in data
 
     def exported(self) -> bool:
         """Whether the export (``model.safetensors`` + ``labels.json``) is there."""

@@ -65,7 +65,8 @@ def _check_group(group: str, epoch: int, below: list[str], seen: set[str]) -> No
     if group not in below:
         close = difflib.get_close_matches(str(group), below, n=3)
         raise LayerGroupError(
-            f"at={{{epoch}: {group!r}}}: not a layer group below the head; expected one of {', '.join(below)}.",
+            f"`at`={epoch}:{group}: {group!r} is not a layer group below the head; expected one of "
+            f"{', '.join(below)}.",
             group=group,
             epoch=epoch,
             expected=below,
@@ -74,7 +75,8 @@ def _check_group(group: str, epoch: int, below: list[str], seen: set[str]) -> No
         )
     if group in seen:
         raise LayerGroupError(
-            f"layer group {group!r} appears twice in at=", group=group, epoch=epoch, expected=below,
+            f"`at`: layer group {group!r} is given twice; name each group once", group=group, epoch=epoch,
+            expected=below,
             repeated=True, param="at",
         )  # fmt: skip
 
