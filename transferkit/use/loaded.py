@@ -201,20 +201,25 @@ def _locate(path: Path) -> tuple[RunFolder, Path]:
 def _build_model(info: dict[str, Any], weights: Path) -> nn.Module:
     from safetensors import safe_open
 
-    from transferkit.backbones import create_model
+    from transferkit.backbones import create_model, resolve_backbone
 
-    names = list(info["class_names"])
-    model = create_model(info["backbone"], len(names), weights=weights, class_names=names, head="keep")
+    names, backbone = list(info["class_names"]), info["backbone"]
+    try:
+        resolve_backbone(backbone)
+    except ConfigError as exc:
+        raise ConfigError(f"the run's backbone cannot be built here: {exc}", param="path",
+                          hint="run from the folder the run was started in, or put its module on PYTHONPATH") from None  # fmt: skip
+    unfit = f"{weights} does not fit the run's backbone {backbone} with {len(names)} classes"
+    hint = "was the file replaced, or the backbone's code changed since the run?"
+    try:
+        model = create_model(backbone, len(names), weights=weights, class_names=names, head="keep")
+    except (ConfigError, LoadError) as exc:
+        raise LoadError(f"{unfit}: {exc}", param="path", hint=hint) from None
     report = model.load_report
     with safe_open(str(weights), "pt") as f:
         stored = len(list(f.keys()))
     if report is None or report.missing or report.mismatched or len(report.loaded) != stored:
-        raise LoadError(
-            f"{weights} does not fit the run's backbone {info['backbone']} with {len(names)} classes: "
-            f"{report}".rstrip(),
-            param="path",
-            hint="was the file replaced, or the backbone's code changed since the run?",
-        )
+        raise LoadError(f"{unfit}: {report}".rstrip(), param="path", hint=hint)
     expected = int(info.get("in_chans", model.in_chans))
     if model.in_chans != expected:
         raise LoadError(
