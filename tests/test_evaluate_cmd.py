@@ -110,7 +110,9 @@ def test_metrics_are_scikit_learns_and_the_calibration_error_is_binned():
     probs = np.array([[0.9, 0.05, 0.05], [0.3, 0.6, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.5, 0.2, 0.3],
                       [0.05, 0.05, 0.9]])  # fmt: skip
     m = classification_metrics(labels, probs, ("a", "b", "c"))
-    assert m["accuracy"] == pytest.approx(4 / 6) and m["balanced_accuracy"] == pytest.approx((0.5 + 1 + 2 / 3) / 3)
+    assert m["accuracy"] == pytest.approx(4 / 6) and m["balanced_accuracy"] == pytest.approx(
+        (0.5 + 1 + 2 / 3) / 3
+    )
     assert m["per_class"]["b"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3), "support": 1}
     assert m["top5_accuracy"] is None  # 3 classes: top-5 says nothing
     # bins of width 1/15: confidences 0.9 (x2, both right), 0.6 (wrong), 0.7 (right), 0.8 (right), 0.5 (wrong)

@@ -36,7 +36,9 @@ def test_predict_gives_the_runs_own_validation_top1(run, tmp_path, capsys):
     assert list(rows[0]) == ["path", "class_1", "prob_1", "class_2", "prob_2", "class_3", "prob_3"]
     assert all(float(r["prob_1"]) >= float(r["prob_2"]) >= float(r["prob_3"]) for r in rows)
     printed = capsys.readouterr()
-    assert printed.out.strip().splitlines()[-1].startswith("predicted 80 image(s)") and str(out) in printed.out
+    assert (
+        printed.out.strip().splitlines()[-1].startswith("predicted 80 image(s)") and str(out) in printed.out
+    )
     assert "predict: 16/80 images" in printed.err  # plain progress lines, not a terminal
 
 
@@ -52,8 +54,13 @@ def test_inputs_from_lists_globs_and_mixed_formats_with_logits_as_json(run, tmp_
             str(grey[0].resolve()), "--topk", "2", "--logits", "--out", str(out), "--tta", "flip"]  # fmt: skip
     assert main(argv) == 0
     rows = json.loads(out.read_text())
-    assert [r["path"] for r in rows] == [str(grey[0].resolve()), str(photos[0]), *map(str, rgba), str(wide[0]),
-                                         str(photos[1])]  # listed paths resolve from the list's folder, once each
+    assert [r["path"] for r in rows] == [
+        str(grey[0].resolve()),
+        str(photos[0]),
+        *map(str, rgba),
+        str(wide[0]),
+        str(photos[1]),
+    ]  # listed paths resolve from the list's folder, once each
     assert all(len(r["top"]) == 2 and len(r["logits"]) == 10 for r in rows)
     plain = tmp_path / "plain.json"
     assert main([*argv[: argv.index("--out")], "--out", str(plain)]) == 0  # the same, without --tta flip
@@ -95,7 +102,13 @@ def _bad(tmp: Path, run: Path, case: str) -> tuple[list[str], str]:
     if case == "glob matching nothing":
         return ["predict", str(run), "data/*.webp"], "matches no image file"
     if case == "topk too large":
-        return ["predict", str(run), "data/val", "--topk", "11"], "--topk 11 is larger than the run's 10 classes"
+        return [
+            "predict",
+            str(run),
+            "data/val",
+            "--topk",
+            "11",
+        ], "--topk 11 is larger than the run's 10 classes"
     if case == "bad out suffix":
         return ["predict", str(run), "data/val", "--out", str(tmp / "p.txt")], "must end in .csv or .json"
     (tmp / "p.csv").write_text("mine\n")

@@ -33,7 +33,9 @@ def test_loaded_run_has_the_model_classes_and_preprocessing(run):
     labels = json.loads((run / "labels.json").read_text())
     assert not loaded.model.training and loaded.device == torch.device("cpu")
     assert list(loaded.class_names) == labels["class_names"] and loaded.num_classes == 10
-    assert loaded.preprocess.size == 28 and loaded.preprocess.channels == 3 and loaded.preprocess.mode == "RGB"
+    assert (
+        loaded.preprocess.size == 28 and loaded.preprocess.channels == 3 and loaded.preprocess.mode == "RGB"
+    )
     assert "resize [32] bilinear -> center crop [28, 28]" in loaded.preprocess.describe()
     # the weights file itself, with labels.json beside it, loads the same model
     again = load_run(run / "model.safetensors")
@@ -104,7 +106,9 @@ def test_digits_preprocessing_replays_the_scans_steps():
         torch.testing.assert_close(pre(file), reference[i][0], atol=0.5 / 255 / 0.2 + 1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("damage", ["no labels.json", "no weights", "foreign folder", "missing", "other file"])
+@pytest.mark.parametrize(
+    "damage", ["no labels.json", "no weights", "foreign folder", "missing", "other file"]
+)
 def test_incomplete_or_foreign_runs_are_refused(run, tmp_path, damage):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)

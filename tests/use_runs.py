@@ -120,7 +120,9 @@ def labels_json(run: Path) -> dict:
 
 def listing(folder: Path) -> list[tuple[str, int]]:
     """Every file under ``folder`` with its modification time: what a refused command must leave as is."""
-    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file())
+    return sorted(
+        (str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    )
 
 
 _RUNS: dict[str, Path] = {}

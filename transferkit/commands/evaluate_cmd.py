@@ -35,7 +35,9 @@ def add_evaluate_parser(sub: Any) -> None:
     )
     p.add_argument("run", metavar="RUN", help="the run folder (or its model.safetensors)")
     p.add_argument("--data", required=True, metavar="DIR", help="DIR/<class>/images, or DIR/val/<class>")
-    p.add_argument("--output", metavar="DIR", help="a new or empty folder (default: RUN/evaluations/<DIR>-<time>)")
+    p.add_argument(
+        "--output", metavar="DIR", help="a new or empty folder (default: RUN/evaluations/<DIR>-<time>)"
+    )
     p.add_argument("--tta", choices=["flip"], help="test-time augmentation: average with the mirrored image")
     p.add_argument("--batch-size", type=int, help="images per batch (default: the run's)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
@@ -53,7 +55,9 @@ def run_evaluate(ns: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be an integer >= 1, got {ns.batch_size}")
     if ns.workers < 0:
         raise ConfigError(f"--workers must be an integer >= 0, got {ns.workers}")
-    handler, undo_logging = setup_logging(True, rank=0)  # warnings only: the create_model notes are noise here
+    handler, undo_logging = setup_logging(
+        True, rank=0
+    )  # warnings only: the create_model notes are noise here
     console = Console(0, False, handler)
     try:
         run = load_run(ns.run, device=ns.device)
@@ -87,7 +91,9 @@ def _output_folder(output: str | None, run_dir: Path, data: Path) -> Path:
     return out
 
 
-def summary(metrics: dict[str, Any], class_names: Any, labels: Any, probs: Any, quiet: bool = False) -> list[str]:
+def summary(
+    metrics: dict[str, Any], class_names: Any, labels: Any, probs: Any, quiet: bool = False
+) -> list[str]:
     """The printed lines: the headline metrics, then scikit-learn's per-class report."""
     top5 = metrics.get("top5_accuracy")
     lines = [

@@ -52,7 +52,9 @@ def run_export(ns: argparse.Namespace) -> int:
     from transferkit.use import load_run
     from transferkit.use.export import export_run
 
-    handler, undo_logging = setup_logging(True, rank=0)  # warnings only: the create_model notes are noise here
+    handler, undo_logging = setup_logging(
+        True, rank=0
+    )  # warnings only: the create_model notes are noise here
     console = Console(0, False, handler)
     try:
         run = load_run(ns.run, device="cpu")

@@ -42,7 +42,9 @@ def add_predict_parser(sub: Any) -> None:
     p.add_argument("--logits", action="store_true", help="also write every class's logit")
     p.add_argument("--tta", choices=["flip"], help="test-time augmentation: average with the mirrored image")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
-    p.add_argument("--workers", type=int, help="DataLoader worker processes (default: up to 4, one core spare)")
+    p.add_argument(
+        "--workers", type=int, help="DataLoader worker processes (default: up to 4, one core spare)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error, not a skip")
     p.add_argument("--quiet", action="store_true", help="no progress and no summary line")
@@ -56,7 +58,9 @@ def run_predict(ns: argparse.Namespace) -> int:
 
     out = check_output(ns.out, ns.overwrite) if ns.out else None
     _check_numbers(ns)
-    handler, undo_logging = setup_logging(True, rank=0)  # warnings only: the create_model notes are noise here
+    handler, undo_logging = setup_logging(
+        True, rank=0
+    )  # warnings only: the create_model notes are noise here
     bars = not ns.quiet and sys.stderr.isatty()
     console = Console(0, bars, handler)
     try:

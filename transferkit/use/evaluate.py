@@ -97,7 +97,9 @@ def evaluate_folder(
     samples = _samples(run, Path(data), strict)
     size = batch_size or int(run.folder.read_args().get("batch_size") or 64)
     if size < 1 or workers < 0:
-        raise ConfigError(f"`batch_size` must be >= 1 and `workers` >= 0, got {size} and {workers}", param="batch_size")
+        raise ConfigError(
+            f"`batch_size` must be >= 1 and `workers` >= 0, got {size} and {workers}", param="batch_size"
+        )
     dataset = ImageFileDataset(samples, run.preprocess, run.preprocess.mode, strict=strict)
     loader = DataLoader(dataset, batch_size=size, num_workers=workers, pin_memory=run.device.type == "cuda")
     recorder = _Recorder(run, tta)
@@ -136,7 +138,9 @@ def _samples(run: LoadedRun, root: Path, strict: bool) -> list[tuple[str, int]]:
     return split.val
 
 
-def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...]) -> dict[str, Any]:
+def classification_metrics(
+    labels: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...]
+) -> dict[str, Any]:
     """scikit-learn's accuracy, balanced accuracy, per-class and averaged precision/recall/F1/support,
     top-5 accuracy (more than 5 classes), and :func:`expected_calibration_error`.
 
@@ -162,8 +166,15 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: t
         "per_class": per_class,
     }
     for avg in ("macro", "weighted"):
-        ap, ar, af, _ = skm.precision_recall_fscore_support(labels, pred, labels=ids, average=avg, zero_division=0)
-        out[f"{avg} avg"] = {"precision": float(ap), "recall": float(ar), "f1": float(af), "support": int(len(labels))}
+        ap, ar, af, _ = skm.precision_recall_fscore_support(
+            labels, pred, labels=ids, average=avg, zero_division=0
+        )
+        out[f"{avg} avg"] = {
+            "precision": float(ap),
+            "recall": float(ar),
+            "f1": float(af),
+            "support": int(len(labels)),
+        }
     return out
 
 
@@ -204,7 +215,9 @@ def write_evaluation(out_dir: str | os.PathLike, ev: Evaluation) -> list[Path]:
     pred = ev.probs.argmax(1)
     for i in np.flatnonzero(pred != ev.labels):
         writer.writerow([ev.paths[i], names[ev.labels[i]], names[pred[i]], f"{ev.probs[i, pred[i]]:.6f}"])
-    title = f"confusion matrix on {Path(str(ev.metrics['data'])).name} (accuracy {ev.metrics['accuracy']:.2%})"
+    title = (
+        f"confusion matrix on {Path(str(ev.metrics['data'])).name} (accuracy {ev.metrics['accuracy']:.2%})"
+    )
     return [
         write_text(out / "metrics.json", json.dumps(ev.metrics, indent=2, ensure_ascii=False) + "\n"),
         write_text(out / "confusion_matrix.csv", cm.getvalue()),

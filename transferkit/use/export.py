@@ -107,7 +107,9 @@ def export_run(
         data, runner = _to_torchscript(model, example, _metadata(run))
     batch = None if dynamic_batch else 1
     val = _validation_parity(run, model, runner, batch, max_val_images)
-    random = torch.randn(RANDOM_BATCH, c, run.preprocess.size, run.preprocess.size, generator=torch.Generator().manual_seed(0))
+    random = torch.randn(
+        RANDOM_BATCH, c, run.preprocess.size, run.preprocess.size, generator=torch.Generator().manual_seed(0)
+    )
     rand_diff = _max_diff(model, runner, random, batch)[0]
     report = ExportReport(path, format, val[0], val[1], val[2], rand_diff, tolerance, 0.0)
     if report.max_abs_diff > tolerance or report.val_top1_agree != report.val_images:
@@ -121,13 +123,17 @@ def export_run(
 
     with atomic_write(path) as f:
         f.write(data)
-    return ExportReport(path, format, val[0], val[1], val[2], rand_diff, tolerance, time.perf_counter() - started)
+    return ExportReport(
+        path, format, val[0], val[1], val[2], rand_diff, tolerance, time.perf_counter() - started
+    )
 
 
 def _check_arguments(out: Any, format: str, opset: int | None, tolerance: float, overwrite: bool) -> Path:  # noqa: A002
     path = Path(out)
     if format not in EXPORT_FORMATS:
-        raise ConfigError(f"`format` {format!r} is not an export format; expected onnx or torchscript", param="format")
+        raise ConfigError(
+            f"`format` {format!r} is not an export format; expected onnx or torchscript", param="format"
+        )
     if opset is not None and (format != "onnx" or not 7 <= opset <= 30):
         raise ConfigError(f"`opset` {opset} applies to onnx, between 7 and 30", param="opset")
     if not tolerance >= 0:
@@ -138,7 +144,9 @@ def _check_arguments(out: Any, format: str, opset: int | None, tolerance: float,
         raise ConfigError(f"`out` {path} exists; pass `overwrite`=True to replace it, or choose another file",
                           param="out")  # fmt: skip
     if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
-        raise ConfigError(f"`out` {path}: the folder {path.parent} does not exist or is not writable", param="out")
+        raise ConfigError(
+            f"`out` {path}: the folder {path.parent} does not exist or is not writable", param="out"
+        )
     if format == "onnx":
         _require("onnx", "onnxruntime", "onnxscript")
     return path
@@ -192,7 +200,9 @@ def read_export_metadata(path: str | os.PathLike) -> dict[str, Any]:
             warnings.simplefilter("ignore", FutureWarning)
             torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         raw = json.loads(extra[METADATA_KEY])
-    out: dict[str, Any] = {k.removeprefix("transferkit."): v for k, v in raw.items() if k.startswith("transferkit.")}
+    out: dict[str, Any] = {
+        k.removeprefix("transferkit."): v for k, v in raw.items() if k.startswith("transferkit.")
+    }
     for key in ("class_names", "preprocess"):
         if key in out:
             out[key] = json.loads(out[key])
@@ -222,10 +232,14 @@ def _to_onnx(
     return data, run
 
 
-def _to_torchscript(model: nn.Module, example: Tensor, meta: dict[str, str]) -> tuple[bytes, Callable[[Tensor], Tensor]]:
+def _to_torchscript(
+    model: nn.Module, example: Tensor, meta: dict[str, str]
+) -> tuple[bytes, Callable[[Tensor], Tensor]]:
     buf = io.BytesIO()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export; still the format asked for
+        warnings.simplefilter(
+            "ignore"
+        )  # torch.jit is deprecated in favour of torch.export; still the format asked for
         traced = torch.jit.trace(model, example, check_trace=False)
         torch.jit.save(traced, buf, _extra_files={METADATA_KEY: json.dumps(meta, ensure_ascii=False)})
         data = buf.getvalue()
@@ -238,7 +252,9 @@ def _to_torchscript(model: nn.Module, example: Tensor, meta: dict[str, str]) -> 
     return data, run
 
 
-def _max_diff(model: nn.Module, runner: Callable[[Tensor], Tensor], x: Tensor, batch: int | None) -> tuple[float, int]:
+def _max_diff(
+    model: nn.Module, runner: Callable[[Tensor], Tensor], x: Tensor, batch: int | None
+) -> tuple[float, int]:
     """Largest |eager - exported| over ``x`` (in chunks of ``batch`` for a fixed-batch export), and how many
     rows agree on the top-1 class."""
     chunks = x.split(batch) if batch else [x]
@@ -270,4 +286,3 @@ def _validation_parity(
         d, a = _max_diff(model, runner, x, batch)
         n, agree, diff = n + len(x), agree + a, max(diff, d)
     return n, agree, diff
-

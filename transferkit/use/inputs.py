@@ -53,7 +53,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
     found: dict[str, None] = {}
     given = [os.fspath(i) for i in inputs]
     if not given:
-        raise ConfigError("no inputs: give image files, folders, glob patterns or a list file", param="inputs")
+        raise ConfigError(
+            "no inputs: give image files, folders, glob patterns or a list file", param="inputs"
+        )
     for item in given:
         for path in _expand_one(item):
             found.setdefault(path, None)
@@ -95,7 +97,9 @@ def _folder(folder: Path) -> list[str]:
     images = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        images += [os.path.join(dirpath, n) for n in sorted(filenames) if not n.startswith(".") and is_image_name(n)]
+        images += [
+            os.path.join(dirpath, n) for n in sorted(filenames) if not n.startswith(".") and is_image_name(n)
+        ]
     if not images:
         raise ConfigError(
             f"input folder {folder} holds no image files (extensions {', '.join(IMAGE_EXTENSIONS)})",

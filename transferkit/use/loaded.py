@@ -128,7 +128,12 @@ class LoadedRun:
         """:class:`Prediction` s from a batch of logits."""
         probs = logits.softmax(1)
         values, indices = probs.topk(k, dim=1)
-        rows = zip(sources, values.tolist(), indices.tolist(), logits.tolist() if with_logits else [None] * len(sources))
+        rows = zip(
+            sources,
+            values.tolist(),
+            indices.tolist(),
+            logits.tolist() if with_logits else [None] * len(sources),
+        )
         return [
             Prediction(src, tuple(self.class_names[i] for i in idx), tuple(vals), tuple(lg) if lg else None)
             for src, vals, idx, lg in rows

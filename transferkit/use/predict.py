@@ -64,7 +64,9 @@ class _Files(Dataset):
             return None, index, f"{type(exc).__name__}: {exc}"
 
 
-def _collate(items: list[tuple[Tensor | None, int, str]]) -> tuple[Tensor | None, list[int], list[tuple[int, str]]]:
+def _collate(
+    items: list[tuple[Tensor | None, int, str]],
+) -> tuple[Tensor | None, list[int], list[tuple[int, str]]]:
     good = [(x, i) for x, i, _ in items if x is not None]
     bad = [(i, err) for x, i, err in items if x is None]
     batch = torch.stack([x for x, _ in good]) if good else None
@@ -176,7 +178,10 @@ def _csv(result: PredictResult) -> str:
 def _json(result: PredictResult) -> str:
     rows = []
     for p in result.predictions:
-        row: dict[str, Any] = {"path": p.source, "top": [{"class": c, "prob": v} for c, v in zip(p.classes, p.probs)]}
+        row: dict[str, Any] = {
+            "path": p.source,
+            "top": [{"class": c, "prob": v} for c, v in zip(p.classes, p.probs)],
+        }
         if p.logits is not None:
             row["logits"] = dict(zip(result.class_names, p.logits))
         rows.append(row)

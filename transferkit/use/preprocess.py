@@ -124,9 +124,7 @@ class Preprocess:
         if c == 1 and self.channels == 3:
             return image.expand(3, -1, -1)
         if c not in (1, 3):
-            raise TransferkitError(
-                f"a tensor image must have 1, 3 or 4 channels, got {c}", param="images"
-            )
+            raise TransferkitError(f"a tensor image must have 1, 3 or 4 channels, got {c}", param="images")
         return image
 
 
