@@ -135,3 +135,13 @@ def test_overwrite_replaces_an_existing_output(run, tmp_path):
     out.write_text("old\n")
     assert main(["predict", str(run), "data/val/bag", "--out", str(out), "--overwrite", "--quiet"]) == 0
     assert len(_rows(out)) == 8
+
+
+def test_a_progress_bar_on_a_terminal_instead_of_plain_lines(run, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), "data/val", "--batch-size", "16", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "predict:" in err and "img" in err and "predict: 16/80 images\n" not in err  # tqdm's bar

@@ -145,3 +145,16 @@ def test_a_device_that_is_not_there_is_refused(run):
     with pytest.raises(ConfigError, match="CUDA") as err:
         load_run(run, device="cuda")
     assert err.value.param == "device"
+
+
+def test_a_run_without_eval_transform_is_rebuilt_from_what_it_recorded(run, tmp_path, caplog):
+    """Older runs recorded img_size, mean and std only: the backbone's defaults fill in the rest."""
+    copy = tmp_path / "old"
+    shutil.copytree(run, copy)
+    labels = json.loads((copy / "labels.json").read_text())
+    del labels["eval_transform"]
+    (copy / "labels.json").write_text(json.dumps(labels))
+    old, new = load_run(copy), load_run(run)
+    assert "no eval_transform" in caplog.text
+    image = Image.open(next((run.parent / "data" / "val" / "coat").glob("*-rgb.jpg")))
+    assert torch.equal(old.preprocess(image), new.preprocess(image))
