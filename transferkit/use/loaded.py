@@ -58,7 +58,7 @@ class Prediction:
         return self.classes[0]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: it holds a network
 class LoadedRun:
     """A trained model ready to classify: eval mode, on ``device``, with its classes and preprocessing.
 
