@@ -158,3 +158,12 @@ def test_a_run_without_eval_transform_is_rebuilt_from_what_it_recorded(run, tmp_
     assert "no eval_transform" in caplog.text
     image = Image.open(next((run.parent / "data" / "val" / "coat").glob("*-rgb.jpg")))
     assert torch.equal(old.preprocess(image), new.preprocess(image))
+
+
+def test_an_unreadable_path_given_to_predict_is_one_error(run, tmp_path):
+    from transferkit.errors import TransferkitError
+
+    (tmp_path / "broken.jpg").write_bytes(b"no jpeg")
+    with pytest.raises(TransferkitError, match="cannot read image .*broken.jpg") as err:
+        load_run(run).predict([tmp_path / "broken.jpg"])
+    assert err.value.param == "images"

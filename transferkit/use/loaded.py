@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from transferkit.errors import ConfigError, LoadError
+from transferkit.errors import ConfigError, LoadError, TransferkitError
 from transferkit.run.folder import RunFolder
 from transferkit.use.preprocess import Preprocess
 
@@ -140,7 +140,14 @@ class LoadedRun:
         ]
 
     def _image(self, item: Any) -> Any:
-        return self.preprocess.read(item) if isinstance(item, str | os.PathLike) else item
+        if not isinstance(item, str | os.PathLike):
+            return item
+        try:
+            return self.preprocess.read(item)
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for unreadable files
+            raise TransferkitError(
+                f"cannot read image {item} ({type(exc).__name__}: {exc})", param="images"
+            ) from None
 
 
 def load_run(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedRun:
