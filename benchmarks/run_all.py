@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BENCHMARKS = ("bench_load", "bench_finetune")
+BENCHMARKS = ("bench_load", "bench_finetune", "bench_predict")
 TRANSFER = HERE / "RESULTS_transfer.md"  # written by `make bench-transfer` (bench_transfer.py)
 
 

@@ -32,6 +32,7 @@ LAYERS = [
     "train",
     "report",
     "run",
+    "use",
     "commands",
     "cli",
     "__init__",

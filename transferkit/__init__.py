@@ -83,6 +83,9 @@ _EXPORTS: dict[str, str] = {
     "FinetuneSpec": "run",
     "RunResult": "run",
     "RunFolder": "run",
+    # use: a finished run (transferkit.evaluate is evaluation's free function; use.evaluate is not exported)
+    "load_run": "use",
+    "LoadedRun": "use",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -139,3 +142,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from transferkit.run import FinetuneSpec, RunFolder, RunResult, finetune
     from transferkit.salvage import Placeholder, find_placeholders, salvage_load
     from transferkit.schedule import GradualUnfreeze, LRSchedule
+    from transferkit.use import LoadedRun, load_run

@@ -1,4 +1,5 @@
-"""The command line: ``transferkit finetune``, ``inspect``, ``convert`` and ``scan`` (entry point ``main``).
+"""The command line: ``transferkit finetune``, ``inspect``, ``convert``, ``scan``, ``predict``, ``evaluate`` and
+``export`` (entry point ``main``).
 
 ``transferkit finetune --backbone resnet50 --classes 10`` fine-tunes on the embedded digits (or
 ``--data DIR``) and writes a run folder (see :mod:`transferkit.report`). Every flag can also come from
@@ -29,16 +30,27 @@ from collections.abc import Sequence
 
 from transferkit.commands.console import one_line
 from transferkit.commands.convert_cmd import run_convert
+from transferkit.commands.evaluate_cmd import run_evaluate
+from transferkit.commands.export_cmd import run_export
 from transferkit.commands.finetune import Interrupted, run_finetune
 from transferkit.commands.flags import render_error
 from transferkit.commands.inspect_cmd import run_inspect
 from transferkit.commands.parser import DEFAULTS, build_parser
+from transferkit.commands.predict_cmd import run_predict
 from transferkit.commands.scan_cmd import run_scan
 from transferkit.errors import TransferkitError
 
 __all__ = ["main", "build_parser", "DEFAULTS"]
 
-_COMMANDS = {"finetune": run_finetune, "inspect": run_inspect, "convert": run_convert, "scan": run_scan}
+_COMMANDS = {
+    "finetune": run_finetune,
+    "inspect": run_inspect,
+    "convert": run_convert,
+    "scan": run_scan,
+    "predict": run_predict,
+    "evaluate": run_evaluate,
+    "export": run_export,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

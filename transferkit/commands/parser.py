@@ -136,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_convert(sub)
     _add_scan(sub)
+    # using a finished run (issue 14): each command module defines its own arguments
+    from transferkit.commands.evaluate_cmd import add_evaluate_parser
+    from transferkit.commands.export_cmd import add_export_parser
+    from transferkit.commands.predict_cmd import add_predict_parser
+
+    add_predict_parser(sub)
+    add_evaluate_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

@@ -165,3 +165,59 @@ class RunFolder:
     def files(self) -> tuple[Path, ...]:
         """Every file in the folder, sorted."""
         return tuple(sorted(p for p in self.path.iterdir() if p.is_file())) if self.path.is_dir() else ()
+
+    # ------------------------------------------------------------------------------ reading a finished run
+
+    @property
+    def weights(self) -> Path:
+        """``model.safetensors``: the exported (best) weights."""
+        return self.path / self.WEIGHTS
+
+    def missing_for_use(self) -> list[str]:
+        """What a finished run's export lacks to be used (loaded, evaluated, exported): ``[]`` when complete.
+
+        The weights and ``labels.json`` must be there, and ``labels.json`` must name the backbone and the
+        classes (one entry per class).
+        """
+        if not self.path.is_dir():
+            return ["the folder itself"]
+        missing = [name for name in (self.WEIGHTS, self.LABELS) if not (self.path / name).is_file()]
+        if self.LABELS in missing:
+            return missing
+        try:
+            labels = self.read_labels()
+        except (OSError, UnicodeDecodeError, ValueError):
+            return [*missing, f"a readable {self.LABELS} (it is not valid JSON)"]
+        names = labels.get("class_names") if isinstance(labels, dict) else None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            missing.append(f"class_names in {self.LABELS}")
+        if not isinstance(labels, dict) or not isinstance(labels.get("backbone"), str):
+            missing.append(f"backbone in {self.LABELS}")
+        return missing
+
+    def started_in(self) -> Path | None:
+        """The folder the run was started from, worked out from ``args.yaml``'s ``output`` (a relative
+        ``--output`` is under it; without one the run is ``runs/<name>`` under it); ``None`` if unknown."""
+        args = self.read_args()
+        output = args.get("output")
+        here = self.path.resolve()
+        if not output:
+            return here.parent.parent if here.parent.name == "runs" else None
+        output = Path(str(output))
+        if output.is_absolute():
+            return None  # an absolute --output says nothing of where the command ran
+        parts = len(output.parts)
+        return here.parents[parts - 1] if parts <= len(here.parents) else None
+
+    def data_folder(self) -> Path | None:
+        """The image folder the run trained on (``args.yaml``'s ``data``, found as the run saw it), or
+        ``None`` for the embedded digits or when it is no longer there."""
+        data = self.read_args().get("data")
+        if not data:
+            return None
+        data = Path(str(data)).expanduser()
+        candidates = [data] if data.is_absolute() else [Path.cwd() / data]
+        started = self.started_in()
+        if not data.is_absolute() and started is not None:
+            candidates.insert(0, started / data)
+        return next((c for c in candidates if c.is_dir()), None)
