@@ -167,3 +167,16 @@ def test_an_unreadable_path_given_to_predict_is_one_error(run, tmp_path):
     with pytest.raises(TransferkitError, match="cannot read image .*broken.jpg") as err:
         load_run(run).predict([tmp_path / "broken.jpg"])
     assert err.value.param == "images"
+
+
+
+def test_the_run_finds_its_data_again_from_any_working_folder(run, tmp_path, monkeypatch):
+    from transferkit.run import RunFolder
+
+    folder = RunFolder(run)
+    recorded = Path(folder.read_resolved()["data_path"])
+    assert recorded.is_absolute() and recorded == (run.parent / "data").resolve()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # args.yaml's `data` is relative to where the run started, not to here
+    assert folder.data_folder() == recorded

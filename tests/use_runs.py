@@ -96,8 +96,8 @@ def own_validation_top1(run: Path) -> tuple[list[str], list[int], list[int]]:
     from torch.utils.data import DataLoader
 
     from transferkit.backbones import create_model
-    from transferkit.run.data_plan import load_bundle, scan_data
     from transferkit.run import RunFolder
+    from transferkit.run.data_plan import load_bundle, scan_data
 
     folder = RunFolder(run)
     cfg, labels = folder.read_args(), folder.read_labels()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ def resolved_facts(job: Job, bundle: Any, steps_per_epoch: int, mixup: Any = Non
         "num_classes": len(bundle.class_names),
         "class_names": list(bundle.class_names),
         "data": bundle.source,
+        # absolute, so that evaluate/export find the images again from any working folder
+        "data_path": None if bundle.source == "digits" else str(Path(bundle.source).resolve()),
         "train_images": len(bundle.train),
         "val_images": len(bundle.val),
         "unreadable_images_skipped": len(bundle.skipped),

@@ -215,6 +215,9 @@ class RunFolder:
         data = self.read_args().get("data")
         if not data:
             return None
+        recorded = self.read_resolved().get("data_path")
+        if recorded and Path(str(recorded)).is_dir():
+            return Path(str(recorded))
         data = Path(str(data)).expanduser()
         candidates = [data] if data.is_absolute() else [Path.cwd() / data]
         started = self.started_in()
