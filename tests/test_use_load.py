@@ -169,7 +169,6 @@ def test_an_unreadable_path_given_to_predict_is_one_error(run, tmp_path):
     assert err.value.param == "images"
 
 
-
 def test_the_run_finds_its_data_again_from_any_working_folder(run, tmp_path, monkeypatch):
     from transferkit.run import RunFolder
 
