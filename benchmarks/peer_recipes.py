@@ -184,8 +184,9 @@ class _Body(nn.Module):
             for h in hooks:
                 h.remove()
             order[-1].register_forward_hook(lambda _m, _i, o: setattr(self, "_feat", o))
-        with torch.no_grad():
-            self.nf = self(torch.zeros(1, 3, img_size, img_size)).shape[1]
+        with torch.no_grad():  # in eval mode, as fastai's dummy_eval (a batch of one trains no BatchNorm)
+            self.nf = self.eval()(torch.zeros(1, 3, img_size, img_size)).shape[1]
+        self.train()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.timm:
