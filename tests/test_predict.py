@@ -111,12 +111,17 @@ def _bad(tmp: Path, run: Path, case: str) -> tuple[list[str], str]:
         ], "--topk 11 is larger than the run's 10 classes"
     if case == "bad out suffix":
         return ["predict", str(run), "data/val", "--out", str(tmp / "p.txt")], "must end in .csv or .json"
+    if case == "the run's own file as out":
+        return ["predict", str(run), "data/val", "--out", str(run / "labels.json"), "--overwrite"], (
+            f"--out {run / 'labels.json'} is the run's own labels.json, which would break the run"
+        )
     (tmp / "p.csv").write_text("mine\n")
     return ["predict", str(run), "data/val", "--out", str(tmp / "p.csv")], "exists; pass --overwrite"
 
 
 @pytest.mark.parametrize("case", ["incomplete run", "foreign run", "missing input", "empty folder", "not an image",
-                                  "glob matching nothing", "topk too large", "bad out suffix", "existing out"])  # fmt: skip
+                                  "glob matching nothing", "topk too large", "bad out suffix", "existing out",
+                                  "the run's own file as out"])  # fmt: skip
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(run, tmp_path, capsys, case):
     argv, message = _bad(tmp_path, run, case)
     if "--out" not in argv:

@@ -67,6 +67,8 @@ def run_predict(ns: argparse.Namespace) -> int:
     console = Console(0, bars, handler)
     try:
         run = load_run(ns.run, device=ns.device)
+        if out is not None:
+            run.folder.refuse_own_file(out, param="out")
         check_topk(ns.topk, run.num_classes)
         paths = expand_inputs(ns.inputs)
         console.validated()

@@ -162,6 +162,22 @@ class RunFolder:
         """Whether the export (``model.safetensors`` + ``labels.json``) is there."""
         return all((self.path / name).is_file() for name in (self.WEIGHTS, self.LABELS))
 
+    def refuse_own_file(self, path: str | os.PathLike, *, param: str) -> None:
+        """Refuse ``path`` as the output of a later command (predict, export) when it is one of the files
+        the run wrote (``transferkit.report.RUN_FILES``): ``overwrite`` replaces the user's outputs, never
+        the run itself.
+
+        Raises:
+            ConfigError: ``path`` is the run's own ``labels.json``, ``best.pt``, ... (``param=param``).
+        """
+        from transferkit.errors import ConfigError
+        from transferkit.report import RUN_FILES
+
+        out = Path(path)
+        if out.name in RUN_FILES and out.parent.resolve() == self.path.resolve():
+            raise ConfigError(f"`{param}` {out} is the run's own {out.name}, which would break the run; choose "
+                              "another file", param=param)  # fmt: skip
+
     def files(self) -> tuple[Path, ...]:
         """Every file in the folder, sorted."""
         return tuple(sorted(p for p in self.path.iterdir() if p.is_file())) if self.path.is_dir() else ()
