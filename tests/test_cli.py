@@ -736,7 +736,7 @@ BAD = [
     (["--backbone", "resnet5O"], "unknown backbone", None),
     (["--classes", "0"], ">= 1", None),
     (["--classes", "3"], "10 classes", None),
-    (["--data", "nowhere"], "does not exist", None),
+    (["--data", "nowhere"], "--data nowhere does not exist; give a folder", None),
     (["--data", "empty"], "no class sub-folders", lambda t: (t / "empty").mkdir() or None),
     (["--data", "{x}"], "only one class", _one_class),
     (["--config", "missing.yaml"], "cannot read config", None),

@@ -81,7 +81,41 @@ def test_finetune_reports_bad_input_with_its_parameter(tmp_path, monkeypatch) ->
     with pytest.raises(ConfigError) as info:
         transferkit.finetune(FinetuneSpec(backbone=TINY, **QUICK), data=str(tmp_path / "missing"))
     assert not (tmp_path / "runs").exists(), "bad input writes nothing"
-    assert "missing" in str(info.value)
+    assert "missing" in str(info.value) and info.value.param == "data"
+
+
+@pytest.mark.parametrize(
+    "options, param, text",
+    [
+        (
+            {"backbone": TINY, "limit_trian": 8},
+            "limit_trian",
+            "unknown fine-tuning option 'limit_trian'; did you mean limit_train",
+        ),
+        ({"backbone": "resnet18", "nonsense": 1}, "nonsense", "unknown fine-tuning option 'nonsense'"),
+        ({"backbone": "no_such_net"}, "backbone", "unknown backbone 'no_such_net'"),
+        ({"backbone": TINY, "weights": "nope.pt"}, "weights", "`weights` 'nope.pt': no such file"),
+        (
+            {"backbone": TINY, "init_checkpoint": "nope.pt"},
+            "init_checkpoint",
+            "`init_checkpoint` nope.pt does not",
+        ),
+    ],
+)
+def test_finetune_names_the_parameter_of_every_bad_option(
+    tmp_path, monkeypatch, options, param, text
+) -> None:
+    """From Python, bad options are ConfigErrors with ``param`` set and marked in the text (never a TypeError
+    for a misspelt keyword), with or without a spec."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        transferkit.finetune(**{**QUICK, **options})
+    assert info.value.param == param and text in str(info.value), str(info.value)
+    if "backbone" in options and options["backbone"] == TINY:
+        with pytest.raises(ConfigError) as info:
+            transferkit.finetune(FinetuneSpec(backbone=TINY, **QUICK), **options)
+        assert info.value.param == param
+    assert not (tmp_path / "runs").exists()
 
 
 def test_only_rank_0_writes_checkpoints(tmp_path) -> None:
