@@ -150,3 +150,27 @@ def test_finetune_refuses_an_evaluation_only_run(tmp_path, monkeypatch) -> None:
     with pytest.raises(ConfigError) as info:
         transferkit.finetune(backbone=TINY, eval_only=True, **QUICK)
     assert info.value.param == "eval_only" and not list(tmp_path.iterdir())
+
+
+def test_after_an_overwrite_killed_before_its_first_checkpoint_the_next_errors_say_where_the_old_run_is(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """kill -9 during `--overwrite` leaves the replaced run in a hidden sibling; the commands a user runs next
+    (resume, the same run again) must say so, or the old run looks lost."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "args.yaml").write_text("args: {}\nresolved: {}\n")  # the killed run's first file
+    kept = RunFolder(tmp_path / "out").aside(4242)
+    kept.mkdir()
+    (kept / "best.pt").write_bytes(b"the old run")
+    for argv in (
+        ["--resume", "out"],
+        ["--output", "out", "--resume"],
+        ["--backbone", TINY, "--output", "out"],
+    ):
+        assert main(["finetune", *argv]) == 2
+        err = capsys.readouterr().err
+        assert (
+            err.count("\n") == 1 and f"is kept in {kept.relative_to(tmp_path)}: move its files back" in err
+        ), err
+    assert (kept / "best.pt").read_bytes() == b"the old run"

@@ -178,6 +178,21 @@ class RunFolder:
             raise ConfigError(f"`{param}` {out} is the run's own {out.name}, which would break the run; choose "
                               "another file", param=param)  # fmt: skip
 
+    def aside(self, pid: int) -> Path:
+        """The hidden sibling where process ``pid``'s ``overwrite`` keeps the replaced run's files until its
+        first checkpoint (:class:`~transferkit.run.start.RunStart`)."""
+        return self.path.with_name(f".{self.path.name}.replaced-{pid}")
+
+    def aside_hint(self) -> str:
+        """Words for an error about this folder when an ``overwrite`` was killed (``kill -9``) before its first
+        checkpoint: the run it replaced is still in a hidden sibling, which the user should hear of. Empty
+        when there is none."""
+        found = sorted(self.path.parent.glob(f".{self.path.name}.replaced-*"))
+        if not found:
+            return ""
+        return (f" (the run that an interrupted `overwrite` replaced is kept in {found[0]}: move its files back "
+                "into the folder to restore it)")  # fmt: skip
+
     def files(self) -> tuple[Path, ...]:
         """Every file in the folder, sorted."""
         return tuple(sorted(p for p in self.path.iterdir() if p.is_file())) if self.path.is_dir() else ()
