@@ -736,7 +736,7 @@ BAD = [
     (["--backbone", "resnet5O"], "unknown backbone", None),
     (["--classes", "0"], ">= 1", None),
     (["--classes", "3"], "10 classes", None),
-    (["--data", "nowhere"], "does not exist", None),
+    (["--data", "nowhere"], "--data nowhere does not exist; give a folder", None),
     (["--data", "empty"], "no class sub-folders", lambda t: (t / "empty").mkdir() or None),
     (["--data", "{x}"], "only one class", _one_class),
     (["--config", "missing.yaml"], "cannot read config", None),
@@ -765,7 +765,14 @@ BAD = [
     (["--lr", "nan"], "--lr must be a positive finite number", None),
     # issue 16 item 16: a negative number is a value (argparse before 3.13 took it for an option)
     (["--lr", "-1e-3"], "--lr must be a positive finite number, e.g. 1e-3, got -0.001", None),
-    (["--weights", ""], "weights='' is empty", None),
+    (["--weights", ""], "--weights '' is empty", None),
+    (["--weights", "nope.pt"], "--weights 'nope.pt': no such file", None),
+    (
+        ["--init-checkpoint", "nope.pt"],
+        "--init-checkpoint nope.pt does not exist; give a checkpoint file",
+        None,
+    ),
+    (["--init-checkpoint", "."], "--init-checkpoint . is a folder; give a checkpoint file", None),
     (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0", None),
     # recipe options
     (["--aug", "heavy"], "invalid choice: 'heavy'", None),
@@ -1103,7 +1110,7 @@ INSPECT_BAD = [
     (["{run}"], "is a folder, not a checkpoint file; checkpoint files in it: best.pt, last.pt"),
     (["{run}/nothing.pt"], "no such file"),
     (["{run}/last.pt", "--classes", "5"], "--classes 5 applies to --model"),
-    (["{run}/last.pt", "--key", "nope"], "key='nope': no 'nope' at the top level"),
+    (["{run}/last.pt", "--key", "nope"], "--key 'nope': no 'nope' at the top level"),
     (["{run}/last.pt", "--against", "{run}"], "--against"),
     (["{run}/args.yaml"], "not a PyTorch or safetensors checkpoint"),
 ]

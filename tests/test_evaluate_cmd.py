@@ -119,3 +119,16 @@ def test_metrics_are_scikit_learns_and_the_calibration_error_is_binned():
     expected = (2 * abs(1 - 0.9) + abs(0 - 0.6) + abs(1 - 0.7) + abs(1 - 0.8) + abs(0 - 0.5)) / 6
     assert expected_calibration_error(labels, probs) == pytest.approx(expected)
     assert expected_calibration_error(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]])) == 0.0
+
+
+def test_strict_names_evaluates_own_flag_and_skipping_is_the_default(run, tmp_path, capsys):
+    data = tmp_path / "eval"
+    shutil.copytree("data/val", data)
+    (data / "bag" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    argv = ["evaluate", str(run), "--data", str(data), "--output", str(tmp_path / "strict")]
+    assert main([*argv, "--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.png; remove them or drop --strict to skip them" in err[0], err
+    assert not (tmp_path / "strict").exists()
+    assert main(argv) == 0  # without --strict the file is skipped, the others scored
+    assert json.loads((tmp_path / "strict" / "metrics.json").read_text())["images"] == 80

@@ -90,7 +90,16 @@ def test_a_failed_parity_check_writes_nothing(run, tmp_path, capsys, monkeypatch
     "argv, message",
     [
         (["--out", "{run}/args.yaml"], "--out {run}/args.yaml exists; pass --overwrite"),
-        (["--format", "torchscript", "--opset", "17"], "--opset 17 applies to onnx"),
+        (
+            ["--format", "torchscript", "--opset", "17"],
+            "--opset applies to onnx only and must be between 7 and 30, got 17",
+        ),
+        (["--opset", "3"], "--opset applies to onnx only and must be between 7 and 30, got 3"),
+        (
+            ["--out", "{run}/labels.json", "--overwrite"],
+            "--out {run}/labels.json is the run's own labels.json",
+        ),
+        (["--out", "{run}/best.pt", "--overwrite", "--format", "torchscript"], "is the run's own best.pt"),
         (["--tolerance", "-1"], "--tolerance must be >= 0"),
         (["--out", "{tmp}/no/such/m.onnx"], "does not exist or is not writable"),
     ],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.use_runs import fashion_run, listing, own_validation_top1, sample_jpegs
+from tests.use_runs import fashion_run, listing, own_validation_top1, sample_jpegs, three_class_run
 from transferkit.cli import main
 
 
@@ -111,12 +111,17 @@ def _bad(tmp: Path, run: Path, case: str) -> tuple[list[str], str]:
         ], "--topk 11 is larger than the run's 10 classes"
     if case == "bad out suffix":
         return ["predict", str(run), "data/val", "--out", str(tmp / "p.txt")], "must end in .csv or .json"
+    if case == "the run's own file as out":
+        return ["predict", str(run), "data/val", "--out", str(run / "labels.json"), "--overwrite"], (
+            f"--out {run / 'labels.json'} is the run's own labels.json, which would break the run"
+        )
     (tmp / "p.csv").write_text("mine\n")
     return ["predict", str(run), "data/val", "--out", str(tmp / "p.csv")], "exists; pass --overwrite"
 
 
 @pytest.mark.parametrize("case", ["incomplete run", "foreign run", "missing input", "empty folder", "not an image",
-                                  "glob matching nothing", "topk too large", "bad out suffix", "existing out"])  # fmt: skip
+                                  "glob matching nothing", "topk too large", "bad out suffix", "existing out",
+                                  "the run's own file as out"])  # fmt: skip
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(run, tmp_path, capsys, case):
     argv, message = _bad(tmp_path, run, case)
     if "--out" not in argv:
@@ -145,3 +150,27 @@ def test_a_progress_bar_on_a_terminal_instead_of_plain_lines(run, tmp_path, caps
     assert main(["predict", str(run), "data/val", "--batch-size", "16", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "predict:" in err and "img" in err and "predict: 16/80 images\n" not in err  # tqdm's bar
+
+
+def test_the_default_topk_is_capped_at_a_small_runs_class_count(
+    tmp_path_factory, tmp_path, capsys, monkeypatch
+):
+    """`--topk` left out means 5, or every class of a run with fewer: a 3-class run must not be refused."""
+    small = three_class_run(tmp_path_factory)
+    monkeypatch.chdir(small.parent)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(small), "data/val/cat", "--out", str(out), "--quiet"]) == 0, (
+        capsys.readouterr().err
+    )
+    rows = _rows(out)
+    assert len(rows) == 4 and {"class_3", "prob_3"} <= set(rows[0]) and "class_4" not in rows[0]
+    assert main(["predict", str(small), "data/val/cat/0.png", "--topk", "4"]) == 2
+    assert "--topk 4 is larger than the run's 3 classes" in capsys.readouterr().err
+
+
+def test_a_list_file_naming_a_missing_path_is_named_in_the_error(run, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello world\n")
+    assert main(["predict", str(run), str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"listed in {notes})" in err, err

@@ -81,7 +81,41 @@ def test_finetune_reports_bad_input_with_its_parameter(tmp_path, monkeypatch) ->
     with pytest.raises(ConfigError) as info:
         transferkit.finetune(FinetuneSpec(backbone=TINY, **QUICK), data=str(tmp_path / "missing"))
     assert not (tmp_path / "runs").exists(), "bad input writes nothing"
-    assert "missing" in str(info.value)
+    assert "missing" in str(info.value) and info.value.param == "data"
+
+
+@pytest.mark.parametrize(
+    "options, param, text",
+    [
+        (
+            {"backbone": TINY, "limit_trian": 8},
+            "limit_trian",
+            "unknown fine-tuning option 'limit_trian'; did you mean limit_train",
+        ),
+        ({"backbone": "resnet18", "nonsense": 1}, "nonsense", "unknown fine-tuning option 'nonsense'"),
+        ({"backbone": "no_such_net"}, "backbone", "unknown backbone 'no_such_net'"),
+        ({"backbone": TINY, "weights": "nope.pt"}, "weights", "`weights` 'nope.pt': no such file"),
+        (
+            {"backbone": TINY, "init_checkpoint": "nope.pt"},
+            "init_checkpoint",
+            "`init_checkpoint` nope.pt does not",
+        ),
+    ],
+)
+def test_finetune_names_the_parameter_of_every_bad_option(
+    tmp_path, monkeypatch, options, param, text
+) -> None:
+    """From Python, bad options are ConfigErrors with ``param`` set and marked in the text (never a TypeError
+    for a misspelt keyword), with or without a spec."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        transferkit.finetune(**{**QUICK, **options})
+    assert info.value.param == param and text in str(info.value), str(info.value)
+    if "backbone" in options and options["backbone"] == TINY:
+        with pytest.raises(ConfigError) as info:
+            transferkit.finetune(FinetuneSpec(backbone=TINY, **QUICK), **options)
+        assert info.value.param == param
+    assert not (tmp_path / "runs").exists()
 
 
 def test_only_rank_0_writes_checkpoints(tmp_path) -> None:
@@ -116,3 +150,27 @@ def test_finetune_refuses_an_evaluation_only_run(tmp_path, monkeypatch) -> None:
     with pytest.raises(ConfigError) as info:
         transferkit.finetune(backbone=TINY, eval_only=True, **QUICK)
     assert info.value.param == "eval_only" and not list(tmp_path.iterdir())
+
+
+def test_after_an_overwrite_killed_before_its_first_checkpoint_the_next_errors_say_where_the_old_run_is(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """kill -9 during `--overwrite` leaves the replaced run in a hidden sibling; the commands a user runs next
+    (resume, the same run again) must say so, or the old run looks lost."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "args.yaml").write_text("args: {}\nresolved: {}\n")  # the killed run's first file
+    kept = RunFolder(tmp_path / "out").aside(4242)
+    kept.mkdir()
+    (kept / "best.pt").write_bytes(b"the old run")
+    for argv in (
+        ["--resume", "out"],
+        ["--output", "out", "--resume"],
+        ["--backbone", TINY, "--output", "out"],
+    ):
+        assert main(["finetune", *argv]) == 2
+        err = capsys.readouterr().err
+        assert (
+            err.count("\n") == 1 and f"is kept in {kept.relative_to(tmp_path)}: move its files back" in err
+        ), err
+    assert (kept / "best.pt").read_bytes() == b"the old run"

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import transferkit
-from tests.use_runs import fashion_run, own_validation_top1, sample_jpegs
+from tests.use_runs import fashion_run, own_validation_top1, sample_jpegs, three_class_run
 from transferkit.errors import ConfigError, LoadError
 from transferkit.use import Preprocess, load_run, predict_files
 from transferkit.use.validation import run_validation_set
@@ -179,3 +179,16 @@ def test_the_run_finds_its_data_again_from_any_working_folder(run, tmp_path, mon
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # args.yaml's `data` is relative to where the run started, not to here
     assert folder.data_folder() == recorded
+
+
+def test_predict_without_topk_keeps_every_class_of_a_run_with_fewer_than_five(tmp_path_factory, monkeypatch):
+    small = three_class_run(tmp_path_factory)
+    monkeypatch.chdir(small.parent)
+    loaded = load_run(small)
+    [p] = loaded.predict([Image.new("RGB", (20, 20))])
+    assert sorted(p.classes) == ["cat", "dog", "fox"]
+    [p] = predict_files(loaded, ["data/val/cat/0.png"]).predictions
+    assert len(p.classes) == 3
+    with pytest.raises(ConfigError, match="`topk` 4 is larger") as exc:
+        loaded.predict([Image.new("RGB", (20, 20))], topk=4)
+    assert exc.value.param == "topk"

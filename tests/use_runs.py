@@ -141,3 +141,34 @@ def fashion_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         with pytest.MonkeyPatch.context() as mp:
             _RUNS["fashion"] = train(cwd, mp, *FASHION_ARGS)
     return _RUNS["fashion"]
+
+
+def three_class_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished tiny run with three classes (fewer than ``topk``'s default 5) on random RGB images
+    (``data/{train,val}/{cat,dog,fox}``), made once for the session; the tests only read it."""
+    if "three" not in _RUNS:
+        cwd = tmp_path_factory.mktemp("three_class_run")
+        rng = np.random.default_rng(0)
+        for split in ("train", "val"):
+            for name in ("cat", "dog", "fox"):
+                folder = cwd / "data" / split / name
+                folder.mkdir(parents=True)
+                for i in range(4):
+                    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+                        folder / f"{i}.png"
+                    )
+        args = (
+            "--backbone",
+            TINY,
+            "--data",
+            "data",
+            "--img-size",
+            "16",
+            "--epochs",
+            "1",
+            "--weights",
+            "none",
+        )
+        with pytest.MonkeyPatch.context() as mp:
+            _RUNS["three"] = train(cwd, mp, *args)
+    return _RUNS["three"]

@@ -212,5 +212,6 @@ def _unknown(name: str) -> ConfigError:
     return ConfigError(
         f"unknown backbone {name!r}.{hint} Plain names are torchvision models, 'timm:NAME' timm models, "
         "'package.module:callable' your own factory; list_backbones('pattern*') lists the known names "
-        "(from a shell: python -c \"import transferkit; print(transferkit.list_backbones('res*'))\")."
+        "(from a shell: python -c \"import transferkit; print(transferkit.list_backbones('res*'))\").",
+        param="backbone",
     )

@@ -65,8 +65,9 @@ def resolve_weights(spec: BackboneSpec, weights: Any) -> WeightsPlan:
     if isinstance(weights, str) and not weights.strip():
         # an empty value is a config slip (`weights: ""`, `--weights "$UNSET"`), not a choice of random weights
         raise ConfigError(
-            f"weights={weights!r} is empty; pass 'auto', 'imagenet', a checkpoint path ({WEIGHTS_PATH}) or {WEIGHTS_NONE} "
-            "for random weights"
+            f"`weights` {weights!r} is empty; pass 'auto', 'imagenet', a checkpoint path ({WEIGHTS_PATH}) or "
+            f"{WEIGHTS_NONE} for random weights",
+            param="weights",
         )
     if weights is None or (isinstance(weights, str) and weights.strip().lower() in ("none", "random")):
         return WeightsPlan("none", requested=weights)
@@ -88,8 +89,9 @@ def resolve_weights(spec: BackboneSpec, weights: Any) -> WeightsPlan:
             return timm_plan(spec, weights, explicit)
         if explicit:
             raise ConfigError(
-                f"weights={weights!r}: {spec.name} is a user factory with no known pretrained weights; "
-                f"pass {WEIGHTS_PATH} to a checkpoint of it, or {WEIGHTS_NONE} for its own initialisation"
+                f"`weights` {weights!r}: {spec.name} is a user factory with no known pretrained weights; "
+                f"pass {WEIGHTS_PATH} to a checkpoint of it, or {WEIGHTS_NONE} for its own initialisation",
+                param="weights",
             )
         note = f"{spec.name} is a user factory with no known pretrained weights; using its own initialisation"
         logger.info(note)
@@ -100,14 +102,16 @@ def resolve_weights(spec: BackboneSpec, weights: Any) -> WeightsPlan:
     if spec.source == "torchvision" and re.fullmatch(r"([A-Za-z0-9_]+_Weights\.)?[A-Z][A-Z0-9_]*", text):
         return torchvision_plan(spec, torchvision_enum(spec, text), weights, explicit=True)
     raise ConfigError(
-        f"weights={weights!r}: no such file ({path.resolve()}), and not one of 'auto', 'imagenet', 'DEFAULT', "
-        "a torchvision weights name (e.g. 'IMAGENET1K_V1') or None (CLI: none)."
+        f"`weights` {weights!r}: no such file ({path.resolve()}), and not one of 'auto', 'imagenet', 'DEFAULT', "
+        f"a torchvision weights name (e.g. 'IMAGENET1K_V1') or {WEIGHTS_NONE} for random weights",
+        param="weights",
     )
 
 
 def _local_file(path: Path, requested: Any) -> WeightsPlan:
     if not path.is_file():
         raise ConfigError(
-            f"weights={str(requested)!r}: {path} is not a file; pass the checkpoint file itself"
+            f"`weights` {str(requested)!r}: {path} is not a file; pass the checkpoint file itself",
+            param="weights",
         )
     return WeightsPlan("file", path=path, description=str(path), requested=requested)

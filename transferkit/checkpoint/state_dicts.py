@@ -48,7 +48,8 @@ def _follow(obj: Any, key: str, label: str) -> tuple[Any, str]:
                     break
             else:
                 raise CheckpointError(
-                    f"{label}: key={key!r}: no {parts[i]!r} at {where}; keys there: {short_list(list(node))}"
+                    f"{label}: `key` {key!r}: no {parts[i]!r} at {where}; keys there: {short_list(list(node))}",
+                    param="key",
                 )
         elif isinstance(node, list | tuple) and parts[i].isdigit() and int(parts[i]) < len(node):
             node = node[int(parts[i])]
@@ -56,7 +57,8 @@ def _follow(obj: Any, key: str, label: str) -> tuple[Any, str]:
             i += 1
         else:
             raise CheckpointError(
-                f"{label}: key={key!r}: {where} is a {type(node).__name__}, which has no {parts[i]!r}"
+                f"{label}: `key` {key!r}: {where} is a {type(node).__name__}, which has no {parts[i]!r}",
+                param="key",
             )
     return node, ".".join(walked)
 

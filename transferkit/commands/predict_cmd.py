@@ -36,7 +36,9 @@ def add_predict_parser(sub: Any) -> None:
     )
     p.add_argument("run", metavar="RUN", help="the run folder (or its model.safetensors)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, glob patterns or list files")
-    p.add_argument("--topk", type=int, default=5, help="classes per image (default: 5, at most the run's)")
+    p.add_argument(
+        "--topk", type=int, help="classes per image (default: 5, or every class of a run with fewer)"
+    )
     p.add_argument("--out", metavar="FILE", help="write .csv or .json here (default: print the results)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--logits", action="store_true", help="also write every class's logit")
@@ -65,6 +67,8 @@ def run_predict(ns: argparse.Namespace) -> int:
     console = Console(0, bars, handler)
     try:
         run = load_run(ns.run, device=ns.device)
+        if out is not None:
+            run.folder.refuse_own_file(out, param="out")
         check_topk(ns.topk, run.num_classes)
         paths = expand_inputs(ns.inputs)
         console.validated()
@@ -92,7 +96,7 @@ def run_predict(ns: argparse.Namespace) -> int:
 
 
 def _check_numbers(ns: argparse.Namespace) -> None:
-    if ns.topk < 1:
+    if ns.topk is not None and ns.topk < 1:
         raise ConfigError(f"--topk must be an integer >= 1, got {ns.topk}")
     if ns.batch_size < 1:
         raise ConfigError(f"--batch-size must be an integer >= 1, got {ns.batch_size}")

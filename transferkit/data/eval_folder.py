@@ -68,7 +68,11 @@ def check_class_names(
 
 
 def scan_eval_folder(
-    root: str | os.PathLike, class_names: Sequence[str] | None, *, strict: bool = False
+    root: str | os.PathLike,
+    class_names: Sequence[str] | None,
+    *,
+    strict: bool = False,
+    strict_param: str = "strict_data",
 ) -> FolderSplit:
     """Every image of a folder, labelled by a trained model's ``class_names``: an evaluation set.
 
@@ -76,6 +80,8 @@ def scan_eval_folder(
     (``DIR/val/<class>`` when the folder has the ``train``/``val`` layout, whose ``train`` was for training).
     Labels follow ``class_names`` by name (:func:`check_class_names`), not the folders' sorted order;
     ``None`` takes the folders' names, sorted (for a model whose class names are unknown).
+
+    ``strict_param`` is the caller's name for ``strict``, which a ``strict`` refusal tells to drop.
 
     Returns:
         A :class:`FolderSplit` whose ``val`` holds the samples and ``train`` is empty.
@@ -97,7 +103,7 @@ def scan_eval_folder(
     class_names = found if class_names is None else list(class_names)
     check_class_names(class_names, found, source=str(folder))
     samples, names, bad = scan_image_folder(folder, class_names)
-    skip_unreadable(bad, folder, strict=strict)
+    skip_unreadable(bad, folder, strict=strict, strict_param=strict_param)
     if not samples:
         raise ConfigError(f"{folder} holds no readable images (extensions {', '.join(IMAGE_EXTENSIONS)})")
     return FolderSplit([], sorted(samples), list(names), str(folder), bad)

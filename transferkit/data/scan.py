@@ -145,8 +145,9 @@ def scan_image_folder(
 _MAX_NAMED = 20  # unreadable files named in a strict_data error (a line, not a listing of thousands)
 
 
-def skip_unreadable(bad: list[str], folder: Path, *, strict: bool) -> None:
-    """Log the unreadable files a scan found (they are left out), or with ``strict`` refuse them.
+def skip_unreadable(bad: list[str], folder: Path, *, strict: bool, strict_param: str = "strict_data") -> None:
+    """Log the unreadable files a scan found (they are left out), or with ``strict`` refuse them, naming
+    ``strict_param`` as the option to drop (the caller's name for ``strict``).
 
     Raises:
         ConfigError: ``strict`` and ``bad`` is not empty; the message names up to 20 of the files.
@@ -159,7 +160,7 @@ def skip_unreadable(bad: list[str], folder: Path, *, strict: bool) -> None:
         )
         raise ConfigError(
             f"{len(bad)} unreadable image file(s) under {folder}: {shown}; remove them or drop "
-            "`strict_data` to skip them",
-            param="strict_data",
+            f"`{strict_param}` to skip them",
+            param=strict_param,
         )
     logger.warning("skipping %d unreadable image file(s) under %s, e.g. %s", len(bad), folder, bad[0])

@@ -68,7 +68,7 @@ def finetune(spec: FinetuneSpec | None = None, /, **options: Any) -> RunResult:
     from transferkit.run.reporter import LogReporter
     from transferkit.run.runner import run
 
-    spec = spec.replace(**options) if spec is not None else FinetuneSpec(**options)
+    spec = spec.replace(**options) if spec is not None else FinetuneSpec.from_dict(options)
     defaults = FinetuneSpec.defaults()
     given = {k: v for k, v in spec.to_dict().items() if v != defaults[k]}
     layered, resume_path = layered_options(given)

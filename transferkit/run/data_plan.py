@@ -15,6 +15,7 @@ from transferkit.errors import CheckpointError, ConfigError
 __all__ = [
     "DIGITS_IMG_SIZE",
     "scan_data",
+    "check_data_folder",
     "scan_eval_data",
     "check_classes",
     "load_bundle",
@@ -35,10 +36,20 @@ def scan_data(options: Mapping[str, Any]) -> tuple[Any, list[str]]:
 
     if options["data"] is None:
         return None, [str(i) for i in range(10)]
+    check_data_folder(options["data"])
     split = split_image_folder(
         options["data"], val_split=options["val_split"], seed=options["seed"], strict=options["strict_data"]
     )
     return split, split.class_names
+
+
+def check_data_folder(data: Any) -> None:
+    """Refuse a ``data`` that is not a folder by its option's name (the scanners name only the path)."""
+    root = Path(str(data)).expanduser()
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise ConfigError(f"`data` {data} {what}; give a folder of class sub-folders (DIR/<class>/*.png) or "
+                          "DIR/train/<class> + DIR/val/<class>", param="data")  # fmt: skip
 
 
 def scan_eval_data(
@@ -57,6 +68,7 @@ def scan_eval_data(
             f"`data`={options['data']} cannot be checked against them; evaluate with the run's own data",
             param="data",
         )
+    check_data_folder(options["data"])
     # no run to compare with (`init_checkpoint`, `weights`): the folder's own names, sorted
     split = scan_eval_folder(
         options["data"], list(run_classes) if run_classes else None, strict=options["strict_data"]

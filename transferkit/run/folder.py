@@ -162,6 +162,37 @@ class RunFolder:
         """Whether the export (``model.safetensors`` + ``labels.json``) is there."""
         return all((self.path / name).is_file() for name in (self.WEIGHTS, self.LABELS))
 
+    def refuse_own_file(self, path: str | os.PathLike, *, param: str) -> None:
+        """Refuse ``path`` as the output of a later command (predict, export) when it is one of the files
+        the run wrote (``transferkit.report.RUN_FILES``): ``overwrite`` replaces the user's outputs, never
+        the run itself.
+
+        Raises:
+            ConfigError: ``path`` is the run's own ``labels.json``, ``best.pt``, ... (``param=param``).
+        """
+        from transferkit.errors import ConfigError
+        from transferkit.report import RUN_FILES
+
+        out = Path(path)
+        if out.name in RUN_FILES and out.parent.resolve() == self.path.resolve():
+            raise ConfigError(f"`{param}` {out} is the run's own {out.name}, which would break the run; choose "
+                              "another file", param=param)  # fmt: skip
+
+    def aside(self, pid: int) -> Path:
+        """The hidden sibling where process ``pid``'s ``overwrite`` keeps the replaced run's files until its
+        first checkpoint (:class:`~transferkit.run.start.RunStart`)."""
+        return self.path.with_name(f".{self.path.name}.replaced-{pid}")
+
+    def aside_hint(self) -> str:
+        """Words for an error about this folder when an ``overwrite`` was killed (``kill -9``) before its first
+        checkpoint: the run it replaced is still in a hidden sibling, which the user should hear of. Empty
+        when there is none."""
+        found = sorted(self.path.parent.glob(f".{self.path.name}.replaced-*"))
+        if not found:
+            return ""
+        return (f" (the run that an interrupted `overwrite` replaced is kept in {found[0]}: move its files back "
+                "into the folder to restore it)")  # fmt: skip
+
     def files(self) -> tuple[Path, ...]:
         """Every file in the folder, sorted."""
         return tuple(sorted(p for p in self.path.iterdir() if p.is_file())) if self.path.is_dir() else ()

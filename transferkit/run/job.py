@@ -161,6 +161,7 @@ def _build_model(
     from transferkit.recipes import check_drop_path, drop_path_kwargs
 
     backbone = options["backbone"]
+    _check_init_checkpoint(options["init_checkpoint"])
     requested = None if str(options["weights"]).lower() in ("none", "null", "random") else options["weights"]
     recipe = drop_path_kwargs(backbone, options["drop_path"])
     with _held_back("transferkit.backbones.weights"):  # the run says it once, in its own words
@@ -181,6 +182,15 @@ def _build_model(
             f"`{name}` applies to `init_checkpoint`; give `init_checkpoint`=PATH or drop `{name}`", param=name
         )
     return model, JobWeights(pretrained, requested, None, drop_path_fact)
+
+
+def _check_init_checkpoint(path: str | None) -> None:
+    """Refuse a missing ``init_checkpoint`` by its name, before the backbone is built."""
+    if not path or Path(str(path)).expanduser().is_file():
+        return
+    what = "is a folder" if Path(str(path)).expanduser().is_dir() else "does not exist"
+    raise ConfigError(f"`init_checkpoint` {path} {what}; give a checkpoint file (a run's best.pt, a .pth, a "
+                      ".safetensors)", param="init_checkpoint")  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -29,7 +29,8 @@ def resume_source(options: Mapping[str, Any]) -> Path:
             if not path.is_file():
                 raise ConfigError(
                     f"`resume`={value}: the run folder has no last.pt (its run never finished an epoch); "
-                    "drop `resume` to start it again (with `overwrite`=True if the folder holds files)",
+                    "drop `resume` to start it again (with `overwrite`=True if the folder holds files)"
+                    + RunFolder(value).aside_hint(),
                     param="resume",
                 )
         if not path.is_file():
@@ -61,7 +62,8 @@ def _output_last(folder: Path) -> Path:
     if not path.is_file():
         raise ConfigError(
             f"`resume`: {folder} has no last.pt (the run there never finished an epoch); drop `resume` to "
-            "start it again (with `overwrite`=True if the folder holds files)",
+            "start it again (with `overwrite`=True if the folder holds files)"
+            + RunFolder(folder).aside_hint(),
             param="resume",
         )
     return path

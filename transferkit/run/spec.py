@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -330,8 +329,8 @@ class FinetuneSpec:
         return cls(**given)
 
     def replace(self, **changes: Any) -> FinetuneSpec:
-        """A copy with ``changes`` applied (and checked)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` applied (and checked, an unknown option included)."""
+        return type(self).from_dict({**self.to_dict(), **changes})
 
 
 def _copy(value: Any) -> Any:

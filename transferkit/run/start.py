@@ -99,7 +99,7 @@ def _check_replaceable(run_dir: Path, entries: list[str], overwrite: bool, resum
             )
         raise ConfigError(
             f"run folder {run_dir} already exists and is not empty; use `resume` to continue it, "
-            "`overwrite` to replace it, or another `output`",
+            "`overwrite` to replace it, or another `output`" + folder.aside_hint(),
             param="output",
         )
     if resume_path is not None and run_dir.resolve() != resume_path.parent.resolve():
@@ -194,7 +194,7 @@ class RunStart:
         present = [n for n in RUN_FILES if (self.run_dir / n).exists()]
         if not present:
             return
-        aside = self.run_dir.with_name(f".{self.run_dir.name}.replaced-{os.getpid()}")
+        aside = RunFolder(self.run_dir).aside(os.getpid())
         aside.mkdir()
         self.aside = aside
         for name in present:

@@ -129,7 +129,7 @@ def _samples(run: LoadedRun, root: Path, strict: bool) -> list[tuple[str, int]]:
         raise ConfigError(f"`data` {folder} has no class sub-folders; expected {folder}/<class>/<images>",
                           param="data")  # fmt: skip
     check_class_names(run.class_names, found, source=str(folder), allow_missing=False)
-    split = scan_eval_folder(folder, list(run.class_names), strict=strict)
+    split = scan_eval_folder(folder, list(run.class_names), strict=strict, strict_param="strict")
     counts = Counter(label for _, label in split.val)
     empty = [n for i, n in enumerate(run.class_names) if not counts[i]]
     if empty:

@@ -92,12 +92,13 @@ def export_run(
         max_val_images: compare on at most this many validation images (default: all).
 
     Raises:
-        ConfigError: a bad argument, an existing ``out`` without ``overwrite``, ``onnx``/``onnxruntime``
-            missing.
+        ConfigError: a bad argument, an existing ``out`` without ``overwrite``, ``out`` one of the run's own
+            files, ``onnx``/``onnxruntime`` missing.
         TransferkitError: the parity check failed (``param="tolerance"``); nothing was written.
     """
     started = time.perf_counter()
     path = _check_arguments(out, format, opset, tolerance, overwrite)
+    run.folder.refuse_own_file(path, param="out")
     model = _export_copy(run.model)
     c = run.preprocess.channels
     example = torch.zeros(2 if dynamic_batch else 1, c, run.preprocess.size, run.preprocess.size)
@@ -135,7 +136,9 @@ def _check_arguments(out: Any, format: str, opset: int | None, tolerance: float,
             f"`format` {format!r} is not an export format; expected onnx or torchscript", param="format"
         )
     if opset is not None and (format != "onnx" or not 7 <= opset <= 30):
-        raise ConfigError(f"`opset` {opset} applies to onnx, between 7 and 30", param="opset")
+        raise ConfigError(
+            f"`opset` applies to onnx only and must be between 7 and 30, got {opset}", param="opset"
+        )
     if not tolerance >= 0:
         raise ConfigError(f"`tolerance` must be >= 0, got {tolerance}", param="tolerance")
     if path.is_dir():

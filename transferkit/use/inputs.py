@@ -65,9 +65,10 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
 
 
 def _expand_one(item: str, listed_in: Path | None = None) -> list[str]:
+    # listed_in: the list file naming `item` (relative paths are read from its folder)
     path = Path(item).expanduser()
     if listed_in is not None and not path.is_absolute():
-        path = listed_in / path
+        path = listed_in.parent / path
     if path.is_dir():
         return _folder(path)
     if path.is_file():
@@ -125,4 +126,4 @@ def _list_file(path: Path) -> list[str]:
     entries = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
     if not entries:
         raise ConfigError(f"the list of inputs {path} names no file", param="inputs")
-    return [p for entry in entries for p in _expand_one(entry, path.parent)]
+    return [p for entry in entries for p in _expand_one(entry, path)]

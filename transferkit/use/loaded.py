@@ -29,11 +29,12 @@ from transferkit.errors import ConfigError, LoadError, TransferkitError
 from transferkit.run.folder import RunFolder
 from transferkit.use.preprocess import Preprocess
 
-__all__ = ["LoadedRun", "Prediction", "load_run", "resolve_device", "TTA_MODES"]
+__all__ = ["LoadedRun", "Prediction", "load_run", "resolve_device", "TTA_MODES", "DEFAULT_TOPK"]
 
 logger = logging.getLogger(__name__)
 
 TTA_MODES = ("flip",)
+DEFAULT_TOPK = 5  # classes per prediction when `topk` is left out (fewer for a run with fewer classes)
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,13 @@ class LoadedRun:
         return out
 
     def predict(
-        self, images: Iterable[Any], *, topk: int = 5, tta: str | None = None, batch_size: int = 32,
+        self, images: Iterable[Any], *, topk: int | None = None, tta: str | None = None, batch_size: int = 32,
         with_logits: bool = False,
     ) -> list[Prediction]:  # fmt: skip
         """Classify PIL images, ``(C, H, W)`` tensors (uint8, or floats in [0, 1]) or image paths.
 
-        Each image goes through :attr:`preprocess`; ``topk`` larger than the class count is an error. For
+        Each image goes through :attr:`preprocess`; ``topk`` larger than the class count is an error (left
+        out: 5, or every class of a run with fewer). For
         folders, globs and unreadable files use :func:`transferkit.use.predict_files`.
 
         Example:
@@ -281,8 +283,11 @@ def _amp_dtype(device: torch.device) -> torch.dtype:
     return amp_dtype_for(device)
 
 
-def check_topk(topk: int, num_classes: int) -> int:
-    """``topk`` as an int, refused when below 1 or above the class count."""
+def check_topk(topk: int | None, num_classes: int) -> int:
+    """``topk`` as an int, refused when below 1 or above the class count; ``None`` is
+    :data:`DEFAULT_TOPK`, or every class of a run with fewer."""
+    if topk is None:
+        return min(DEFAULT_TOPK, num_classes)
     if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
         raise ConfigError(f"`topk` must be an integer >= 1, got {topk!r}", param="topk")
     if topk > num_classes:

@@ -77,7 +77,7 @@ def predict_files(
     run: LoadedRun,
     paths: Sequence[str],
     *,
-    topk: int = 5,
+    topk: int | None = None,
     tta: str | None = None,
     batch_size: int = 32,
     workers: int = 0,
@@ -90,7 +90,7 @@ def predict_files(
     Args:
         run: the loaded run.
         paths: image files (see :func:`transferkit.use.expand_inputs`).
-        topk: classes kept per image (at most the run's class count).
+        topk: classes kept per image (at most the run's class count; ``None``: 5, or all of fewer).
         tta: ``"flip"`` averages the logits with the mirrored image's.
         batch_size, workers: the DataLoader's.
         strict: an unreadable file is an error instead of a skip.
