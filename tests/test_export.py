@@ -101,6 +101,8 @@ def test_a_failed_parity_check_writes_nothing(run, tmp_path, capsys, monkeypatch
         ),
         (["--out", "{run}/best.pt", "--overwrite", "--format", "torchscript"], "is the run's own best.pt"),
         (["--tolerance", "-1"], "--tolerance must be >= 0"),
+        (["--format", "torchscript", "--out", "{tmp}/m.onnx"], "a torchscript file must not end in .onnx"),
+        (["--out", "{tmp}/m.pt"], "an onnx file must end in .onnx"),
         (["--out", "{tmp}/no/such/m.onnx"], "does not exist or is not writable"),
     ],
 )

@@ -99,6 +99,7 @@ def export_run(
     started = time.perf_counter()
     path = _check_arguments(out, format, opset, tolerance, overwrite)
     run.folder.refuse_own_file(path, param="out")
+    _check_suffix(path, format)
     model = _export_copy(run.model)
     c = run.preprocess.channels
     example = torch.zeros(2 if dynamic_batch else 1, c, run.preprocess.size, run.preprocess.size)
@@ -127,6 +128,20 @@ def export_run(
     return ExportReport(
         path, format, val[0], val[1], val[2], rand_diff, tolerance, time.perf_counter() - started
     )
+
+
+def _check_suffix(path: Path, format: str) -> None:  # noqa: A002
+    """``read_export_metadata`` tells the formats apart by the suffix: an ONNX file ends in ``.onnx``, no other does."""
+    if (path.suffix == ".onnx") != (format == "onnx"):  # read_export_metadata goes by the suffix
+        raise ConfigError(
+            f"`out` {path}: "
+            + (
+                "an onnx file must end in .onnx"
+                if format == "onnx"
+                else "a torchscript file must not end in .onnx (e.g. model.torchscript.pt)"
+            ),
+            param="out",
+        )
 
 
 def _check_arguments(out: Any, format: str, opset: int | None, tolerance: float, overwrite: bool) -> Path:  # noqa: A002
