@@ -1404,3 +1404,20 @@ def test_a_fitting_head_with_other_class_names_is_fresh_and_a_runs_own_head_is_k
     trained = best["models"]["model"]
     head_key = next(k for k in trained if k.endswith("fc.weight"))
     assert torch.equal(kept.head.weight.detach(), trained[head_key])
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["finetune", "--backbone", "resnet18", "--output", ""], "--output"),
+        (["predict", "runs/x", "a.png", "--out", ""], "--out"),
+        (["evaluate", "runs/x", "--data", "d", "--output", ""], "--output"),
+        (["export", "runs/x", "--out", ""], "--out"),
+    ],
+)
+def test_an_empty_output_path_is_refused_before_any_work(tmp_path, monkeypatch, capsys, argv, flag):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{flag} is empty" in err[0], err
+    assert list(tmp_path.iterdir()) == []

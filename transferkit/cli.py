@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from transferkit.commands.inspect_cmd import run_inspect
 from transferkit.commands.parser import DEFAULTS, build_parser
 from transferkit.commands.predict_cmd import run_predict
 from transferkit.commands.scan_cmd import run_scan
-from transferkit.errors import TransferkitError
+from transferkit.errors import ConfigError, TransferkitError
 
 __all__ = ["main", "build_parser", "DEFAULTS"]
 
@@ -69,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ns = build_parser().parse_args(args)
         ns.argv = args[1:]
+        _refuse_empty_paths(ns)
         return int(_COMMANDS[ns.command](ns) or 0)
     except TransferkitError as exc:
         if rank == 0:
@@ -84,6 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
         return 130
+
+
+def _refuse_empty_paths(ns: argparse.Namespace) -> None:
+    """``--out ""`` is an unset shell variable, not a wish for the default place: say so, write nothing."""
+    for name in ("out", "output"):
+        if getattr(ns, name, None) == "":
+            flag = f"--{name}"
+            raise ConfigError(f"{flag} is empty (an unset variable?); give a path, or leave {flag} out")
 
 
 if __name__ == "__main__":
