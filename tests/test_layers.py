@@ -110,3 +110,35 @@ def test_no_module_level_import_cycle() -> None:
     for node in sorted(graph):
         if node not in state:
             visit(node, [])
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 50
+
+
+def _body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """A function's body in lines, its docstring excluded."""
+    body = node.body
+    if (
+        isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+        and isinstance(body[0].value.value, str)
+    ):
+        body = body[1:]
+    return 0 if not body else (node.end_lineno or 0) - body[0].lineno + 1
+
+
+def test_modules_and_functions_stay_small() -> None:
+    """Issue 13's limits, kept: no module over 400 lines, no function body over 50 (docstring excluded)."""
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text()
+        name = path.relative_to(PACKAGE.parent)
+        if len(source.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{name}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source)):
+            if (
+                isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                and _body_lines(node) > MAX_FUNCTION_LINES
+            ):
+                too_long.append(f"{name}:{node.lineno} {node.name}: a {_body_lines(node)}-line body")
+    assert not too_long, "split these:\n" + "\n".join(too_long)
