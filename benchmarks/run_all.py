@@ -114,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         "## Commands",
         "",
         *[f"- `{cmd}` ({seconds:.0f} s)" for cmd, _, seconds in results],
+        *(
+            [
+                "- `python benchmarks/bench_transfer.py` (`make bench-transfer`, run on its own: its section below is kept)"
+            ]
+            if TRANSFER.is_file()
+            else []
+        ),
         "",
     ]
     for _, section, _ in results:
