@@ -74,7 +74,7 @@ def test_torchscript_and_a_dynamic_onnx_batch(run, tmp_path, capsys):
 def test_a_failed_parity_check_writes_nothing(run, tmp_path, capsys, monkeypatch):
     import transferkit.use.export as export
 
-    monkeypatch.setattr(export, "_max_diff", lambda model, runner, x, batch: (0.5, len(x)))
+    monkeypatch.setattr(export, "_max_diff", lambda model, runner, x, batch: (0.5, len(x), 2.0))
     before = listing(tmp_path)
     assert main(["export", str(run), "--out", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -84,6 +84,20 @@ def test_a_failed_parity_check_writes_nothing(run, tmp_path, capsys, monkeypatch
         and "--tolerance is 0.0001" in err[0]
     )
     assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("scale, code", [(10.0, 0), (1.0, 2), (0.1, 2)])
+def test_the_accepted_difference_grows_with_the_logits(run, tmp_path, capsys, monkeypatch, scale, code):
+    """5e-4 on logits of size 10 is float32 rounding (accepted: 1e-4 x 10); on logits of size 1 it is not."""
+    import transferkit.use.export as export
+
+    monkeypatch.setattr(export, "_max_diff", lambda model, runner, x, batch: (5e-4, len(x), scale))
+    out = tmp_path / "m.torchscript.pt"
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == code
+    captured = capsys.readouterr()
+    assert out.is_file() == (code == 0)
+    if code == 0:
+        assert "accepted up to 0.001 (--tolerance 0.0001 x 10, the largest logit)" in captured.out
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,8 @@ def add_export_parser(sub: Any) -> None:
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--dynamic-batch", action="store_true", help="accept any batch size (default: 1)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                   help=f"largest absolute logit difference accepted (default: {DEFAULT_TOLERANCE:g})")  # fmt: skip
+                   help="largest absolute logit difference accepted, per unit of the largest logit "
+                   f"(default: {DEFAULT_TOLERANCE:g})")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--quiet", action="store_true", help="only the result line")
 
@@ -72,7 +73,8 @@ def run_export(ns: argparse.Namespace) -> int:
     )
     console.out(
         f"exported {ns.format} to {report.path}: largest |eager - {ns.format}| logit difference {val}"
-        f"{report.random_max_abs_diff:.3g} on a random batch; tolerance {report.tolerance:g} "
+        f"{report.random_max_abs_diff:.3g} on a random batch; accepted up to {report.limit:.3g} (--tolerance "
+        f"{report.tolerance:g} x {report.logit_scale:.3g}, the largest logit) "
         f"({report.seconds:.1f} s)"
     )
     return 0

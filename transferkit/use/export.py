@@ -4,7 +4,8 @@ ONNX goes through ``torch.onnx.export``'s ``torch.export``-based exporter (``dyn
 maintains; it needs ``onnxscript``) and is checked with ``onnxruntime``; TorchScript through
 ``torch.jit.trace``. The parity check runs the eager model and the exported one on the run's own
 validation images (when its data is still there) and on a random batch; the largest absolute logit
-difference above ``tolerance``, or a top-1 class that differs on a validation image, is an error and
+difference above ``tolerance`` times the logits' size (``max(1, largest |eager logit|)``), or a top-1 class
+that differs on a validation image, is an error and
 nothing is written. The file carries the class names and the preprocessing (ONNX ``metadata_props``;
 TorchScript extra file ``transferkit.json``), so it is usable alone. Install with ``pip install
 transferkit[export]``.
@@ -42,7 +43,9 @@ __all__ = ["ExportReport", "export_run", "read_export_metadata", "EXPORT_FORMATS
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("onnx", "torchscript")
-DEFAULT_TOLERANCE = 1e-4  # float32 kernels of two runtimes: typically 1e-6 to 1e-5 on logits
+# float32 kernels of two runtimes differ by about 1e-6 to 1e-5 of the logits' size (a trained ResNet-50's logits:
+# 5e-5), so the accepted difference is tolerance x max(1, the largest |eager logit|)
+DEFAULT_TOLERANCE = 1e-4
 METADATA_KEY = "transferkit.json"  # the TorchScript extra file; ONNX metadata keys are transferkit.*
 RANDOM_BATCH = 4
 
@@ -56,7 +59,8 @@ class ExportReport:
         val_images: validation images compared (0 when the run's data is not there).
         val_top1_agree: of those, how many got the same top-1 class.
         val_max_abs_diff, random_max_abs_diff: largest absolute logit differences.
-        tolerance: the largest accepted.
+        tolerance: the accepted difference per unit of logit size.
+        logit_scale: ``max(1, largest |eager logit|)`` over the compared inputs.
         seconds: export and check time.
     """
 
@@ -67,11 +71,17 @@ class ExportReport:
     val_max_abs_diff: float
     random_max_abs_diff: float
     tolerance: float
+    logit_scale: float
     seconds: float
 
     @property
     def max_abs_diff(self) -> float:
         return max(self.val_max_abs_diff, self.random_max_abs_diff)
+
+    @property
+    def limit(self) -> float:
+        """The largest absolute logit difference accepted: ``tolerance * logit_scale``."""
+        return self.tolerance * self.logit_scale
 
 
 def export_run(
@@ -87,7 +97,8 @@ def export_run(
         format: ``"onnx"`` or ``"torchscript"``.
         opset: the ONNX opset (default: the exporter's).
         dynamic_batch: any batch size (default: batches of one).
-        tolerance: the largest absolute logit difference accepted.
+        tolerance: the largest absolute logit difference accepted, per unit of the logits' size
+            (``max(1, largest |eager logit|)``): float32 rounding grows with the values.
         overwrite: replace an existing ``out``.
         max_val_images: compare on at most this many validation images (default: all).
 
@@ -112,13 +123,15 @@ def export_run(
     random = torch.randn(
         RANDOM_BATCH, c, run.preprocess.size, run.preprocess.size, generator=torch.Generator().manual_seed(0)
     )
-    rand_diff = _max_diff(model, runner, random, batch)[0]
-    report = ExportReport(path, format, val[0], val[1], val[2], rand_diff, tolerance, 0.0)
-    if report.max_abs_diff > tolerance or report.val_top1_agree != report.val_images:
+    rand_diff, _, rand_scale = _max_diff(model, runner, random, batch)
+    scale = max(1.0, val[3], rand_scale)
+    report = ExportReport(path, format, val[0], val[1], val[2], rand_diff, tolerance, scale, 0.0)
+    if report.max_abs_diff > report.limit or report.val_top1_agree != report.val_images:
         raise TransferkitError(
             f"the {format} export differs from the eager model: largest absolute logit difference "
             f"{report.max_abs_diff:.3g} (validation {val[2]:.3g}, random batch {rand_diff:.3g}), top-1 agrees on "
-            f"{val[1]}/{val[0]} validation images; `tolerance` is {tolerance:g}. Nothing was written",
+            f"{val[1]}/{val[0]} validation images; `tolerance` is {tolerance:g} (x {scale:.3g}, the largest "
+            "logit). Nothing was written",
             param="tolerance",
         )
     from transferkit.checkpoint import atomic_write  # the writer of every run file
@@ -126,7 +139,7 @@ def export_run(
     with atomic_write(path) as f:
         f.write(data)
     return ExportReport(
-        path, format, val[0], val[1], val[2], rand_diff, tolerance, time.perf_counter() - started
+        path, format, val[0], val[1], val[2], rand_diff, tolerance, scale, time.perf_counter() - started
     )
 
 
@@ -272,23 +285,25 @@ def _to_torchscript(
 
 def _max_diff(
     model: nn.Module, runner: Callable[[Tensor], Tensor], x: Tensor, batch: int | None
-) -> tuple[float, int]:
-    """Largest |eager - exported| over ``x`` (in chunks of ``batch`` for a fixed-batch export), and how many
-    rows agree on the top-1 class."""
+) -> tuple[float, int, float]:
+    """Largest |eager - exported| over ``x`` (in chunks of ``batch`` for a fixed-batch export), how many
+    rows agree on the top-1 class, and the largest |eager logit|."""
     chunks = x.split(batch) if batch else [x]
-    diff, agree = 0.0, 0
+    diff, agree, scale = 0.0, 0, 0.0
     with torch.inference_mode():
         for chunk in chunks:
             ref, got = model(chunk).float(), runner(chunk.contiguous()).float()
             diff = max(diff, (ref - got).abs().max().item())
+            scale = max(scale, ref.abs().max().item())
             agree += int((ref.argmax(1) == got.argmax(1)).sum())
-    return diff, agree
+    return diff, agree, scale
 
 
 def _validation_parity(
     run: LoadedRun, model: nn.Module, runner: Callable[[Tensor], Tensor], batch: int | None, limit: int | None
-) -> tuple[int, int, float]:
-    """``(images, top-1 agreements, largest difference)`` on the run's validation images."""
+) -> tuple[int, int, float, float]:
+    """``(images, top-1 agreements, largest difference, largest |eager logit|)`` on the run's validation
+    images."""
     from torch.utils.data import DataLoader, Subset
 
     from transferkit.use.validation import run_validation_set
@@ -296,11 +311,11 @@ def _validation_parity(
     dataset = run_validation_set(run)
     if dataset is None or len(dataset) == 0:
         logger.warning("the parity check uses a random batch only: the run's validation images are not there")
-        return 0, 0, 0.0
+        return 0, 0, 0.0, 0.0
     if limit is not None and len(dataset) > limit:
         dataset = Subset(dataset, range(limit))
-    n, agree, diff = 0, 0, 0.0
+    n, agree, diff, scale = 0, 0, 0.0, 0.0
     for x, _ in DataLoader(dataset, batch_size=64):
-        d, a = _max_diff(model, runner, x, batch)
-        n, agree, diff = n + len(x), agree + a, max(diff, d)
-    return n, agree, diff
+        d, a, m = _max_diff(model, runner, x, batch)
+        n, agree, diff, scale = n + len(x), agree + a, max(diff, d), max(scale, m)
+    return n, agree, diff, scale
