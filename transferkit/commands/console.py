@@ -3,10 +3,11 @@ terminal, transferkit's log records held back until validation passed, errors as
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from transferkit.commands.flags import render_text
@@ -109,3 +110,20 @@ def one_line(message: str) -> str:
         if last is not None:
             lines = [_WORKER_ERROR.sub("", lines[last], count=1), *lines[last + 1 :]]
     return " | ".join(lines) if lines else "error"
+
+
+@contextlib.contextmanager
+def warnings_only(bars: bool = False) -> Iterator[Console]:
+    """A rank-0 :class:`Console` for the commands that use a finished run (predict, evaluate, export): the
+    library's warnings only (its create_model notes are noise there), held back until
+    :meth:`Console.validated`; logging is put back on leaving.
+
+    Example:
+        >>> with warnings_only() as console:
+        ...     console.validated()
+    """
+    handler, undo = setup_logging(True, rank=0)
+    try:
+        yield Console(0, bars, handler)
+    finally:
+        undo()

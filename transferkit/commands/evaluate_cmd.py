@@ -19,7 +19,7 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from transferkit.commands.console import Console, setup_logging
+from transferkit.commands.console import warnings_only
 from transferkit.errors import ConfigError
 
 __all__ = ["add_evaluate_parser", "run_evaluate"]
@@ -50,23 +50,15 @@ def run_evaluate(ns: argparse.Namespace) -> int:
     """Check the run, the folder and the output, evaluate, write the report, print the summary."""
     from transferkit.use import load_run
     from transferkit.use.evaluate import evaluate_folder, write_evaluation
+    from transferkit.use.loaded import check_loader
 
-    if ns.batch_size is not None and ns.batch_size < 1:
-        raise ConfigError(f"--batch-size must be an integer >= 1, got {ns.batch_size}")
-    if ns.workers < 0:
-        raise ConfigError(f"--workers must be an integer >= 0, got {ns.workers}")
-    handler, undo_logging = setup_logging(
-        True, rank=0
-    )  # warnings only: the create_model notes are noise here
-    console = Console(0, False, handler)
-    try:
+    check_loader(ns.batch_size, ns.workers)  # before the run loads: nothing is worth loading for these
+    with warnings_only() as console:
         run = load_run(ns.run, device=ns.device)
         out = _output_folder(ns.output, run.folder.path, Path(ns.data))
         ev = evaluate_folder(run, ns.data, tta=ns.tta, batch_size=ns.batch_size, workers=ns.workers,
                              strict=ns.strict)  # fmt: skip
         console.validated()
-    finally:
-        undo_logging()
     write_evaluation(out, ev)
     for line in summary(ev.metrics, ev.class_names, ev.labels, ev.probs, quiet=ns.quiet):
         console.out(line)

@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from transferkit.commands.console import Console, setup_logging
+from transferkit.commands.console import warnings_only
 
 __all__ = ["add_export_parser", "run_export"]
 
@@ -53,18 +53,12 @@ def run_export(ns: argparse.Namespace) -> int:
     from transferkit.use import load_run
     from transferkit.use.export import export_run
 
-    handler, undo_logging = setup_logging(
-        True, rank=0
-    )  # warnings only: the create_model notes are noise here
-    console = Console(0, False, handler)
-    try:
+    with warnings_only() as console:
         run = load_run(ns.run, device="cpu")
         out = Path(ns.out) if ns.out else run.folder.path / f"model{_SUFFIX[ns.format]}"
         report = export_run(run, out, format=ns.format, opset=ns.opset, dynamic_batch=ns.dynamic_batch,
                             tolerance=ns.tolerance, overwrite=ns.overwrite)  # fmt: skip
         console.validated()
-    finally:
-        undo_logging()
     val = (
         f"{report.val_max_abs_diff:.3g} on {report.val_images} validation images (top-1 agrees on "
         f"{report.val_top1_agree}/{report.val_images}), "

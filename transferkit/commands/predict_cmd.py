@@ -20,8 +20,7 @@ import sys
 import time
 from typing import Any
 
-from transferkit.commands.console import Console, setup_logging
-from transferkit.errors import ConfigError
+from transferkit.commands.console import Console, warnings_only
 
 __all__ = ["add_predict_parser", "run_predict"]
 
@@ -55,17 +54,12 @@ def add_predict_parser(sub: Any) -> None:
 def run_predict(ns: argparse.Namespace) -> int:
     """Check everything, classify, write or print the rows, say what was skipped."""
     from transferkit.use import expand_inputs, load_run, predict_files, write_predictions
-    from transferkit.use.loaded import check_topk
+    from transferkit.use.loaded import check_loader, check_topk
     from transferkit.use.predict import check_output
 
     out = check_output(ns.out, ns.overwrite) if ns.out else None
-    _check_numbers(ns)
-    handler, undo_logging = setup_logging(
-        True, rank=0
-    )  # warnings only: the create_model notes are noise here
-    bars = not ns.quiet and sys.stderr.isatty()
-    console = Console(0, bars, handler)
-    try:
+    check_loader(ns.batch_size, ns.workers)  # before the run loads: nothing is worth loading for these
+    with warnings_only(bars=not ns.quiet and sys.stderr.isatty()) as console:
         run = load_run(ns.run, device=ns.device)
         if out is not None:
             run.folder.refuse_own_file(out, param="out")
@@ -79,8 +73,6 @@ def run_predict(ns: argparse.Namespace) -> int:
                                    workers=workers, strict=ns.strict, with_logits=ns.logits,
                                    progress=progress)  # fmt: skip
         seconds = time.perf_counter() - started
-    finally:
-        undo_logging()
     if out is not None:
         write_predictions(out, result)
     else:
@@ -93,15 +85,6 @@ def run_predict(ns: argparse.Namespace) -> int:
                 f"({len(result.predictions) / max(seconds, 1e-9):.1f} images/s){skipped}{where}")  # fmt: skip
         print(line, file=sys.stdout if out is not None else sys.stderr, flush=True)
     return 0
-
-
-def _check_numbers(ns: argparse.Namespace) -> None:
-    if ns.topk is not None and ns.topk < 1:
-        raise ConfigError(f"--topk must be an integer >= 1, got {ns.topk}")
-    if ns.batch_size < 1:
-        raise ConfigError(f"--batch-size must be an integer >= 1, got {ns.batch_size}")
-    if ns.workers is not None and ns.workers < 0:
-        raise ConfigError(f"--workers must be an integer >= 0, got {ns.workers}")
 
 
 def default_workers(images: int, batch_size: int) -> int:

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from transferkit.errors import ConfigError
-from transferkit.use.loaded import LoadedRun, check_tta
+from transferkit.use.loaded import LoadedRun, check_loader, check_tta
 
 __all__ = ["Evaluation", "evaluate_folder", "write_evaluation", "expected_calibration_error", "ECE_BINS"]
 
@@ -94,12 +94,9 @@ def evaluate_folder(
     from transferkit.evaluation import evaluate
 
     check_tta(tta)
+    check_loader(batch_size, workers)
     samples = _samples(run, Path(data), strict)
     size = batch_size or int(run.folder.read_args().get("batch_size") or 64)
-    if size < 1 or workers < 0:
-        raise ConfigError(
-            f"`batch_size` must be >= 1 and `workers` >= 0, got {size} and {workers}", param="batch_size"
-        )
     dataset = ImageFileDataset(samples, run.preprocess, run.preprocess.mode, strict=strict)
     loader = DataLoader(dataset, batch_size=size, num_workers=workers, pin_memory=run.device.type == "cuda")
     recorder = _Recorder(run, tta)

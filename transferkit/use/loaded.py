@@ -296,6 +296,18 @@ def check_topk(topk: int | None, num_classes: int) -> int:
     return topk
 
 
+def check_loader(batch_size: int | None, workers: int | None) -> None:
+    """``batch_size`` >= 1 and ``workers`` >= 0 (``None``: the caller's default), as ``ConfigError``s that name them.
+
+    Example:
+        >>> check_loader(64, 0)
+    """
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"`batch_size` must be an integer >= 1, got {batch_size!r}", param="batch_size")
+    if workers is not None and (not isinstance(workers, int) or workers < 0):
+        raise ConfigError(f"`workers` must be an integer >= 0, got {workers!r}", param="workers")
+
+
 def check_tta(tta: str | None) -> None:
     """``None`` or one of :data:`TTA_MODES`."""
     if tta is not None and tta not in TTA_MODES:

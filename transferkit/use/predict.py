@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from transferkit.errors import ConfigError, TransferkitError
-from transferkit.use.loaded import LoadedRun, Prediction, check_topk, check_tta
+from transferkit.use.loaded import LoadedRun, Prediction, check_loader, check_topk, check_tta
 from transferkit.use.preprocess import Preprocess
 
 __all__ = ["PredictResult", "predict_files", "write_predictions", "OUTPUT_FORMATS", "check_output"]
@@ -103,7 +103,7 @@ def predict_files(
     """
     k = check_topk(topk, run.num_classes)
     check_tta(tta)
-    _check_loader(batch_size, workers)
+    check_loader(batch_size, workers)
     loader = DataLoader(_Files(paths, run.preprocess), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate, pin_memory=run.device.type == "cuda")  # fmt: skip
     result = PredictResult([], [], run.class_names)
@@ -124,13 +124,6 @@ def predict_files(
         raise TransferkitError(f"none of the {len(paths)} input image(s) could be read "
                                f"(e.g. {result.unreadable[0][0]}: {result.unreadable[0][1]})", param="inputs")  # fmt: skip
     return result
-
-
-def _check_loader(batch_size: int, workers: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"`batch_size` must be an integer >= 1, got {batch_size!r}", param="batch_size")
-    if not isinstance(workers, int) or workers < 0:
-        raise ConfigError(f"`workers` must be an integer >= 0, got {workers!r}", param="workers")
 
 
 def check_output(path: str | os.PathLike, overwrite: bool = False, *, param: str = "out") -> Path:
