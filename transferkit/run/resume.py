@@ -25,14 +25,7 @@ def resume_source(options: Mapping[str, Any]) -> Path:
     if value != "auto":
         path = Path(value)
         if path.is_dir():
-            path = RunFolder(path).last
-            if not path.is_file():
-                raise ConfigError(
-                    f"`resume`={value}: the run folder has no last.pt (its run never finished an epoch); "
-                    "drop `resume` to start it again (with `overwrite`=True if the folder holds files)"
-                    + RunFolder(value).aside_hint(),
-                    param="resume",
-                )
+            return _last_of(path, f"`resume`={value}:")
         if not path.is_file():
             raise ConfigError(
                 f"`resume`={value}: no checkpoint at {path}; give a run folder or its last.pt", param="resume"
@@ -58,15 +51,19 @@ def _output_last(folder: Path) -> Path:
             "`resume` to start a new run there",
             param="resume",
         )
-    path = RunFolder(folder).last
-    if not path.is_file():
+    return _last_of(folder, "`resume`:")
+
+
+def _last_of(folder: Path, said: str) -> Path:
+    """A run folder's ``last.pt``; ``said`` opens the error when the run there never finished an epoch."""
+    run = RunFolder(folder)
+    if not run.last.is_file():
         raise ConfigError(
-            f"`resume`: {folder} has no last.pt (the run there never finished an epoch); drop `resume` to "
-            "start it again (with `overwrite`=True if the folder holds files)"
-            + RunFolder(folder).aside_hint(),
+            f"{said} {folder} has no last.pt (the run there never finished an epoch); drop `resume` to start "
+            "it again (with `overwrite`=True if the folder holds files)" + run.aside_hint(),
             param="resume",
         )
-    return path
+    return run.last
 
 
 def load_resume(path: Path) -> dict[str, Any]:
