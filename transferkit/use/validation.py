@@ -31,10 +31,13 @@ def run_validation_set(run: LoadedRun) -> Dataset | None:
     Items of an image-folder run are read through :class:`~transferkit.data.ImageFileDataset` with the
     run's preprocessing; its ``samples`` hold the paths.
     """
-    from transferkit.data import ImageFileDataset, limit_dataset, load_digits_data, split_image_folder
+    from transferkit.data import ImageFileDataset, limit_dataset, load_digits_data
+    from transferkit.run.data_plan import scan_data
+    from transferkit.run.spec import FinetuneSpec
 
-    args: dict[str, Any] = run.folder.read_args()
-    seed = int(args.get("seed") or 0)
+    # the spec's defaults under what the run recorded: one source for every default (val_split, seed, ...)
+    args: dict[str, Any] = {**FinetuneSpec.defaults(), **run.folder.read_args()}
+    seed = int(args["seed"])
     if not args.get("data"):
         pre = run.preprocess
         norm = next(s for s in pre.spec["steps"] if s["op"] == "normalize")
@@ -44,7 +47,7 @@ def run_validation_set(run: LoadedRun) -> Dataset | None:
     if folder is None:
         logger.warning("the run's data folder %s is not there any more (from here)", args.get("data"))
         return None
-    split = split_image_folder(folder, val_split=float(args.get("val_split") or 0.2), seed=seed)
+    split, _ = scan_data({**args, "data": str(folder)})  # the run's own split, scanned as training did
     samples = split.val
     if args.get("limit_val"):
         subset = limit_dataset(samples, int(args["limit_val"]), seed)  # type: ignore[arg-type]
